@@ -1,0 +1,236 @@
+"""A build: a readable list of named steps, each logged with its duration.
+
+`build()` takes a validated recipe and produces `<workdir>/builds/<recipe>/<build-id>/` with
+`image.qcow2`, `manifest.json`, `build.log` and `junit.xml`, then adds the image to the local
+store. Output appears under its final name only when every step, the boot test included, has
+passed; on failure or Ctrl-C the chroot mounts, libvirt domains, scratch space and the partial
+output are removed and the log is kept as `<build-id>.failed.log` next to the builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, distros
+from .chroot import Chroot, unmount_all
+from .distros.base import Distro
+from .errors import BuildError, UserError
+from .fsutil import digests, exclusive_lock, write_json
+from .recipes.load import LoadedRecipe
+from .recipes.model import Recipe
+from .run import Result
+from .store.local import LocalStore
+from .testing.harness import run_suites
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[BuildContext], None]
+
+
+@dataclass
+class BuildContext:
+    """Mutable state of one build (the recipe itself is frozen)."""
+
+    loaded: LoadedRecipe
+    distro: Distro
+    workdir: Path
+    build_id: str
+    out_dir: Path  # `<build-id>.partial` until the build succeeds
+    scratch: Path
+    stack: contextlib.ExitStack
+    manifest: dict[str, Any] = field(default_factory=dict)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    chroot: Chroot | None = None
+    skip_tests: bool = False
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.loaded.recipe
+
+    @property
+    def root(self) -> Path:
+        return self.scratch / "root"
+
+    @property
+    def raw(self) -> Path:
+        return self.scratch / "disk.raw"
+
+    @property
+    def image(self) -> Path:
+        return self.out_dir / f"image.{self.recipe.disk.format}"
+
+    def in_root(self, argv: Sequence[str]) -> Result:
+        if self.chroot is None:
+            raise BuildError("internal: a chroot command ran outside enter-chroot/leave-chroot")
+        return self.chroot.run(argv)
+
+
+def new_build_id() -> str:
+    """Sortable, date-based, unique: 20261129.184512-3fa2."""
+    now = dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%d.%H%M%S}-{secrets.token_hex(2)}"
+
+
+def builder_steps(recipe: Recipe) -> list[Step]:
+    if recipe.builder == "rootfs":
+        from .builders import rootfs
+
+        return rootfs.steps()
+    raise UserError(f"builder '{recipe.builder}' is not available yet",
+                    hint="recipes with builder: packer validate now and build once the Packer builder lands")
+
+
+def checksum(ctx: BuildContext) -> None:
+    from .builders.disk import virtual_size
+
+    sha256, sha512 = digests(ctx.image)
+    ctx.manifest["image"] = {
+        "file": ctx.image.name,
+        "format": ctx.recipe.disk.format,
+        "compression": ctx.recipe.disk.compression,
+        "size": ctx.image.stat().st_size,
+        "virtual_size": virtual_size(ctx.image),
+        "sha256": sha256,
+        "sha512": sha512,
+    }
+    ctx.image.chmod(0o644)  # libvirt's qemu user reads it through the test overlays
+
+
+def boot_test(ctx: BuildContext) -> None:
+    if ctx.skip_tests:
+        ctx.manifest["tests"] = {"ok": None, "skipped": "--skip-tests"}
+        return
+    results = run_suites(ctx.image, ctx.recipe, ctx.out_dir / "junit.xml", ctx.scratch, ctx.scratch)
+    for console in sorted(ctx.scratch.glob("console-*.log")):
+        log.debug("serial console of clone %s:\n%s", console.stem, console.read_text(errors="replace"))
+    ctx.manifest["tests"] = results.as_dict() | {"junit": "junit.xml"}
+    if not results.ok:
+        raise BuildError(
+            f"boot test failed: {results.failed} failed, {results.errors} errors, "
+            f"{results.passed} passed\n  " + "\n  ".join(results.failures),
+            hint="see junit.xml and the serial console in the failed build log",
+        )
+
+
+def common_tail() -> list[Step]:
+    return [Step("checksum", checksum), Step("boot-test", boot_test)]
+
+
+def _manifest_head(ctx: BuildContext) -> dict[str, Any]:
+    r = ctx.recipe
+    return {
+        "schema": 1,
+        "name": r.name,
+        "version": ctx.build_id,
+        "build_id": ctx.build_id,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "imagefactory_version": __version__,
+        "builder": r.builder,
+        "os": r.os.model_dump(mode="json"),
+        "recipe": {
+            "name": r.name,
+            "digest": ctx.loaded.digest,
+            "files": [str(p) for p in ctx.loaded.files],
+            "merged": r.model_dump(mode="json"),
+        },
+    }
+
+
+ProgressHook = Callable[[str, str, float | None], None]
+
+
+def build(
+    loaded: LoadedRecipe,
+    workdir: Path,
+    *,
+    store: LocalStore | None = None,
+    skip_tests: bool = False,
+    progress: ProgressHook | None = None,
+) -> dict[str, Any]:
+    """Build, test and store one recipe; return its manifest."""
+    recipe = loaded.recipe
+    distro = distros.get(recipe.os.family)
+    steps = [*builder_steps(recipe), *common_tail()]
+    builds = workdir / "builds" / recipe.name
+    build_id = new_build_id()
+    final = builds / build_id
+    partial = builds / f"{build_id}.partial"
+    scratch = workdir / "tmp" / build_id
+    with exclusive_lock(workdir / "locks" / f"{recipe.name}.lock", f"a build of {recipe.name}"):
+        partial.mkdir(parents=True)
+        partial.chmod(0o755)
+        scratch.mkdir(parents=True)
+        scratch.chmod(0o755)
+        handler = _file_log(partial / "build.log")
+        ok = False
+        try:
+            with contextlib.ExitStack() as stack:
+                ctx = BuildContext(loaded, distro, workdir, build_id, partial, scratch, stack,
+                                   skip_tests=skip_tests)
+                ctx.manifest.update(_manifest_head(ctx))
+                log.info("build %s of %s (%d steps)", build_id, recipe.name, len(steps))
+                for step in steps:
+                    _run_step(ctx, step, progress)
+                ctx.manifest["steps"] = ctx.timings
+                ctx.manifest["build_seconds"] = round(sum(t["seconds"] for t in ctx.timings), 1)
+                write_json(partial / "manifest.json", ctx.manifest)
+            ok = True
+        finally:
+            logging.getLogger("imagefactory").removeHandler(handler)
+            handler.close()
+            unmount_all(scratch)  # belt and braces: nothing may stay mounted
+            shutil.rmtree(scratch, ignore_errors=True)
+            if not ok:
+                failed_log = builds / f"{build_id}.failed.log"
+                with contextlib.suppress(OSError):
+                    shutil.move(str(partial / "build.log"), failed_log)
+                shutil.rmtree(partial, ignore_errors=True)
+        os.rename(partial, final)
+    manifest = ctx.manifest
+    manifest["path"] = str(final)
+    if store is not None:
+        manifest["stored"] = store.add(final)
+    return manifest
+
+
+def _run_step(ctx: BuildContext, step: Step, progress: ProgressHook | None) -> None:
+    if progress:
+        progress(step.name, "start", None)
+    log.info("==> %s", step.name)
+    start = time.monotonic()
+    try:
+        step.run(ctx)
+    except BaseException:
+        if progress:
+            progress(step.name, "failed", time.monotonic() - start)
+        log.error("step %s failed after %.1f s", step.name, time.monotonic() - start)
+        raise
+    took = time.monotonic() - start
+    ctx.timings.append({"name": step.name, "seconds": round(took, 2)})
+    log.info("<== %s (%.1f s)", step.name, took)
+    if progress:
+        progress(step.name, "done", took)
+
+
+def _file_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("imagefactory")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    return handler

@@ -1,0 +1,1 @@
+"""Builders turn a recipe into a sealed root and a bootable disk."""

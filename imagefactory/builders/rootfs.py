@@ -1,0 +1,195 @@
+"""The rootfs builder: mmdebstrap a root, provision it in a chroot, seal it, make a disk.
+
+No VM, no KVM, no loop devices: the disk is assembled from the root directory by
+`builders.disk`. The build is the list `STEPS` below, run in order by `imagefactory.build`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+import jinja2
+
+from ..chroot import Chroot
+from ..errors import BuildError
+from ..recipes.model import MmdebstrapSource
+from ..run import run
+from ..steps import seal as sealing
+from . import disk
+
+if TYPE_CHECKING:
+    from ..build import BuildContext, Step
+
+log = logging.getLogger(__name__)
+
+
+def _source(ctx: BuildContext) -> MmdebstrapSource:
+    src = ctx.recipe.source
+    assert isinstance(src, MmdebstrapSource)  # validated: rootfs takes mmdebstrap sources
+    return src
+
+
+def check_mirror(ctx: BuildContext) -> None:
+    """Fail fast, with the URL, when the mirror cannot serve the suite (before minutes of work)."""
+    src = _source(ctx)
+    url = f"{src.mirror.rstrip('/')}/dists/{src.suite}/Release"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            release = resp.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise BuildError(f"mirror unreachable: {url}: {reason}",
+                         hint="check source.mirror and the network/proxy settings") from None
+    ctx.manifest["source"] = {
+        "type": "mmdebstrap", "mirror": src.mirror, "suite": src.suite,
+        "components": list(src.components), "variant": src.variant,
+        "release_sha256": hashlib.sha256(release).hexdigest(),
+    }
+
+
+def bootstrap(ctx: BuildContext) -> None:
+    src = _source(ctx)
+    packages = sorted({*ctx.distro.base_packages, *ctx.recipe.packages.install})
+    argv = [
+        "mmdebstrap", "--mode=root", f"--variant={src.variant}",
+        f"--components={','.join(src.components)}",
+        f"--include={','.join(packages)}",
+        '--aptopt=Acquire::Retries "3"',
+    ]
+    if src.keyring:
+        argv.append(f"--keyring={src.keyring}")
+    run([*argv, src.suite, str(ctx.root), src.mirror])
+
+
+def enter_chroot(ctx: BuildContext) -> None:
+    ctx.chroot = ctx.stack.enter_context(Chroot(ctx.root))
+
+
+def remove_packages(ctx: BuildContext) -> None:
+    pkgs = list(ctx.recipe.packages.remove)
+    if pkgs:
+        ctx.in_root(["apt-get", "purge", "-y", "--auto-remove", *pkgs])
+
+
+def distro_config(ctx: BuildContext) -> None:
+    ctx.distro.configure(ctx)
+
+
+def write_files(ctx: BuildContext) -> None:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ctx.loaded.directory),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+    )
+    users = _ids(ctx.root / "etc/passwd")
+    groups = _ids(ctx.root / "etc/group")
+    for i, f in enumerate(ctx.recipe.files):
+        if f.template is not None:
+            try:
+                text = env.get_template(f.template).render(recipe=ctx.recipe)
+            except jinja2.TemplateError as e:
+                raise BuildError(f"files[{i}] ({f.template}): template error: {e}") from None
+        else:
+            text = f.content or ""
+        user, group = f.owner.split(":")
+        if user not in users or group not in groups:
+            raise BuildError(f"files[{i}].owner: '{f.owner}' does not exist in the image",
+                             hint="create the user in a package or use an existing one")
+        target = ctx.root / f.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()  # never write through a link into somewhere else
+        target.write_text(text)
+        os.chown(target, users[user], groups[group])
+        target.chmod(int(f.mode, 8))
+
+
+def _ids(path: object) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        text = open(path).read()  # type: ignore[call-overload]
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) > 2 and parts[2].isdigit():
+            out[parts[0]] = int(parts[2])
+    return out
+
+
+def configure_services(ctx: BuildContext) -> None:
+    s = ctx.recipe.services
+    # systemctl enable/disable/mask work offline in a chroot: they only edit symlinks.
+    for verb, units in (("enable", s.enable), ("disable", s.disable), ("mask", s.mask)):
+        if units:
+            ctx.in_root(["systemctl", verb, *units])
+
+
+def leave_chroot(ctx: BuildContext) -> None:
+    if ctx.chroot is not None:
+        ctx.chroot.__exit__(None, None, None)
+        ctx.chroot = None
+
+
+def record_packages(ctx: BuildContext) -> None:
+    pkgs = ctx.distro.installed_packages(ctx.root)
+    ctx.manifest["packages"] = [{"name": n, "version": v} for n, v in pkgs]
+    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (ctx.root / "boot").glob("vmlinuz-*"))
+    ctx.manifest["kernel"] = kernels[-1] if kernels else None
+
+
+def seal(ctx: BuildContext) -> None:
+    sealing.seal(ctx.root, ctx.distro.package_caches)
+
+
+def check_seal(ctx: BuildContext) -> None:
+    problems = sealing.check(ctx.root, ctx.distro.package_caches)
+    if problems:
+        raise BuildError("the sealed root is not clean:\n  " + "\n  ".join(problems))
+
+
+def make_disk(ctx: BuildContext) -> None:
+    used = disk.root_size(ctx.root)
+    # ext4 needs room for its metadata and the guest for its first boot: 25 % + 256 MiB.
+    needed = int(used * 1.25) + 256 * 1024**2 + disk.PART_START * disk.SECTOR
+    if needed > ctx.recipe.disk.size:
+        raise BuildError(
+            f"disk.size {ctx.recipe.disk.size / 1024**3:.1f} GiB is too small for a root of "
+            f"{used / 1024**3:.2f} GiB", hint=f"set disk.size to at least {needed // 1024**3 + 1}GiB")
+    layout = disk.new_layout(ctx.recipe.disk.size)
+    kernel, initrd = ctx.distro.kernel_paths(ctx.root)
+    disk.write_fstab(ctx.root, layout)
+    disk.write_grub_cfg(ctx.root, layout, kernel, initrd, " ".join(ctx.recipe.kernel.cmdline),
+                        ctx.recipe.description or ctx.recipe.name)
+    disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch)
+    ctx.manifest["root_bytes"] = used
+
+
+def convert_image(ctx: BuildContext) -> None:
+    d = ctx.recipe.disk
+    disk.convert(ctx.raw, ctx.image, d.format, d.compression)
+    ctx.raw.unlink()
+
+
+def steps() -> list[Step]:
+    from ..build import Step
+
+    return [
+        Step("check-mirror", check_mirror),
+        Step("bootstrap", bootstrap),
+        Step("enter-chroot", enter_chroot),
+        Step("remove-packages", remove_packages),
+        Step("distro-config", distro_config),
+        Step("write-files", write_files),
+        Step("configure-services", configure_services),
+        Step("leave-chroot", leave_chroot),
+        Step("record-packages", record_packages),
+        Step("seal", seal),
+        Step("check-seal", check_seal),
+        Step("make-disk", make_disk),
+        Step("convert-image", convert_image),
+    ]

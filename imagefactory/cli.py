@@ -1,0 +1,344 @@
+"""The command line: a thin layer that parses arguments, calls the library and maps errors.
+
+Exit codes: 0 ok, 1 build/test failure, 2 bad input, 130 interrupted. `--json` prints one JSON
+document on stdout (logs go to stderr); `--debug` adds tracebacks and debug logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .errors import ExitStatus, ImageFactoryError, UserError, ValidationError
+
+DEFAULT_WORKDIR = Path("/var/lib/imagefactory")
+
+
+class App:
+    """What every command needs: parsed globals, consoles, paths."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json: bool = args.json
+        self.debug: bool = args.debug
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.workdir = Path(args.workdir or os.environ.get("IMAGEFACTORY_WORKDIR") or DEFAULT_WORKDIR)
+        self.recipes_dir = Path(args.recipes or os.environ.get("IMAGEFACTORY_RECIPES") or _default_recipes())
+
+    def book(self) -> Any:
+        from .recipes import RecipeBook
+
+        return RecipeBook(self.recipes_dir)
+
+    def store(self) -> Any:
+        from .store.local import LocalStore
+
+        return LocalStore(self.workdir / "store")
+
+    def emit(self, data: Any, human: Callable[[], None]) -> None:
+        if self.json:
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        else:
+            human()
+
+
+def _default_recipes() -> Path:
+    cwd = Path.cwd() / "recipes"
+    if cwd.is_dir():
+        return cwd
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_build(app: App) -> int:
+    from .build import build
+
+    loaded = app.book().load(app.args.recipe)
+    progress = _Progress(app) if not app.json else None
+    try:
+        manifest = build(loaded, app.workdir, store=None if app.args.no_store else app.store(),
+                         skip_tests=app.args.skip_tests, progress=progress)
+    finally:
+        if progress:
+            progress.close()
+    summary = {
+        "name": manifest["name"], "version": manifest["version"], "path": manifest["path"],
+        "stored": manifest.get("stored"), "image": manifest["image"], "tests": manifest["tests"],
+        "build_seconds": manifest["build_seconds"], "steps": manifest["steps"],
+    }
+
+    def human() -> None:
+        img = manifest["image"]
+        app.out.print(f"[bold green]built[/] {manifest['name']} {manifest['version']}")
+        app.out.print(f"  image   {manifest['path']}/{img['file']} ({img['size'] / 1024**2:.0f} MiB, "
+                      f"virtual {img['virtual_size'] / 1024**3:.1f} GiB)")
+        app.out.print(f"  sha256  {img['sha256']}")
+        t = manifest["tests"]
+        if t.get("ok") is not None:
+            app.out.print(f"  tests   {t['passed']} passed, {t['failed']} failed "
+                          f"({t['accelerator']}, boot {t['boot_seconds']} s)")
+        if manifest.get("stored"):
+            app.out.print(f"  stored  {manifest['stored']}")
+
+    app.emit(summary, human)
+    return 0
+
+
+def cmd_test(app: App) -> int:
+    from .recipes.model import Recipe
+    from .testing.harness import run_suites
+
+    image = app.store().resolve(app.args.image)
+    manifest_path = image.parent / "manifest.json"
+    if app.args.recipe:
+        recipe = app.book().load(app.args.recipe).recipe
+    elif manifest_path.is_file():
+        recipe = Recipe.model_validate(json.loads(manifest_path.read_text())["recipe"]["merged"])
+    else:
+        raise UserError(f"{image}: no manifest.json next to it", hint="pass --recipe NAME")
+    scratch = app.workdir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    junit = Path(app.args.junit) if app.args.junit else scratch / f"junit-{os.getpid()}.xml"
+    with app.err.status(f"booting {recipe.tests.clones} clone(s) of {image.name} and testing"):
+        results = run_suites(image, recipe, junit, scratch, scratch)
+    data = results.as_dict() | {"image": str(image), "junit": str(junit)}
+
+    def human() -> None:
+        colour = "green" if results.ok else "red"
+        app.out.print(f"[bold {colour}]{'passed' if results.ok else 'FAILED'}[/] {image}: "
+                      f"{results.passed} passed, {results.failed} failed, {results.errors} errors "
+                      f"(boot {results.boot_seconds:.0f} s, tests {results.test_seconds:.0f} s)")
+        for name in results.failures:
+            app.out.print(f"  failed: {name}")
+
+    app.emit(data, human)
+    return 0 if results.ok else 1
+
+
+def cmd_recipes_list(app: App) -> int:
+    book = app.book()
+    rows = []
+    for name in book.names():
+        try:
+            r = book.load(name).recipe
+            rows.append({"name": name, "os": f"{r.os.family} {r.os.release}", "builder": r.builder,
+                         "extends": r.extends, "description": r.description, "valid": True})
+        except ImageFactoryError as e:
+            rows.append({"name": name, "valid": False, "error": str(e)})
+
+    def human() -> None:
+        t = Table("name", "os", "builder", "extends", "description")
+        for row in rows:
+            if row["valid"]:
+                t.add_row(row["name"], row["os"], row["builder"], row["extends"] or "", row["description"])
+            else:
+                t.add_row(row["name"], "[red]invalid[/]", "", "", "run 'recipes validate'")
+        app.out.print(t)
+
+    app.emit(rows, human)
+    return 0
+
+
+def cmd_recipes_show(app: App) -> int:
+    loaded = app.book().load(app.args.name)
+    data = {"name": loaded.recipe.name, "files": [str(f) for f in loaded.files],
+            "digest": loaded.digest, "recipe": loaded.recipe.model_dump(mode="json")}
+    app.emit(data, lambda: app.out.print(yaml.safe_dump(data, sort_keys=False), end=""))
+    return 0
+
+
+def cmd_recipes_render(app: App) -> int:
+    loaded = app.book().load(app.args.name)
+    data = loaded.recipe.model_dump(mode="json", exclude={"name"})
+    app.emit(data, lambda: app.out.print(
+        f"# {loaded.recipe.name}: merged from {' <- '.join(str(f) for f in reversed(loaded.files))}\n"
+        + yaml.safe_dump(data, sort_keys=False), end=""))
+    return 0
+
+
+def cmd_recipes_validate(app: App) -> int:
+    book = app.book()
+    names = app.args.names or book.names()
+    results = []
+    for name in names:
+        try:
+            loaded = book.load(name)
+            results.append({"name": name, "valid": True, "digest": loaded.digest, "problems": []})
+        except ValidationError as e:
+            results.append({"name": name, "valid": False, "problems": [str(p) for p in e.problems]})
+        except UserError as e:
+            results.append({"name": name, "valid": False, "problems": [str(e)]})
+    bad = [r for r in results if not r["valid"]]
+
+    def human() -> None:
+        for r in results:
+            if r["valid"]:
+                app.out.print(f"[green]ok[/]      {r['name']}")
+            else:
+                app.out.print(f"[red]invalid[/] {r['name']}")
+                for p in r["problems"]:
+                    app.err.print(p, markup=False)
+
+    app.emit({"valid": not bad, "recipes": results}, human)
+    return ExitStatus.USER_ERROR if bad else 0
+
+
+def cmd_schema(app: App) -> int:
+    from .recipes.model import recipe_json_schema
+
+    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+    return 0
+
+
+def cmd_images_list(app: App) -> int:
+    rows = app.store().list()
+
+    def human() -> None:
+        t = Table("name", "version", "os", "size (MiB)", "tests", "sha256")
+        for r in rows:
+            t.add_row(r["name"], r["version"], f"{r['os']['family']} {r['os']['release']}",
+                      f"{r['size'] / 1024**2:.0f}", "ok" if r["tests_ok"] else str(r["tests_ok"]),
+                      r["sha256"][:16])
+        app.out.print(t)
+
+    app.emit(rows, human)
+    return 0
+
+
+# --- plumbing -----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Step-by-step progress on stderr: a spinner with elapsed time for the running step."""
+
+    def __init__(self, app: App) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = app.err
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                            console=app.err, transient=True)
+        self.bar.start()
+        self.task: Any = None
+
+    def __call__(self, step: str, state: str, seconds: float | None) -> None:
+        if state == "start":
+            self.task = self.bar.add_task(step)
+            return
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+        mark = "[green]✓[/]" if state == "done" else "[red]✗[/]"
+        self.console.print(f"{mark} {step} ({seconds or 0:.1f} s)")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagefactory", description="Golden VM image factory")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    p.add_argument("--workdir", help=f"builds, store and scratch space (default {DEFAULT_WORKDIR}, "
+                   "or $IMAGEFACTORY_WORKDIR)")
+    p.add_argument("--recipes", help="recipe directory (default ./recipes, or $IMAGEFACTORY_RECIPES)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build, boot-test and store an image from a recipe")
+    b.add_argument("recipe", help="recipe name or path to a recipe file")
+    b.add_argument("--skip-tests", action="store_true", help="no boot test (the image is marked untested)")
+    b.add_argument("--no-store", action="store_true", help="do not add the image to the local store")
+    b.set_defaults(func=cmd_build)
+
+    t = sub.add_parser("test", help="boot an image under libvirt and run its test suites")
+    t.add_argument("image", help="store reference (name or name:version), build dir or image file")
+    t.add_argument("--recipe", help="recipe whose tests to run (default: the image's own)")
+    t.add_argument("--junit", help="write JUnit XML here")
+    t.set_defaults(func=cmd_test)
+
+    r = sub.add_parser("recipes", help="list, show, render and validate recipes")
+    rs = r.add_subparsers(dest="recipes_command", required=True, metavar="ACTION")
+    rs.add_parser("list", help="all recipes").set_defaults(func=cmd_recipes_list)
+    s = rs.add_parser("show", help="a recipe, validated, with its files and digest")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_recipes_show)
+    s = rs.add_parser("render", help="the merged recipe (extends applied, defaults filled in)")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_recipes_render)
+    s = rs.add_parser("validate", help="validate recipes (all by default); exit 2 if any is invalid")
+    s.add_argument("names", nargs="*")
+    s.set_defaults(func=cmd_recipes_validate)
+
+    sub.add_parser("schema", help="JSON Schema of the recipe format").set_defaults(func=cmd_schema)
+
+    i = sub.add_parser("images", help="images in the local store")
+    isub = i.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    isub.add_parser("list", help="stored images").set_defaults(func=cmd_images_list)
+    return p
+
+
+def _setup_logging(app: App) -> None:
+    level = logging.DEBUG if app.debug else (logging.WARNING if app.json else logging.INFO)
+    handler = RichHandler(console=app.err, show_path=False, show_time=False, markup=False,
+                          rich_tracebacks=False)
+    handler.setLevel(level)
+    logger = logging.getLogger("imagefactory")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    # paramiko logs every refused connection while a guest boots; that is expected, not news.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (CI cancelling a job) takes the same cleanup path as Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    app = App(args)
+    _setup_logging(app)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = int(args.func(app))
+    except ImageFactoryError as e:
+        if app.debug:
+            traceback.print_exc()
+        _report(app, e)
+        code = int(e.exit_status)
+    except KeyboardInterrupt:
+        app.err.print("[red]interrupted[/]: cleaned up, nothing was stored")
+        code = int(ExitStatus.INTERRUPTED)
+    return code
+
+
+def _report(app: App, e: ImageFactoryError) -> None:
+    if app.json:
+        problems = [str(p) for p in e.problems] if isinstance(e, ValidationError) else [str(e)]
+        sys.stdout.write(json.dumps({"error": type(e).__name__, "problems": problems}, indent=2) + "\n")
+    if isinstance(e, ValidationError):
+        for p in e.problems:
+            app.err.print(f"error: {p}", markup=False)
+    else:
+        app.err.print(f"error: {e.message}", markup=False)
+        if e.hint:
+            app.err.print(f"hint: {e.hint}", markup=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

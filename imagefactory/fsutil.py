@@ -1,0 +1,64 @@
+"""Small filesystem helpers: atomic writes, digests, exclusive locks."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import BuildError
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write `path` so readers see the old or the new content, never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def digests(path: Path, chunk: int = 4 * 1024 * 1024) -> tuple[str, str]:
+    """(sha256, sha512) of a file in one read (Harvester wants SHA-512, everyone else SHA-256)."""
+    h256, h512 = hashlib.sha256(), hashlib.sha512()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h256.update(block)
+            h512.update(block)
+    return h256.hexdigest(), h512.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an flock on `path`; without `wait`, fail at once if someone else holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise BuildError(f"{what} is already running (pid {holder})",
+                             hint=f"wait for it, or remove {path} if that process is gone") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,305 @@
+"""Loading recipe files: YAML with line numbers, `extends`, the merge rules, validation.
+
+Merge rules (also in README.md, "Recipe merge rules"), applied parent first, child last:
+- scalars: the child's value wins;
+- lists: the child's items are appended to the parent's;
+- maps: merged key by key, recursively; a map whose `type` differs from the parent's
+  (e.g. `source`) replaces it whole;
+- an explicit `null` resets the key to its default (removes what the parents set).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from ..errors import Problem, UserError, ValidationError
+from .model import Recipe
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    """Plain YAML data plus where every key came from: path -> (file, line)."""
+
+    data: Any
+    where: dict[Path_, tuple[str, int]] = field(default_factory=dict)
+
+
+def _fmt_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_yaml(text: str, file: str) -> Located:
+    """Parse YAML into plain data, recording each key's line; duplicate keys are errors."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise ValidationError(
+            [Problem(file, line, "", f"invalid YAML: {e.problem or e}", "check indentation and quoting")]
+        ) from None
+    if node is None:
+        raise ValidationError([Problem(file, 1, "", "empty recipe", "a recipe needs at least 'os' and 'source'")])
+    constructor = yaml.SafeLoader("")
+    where: dict[Path_, tuple[str, int]] = {}
+    problems: list[Problem] = []
+
+    def convert(n: yaml.Node, path: Path_) -> Any:
+        where.setdefault(path, (file, n.start_mark.line + 1))
+        if isinstance(n, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for k, v in n.value:
+                key = constructor.construct_object(k, deep=True)
+                line = k.start_mark.line + 1
+                if not isinstance(key, str):
+                    problems.append(Problem(file, line, _fmt_path(path), f"key {key!r} is not a string"))
+                    continue
+                if key in out:
+                    problems.append(Problem(file, line, _fmt_path((*path, key)), "duplicate key",
+                                            "remove one of the two"))
+                    continue
+                where[(*path, key)] = (file, line)
+                out[key] = convert(v, (*path, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [convert(v, (*path, i)) for i, v in enumerate(n.value)]
+        return constructor.construct_object(n, deep=True)
+
+    data = convert(node, ())
+    if problems:
+        raise ValidationError(problems)
+    if not isinstance(data, dict):
+        raise ValidationError([Problem(file, 1, "", "a recipe must be a YAML mapping")])
+    return Located(data, where)
+
+
+def merge(parent: Located, child: Located) -> Located:
+    """Merge `child` over `parent` with the rules in the module docstring."""
+    where = dict(parent.where)
+
+    def reindex(src: dict[Path_, tuple[str, int]], old: Path_, new: Path_) -> None:
+        for p, loc in src.items():
+            if p[: len(old)] == old:
+                where[new + p[len(old):]] = loc
+
+    def go(a: Any, b: Any, path: Path_) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            if "type" in a and "type" in b and a["type"] != b["type"]:
+                _drop(where, path)
+                reindex(child.where, path, path)
+                return b
+            out = dict(a)
+            for k, v in b.items():
+                if v is None:
+                    out.pop(k, None)
+                    _drop(where, (*path, k))
+                elif k in out:
+                    out[k] = go(out[k], v, (*path, k))
+                else:
+                    out[k] = v
+                    reindex(child.where, (*path, k), (*path, k))
+            return out
+        if isinstance(a, list) and isinstance(b, list):
+            for p in [p for p in where if p[: len(path)] == path and len(p) > len(path)]:
+                del where[p]
+            reindex(parent.where, path, path)  # the parent's items keep their lines
+            for p, loc in child.where.items():
+                if p[: len(path)] == path and len(p) > len(path) and isinstance(p[len(path)], int):
+                    i = p[len(path)]
+                    assert isinstance(i, int)
+                    where[(*path, i + len(a), *p[len(path) + 1:])] = loc
+            return a + b
+        reindex(child.where, path, path)
+        return b
+
+    return Located(go(parent.data, child.data, ()), where)
+
+
+def _drop(where: dict[Path_, tuple[str, int]], path: Path_) -> None:
+    for p in [p for p in where if p[: len(path)] == path]:
+        del where[p]
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe plus what it was made from."""
+
+    recipe: Recipe
+    merged: dict[str, Any]
+    files: tuple[Path, ...]  # the chain, child first
+    directory: Path
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the merged recipe (canonical JSON): changes whenever the recipe does."""
+        blob = json.dumps(self.recipe.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+class RecipeBook:
+    """The recipes of one directory (`recipes/`): list, load with `extends`, validate."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def names(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.stem for p in self.directory.glob("*.yaml"))
+
+    def path_of(self, ref: str) -> Path:
+        p = Path(ref)
+        if p.suffix in (".yaml", ".yml") or os.sep in ref:
+            if not p.is_file():
+                raise UserError(f"{ref}: no such recipe file")
+            return p
+        path = self.directory / f"{ref}.yaml"
+        if not path.is_file():
+            close = difflib.get_close_matches(ref, self.names(), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see 'imagefactory recipes list'"
+            raise UserError(f"{path}: no recipe named '{ref}'", hint=hint)
+        return path
+
+    def _read(self, path: Path) -> Located:
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read: {e.strerror}") from None
+        return parse_yaml(text, str(path))
+
+    def merged(self, ref: str) -> tuple[Located, list[Path]]:
+        """Load `ref` and its `extends` chain, merged; raises on missing parents and cycles."""
+        chain: list[Path] = []
+        path = self.path_of(ref)
+        layers: list[Located] = []
+        while True:
+            resolved = path.resolve()
+            if resolved in [c.resolve() for c in chain]:
+                names = " -> ".join(c.stem for c in [*chain, path])
+                raise ValidationError([Problem(str(chain[-1]), layers[-1].where.get(("extends",), ("", 0))[1],
+                                               "extends", f"cycle: {names}",
+                                               "a recipe cannot extend itself, directly or not")])
+            chain.append(path)
+            layer = self._read(path)
+            layers.append(layer)
+            if "name" in layer.data:
+                raise ValidationError([Problem(str(path), layer.where[("name",)][1], "name",
+                                               "unknown key", "a recipe's name is its file name")])
+            parent = layer.data.get("extends")
+            if parent is None:
+                break
+            if not isinstance(parent, str):
+                raise ValidationError([Problem(str(path), layer.where[("extends",)][1], "extends",
+                                               "must be a recipe name")])
+            parent_path = path.parent / f"{parent}.yaml"
+            if not parent_path.is_file():
+                close = difflib.get_close_matches(parent, self.names(), n=3)
+                raise ValidationError([Problem(
+                    str(path), layer.where[("extends",)][1], "extends",
+                    f"recipe '{parent}' does not exist",
+                    f"did you mean {', '.join(close)}?" if close else "see 'imagefactory recipes list'",
+                )])
+            path = parent_path
+        result = layers[-1]
+        for layer in reversed(layers[:-1]):
+            result = merge(result, layer)
+        result.data["extends"] = layers[0].data.get("extends")
+        if result.data["extends"] is None:
+            result.data.pop("extends")
+        return result, chain
+
+    def load(self, ref: str) -> LoadedRecipe:
+        """Load, merge and validate; raises `ValidationError` with *all* problems."""
+        located, chain = self.merged(ref)
+        name = chain[0].stem
+        data = {"name": name, **located.data}
+        try:
+            recipe = Recipe.model_validate(data)
+        except PydanticValidationError as e:
+            raise ValidationError(_problems(e, located, str(chain[0]))) from None
+        from .validate import semantic_problems
+
+        loaded = LoadedRecipe(recipe, located.data, tuple(chain), chain[0].parent)
+        problems = semantic_problems(loaded, located.where)
+        if problems:
+            raise ValidationError(problems)
+        return loaded
+
+
+def locate(where: dict[Path_, tuple[str, int]], path: Path_, default_file: str) -> tuple[str, int | None]:
+    for n in range(len(path), -1, -1):
+        if path[:n] in where:
+            return where[path[:n]]
+    return default_file, None
+
+
+def _problems(e: PydanticValidationError, located: Located, default_file: str) -> list[Problem]:
+    out: list[Problem] = []
+    for err in e.errors():
+        loc: list[str | int] = [p for p in err["loc"] if isinstance(p, str | int)]
+        # Discriminated unions put the tag into the location: source.mmdebstrap.suite.
+        if len(loc) > 1 and loc[0] == "source" and loc[1] in ("mmdebstrap", "cloud-image"):
+            del loc[1]
+        path = tuple(loc)
+        file, line = locate(located.where, path, default_file)
+        msg = err["msg"].removeprefix("Value error, ")
+        hint = None
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            hint = _key_hint(path)
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+            hint = "add it here or in a recipe this one extends"
+        elif err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
+            hint = "source.type is 'mmdebstrap' or 'cloud-image'"
+        out.append(Problem(file, line, _fmt_path(path), msg, hint))
+    return out
+
+
+def _key_hint(path: Path_) -> str:
+    """'valid keys here: ...' (with a did-you-mean) for an unknown key at `path`."""
+    model: Any = Recipe
+    for part in path[:-1]:
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if f is None:
+            return "remove it"
+        model = _inner_model(f.annotation)
+        if model is None:
+            return "remove it"
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return "remove it"
+    valid = [k for k in model.model_fields if not (model is Recipe and k == "name")]
+    close = difflib.get_close_matches(str(path[-1]), valid, n=1)
+    lead = f"did you mean '{close[0]}'? " if close else ""
+    return f"{lead}valid keys here: {', '.join(valid)}"
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model class inside e.g. `tuple[FileSpec, ...]` or a source union (first match)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    meta = getattr(annotation, "__metadata__", None)
+    if meta is not None:
+        return _inner_model(getattr(annotation, "__origin__", None))
+    return None

@@ -1,0 +1,76 @@
+"""Semantic checks that run after the schema: things a type cannot express."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import distros
+from ..errors import Problem
+
+if TYPE_CHECKING:
+    from .load import LoadedRecipe, Path_
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:g} GiB"
+
+
+def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]]) -> list[Problem]:
+    from .load import locate
+
+    r = loaded.recipe
+    default_file = str(loaded.files[0])
+    problems: list[Problem] = []
+
+    def add(path: tuple[str | int, ...], message: str, hint: str | None = None) -> None:
+        file, line = locate(where, path, default_file)
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+        problems.append(Problem(file, line, dotted, message, hint))
+
+    distro = distros.get(r.os.family)
+    if r.os.release not in distro.releases:
+        add(("os", "release"), f"release '{r.os.release}' is not supported by family '{r.os.family}'",
+            f"supported: {', '.join(distro.releases)}")
+    if r.builder not in distro.builders:
+        add(("builder",), f"builder '{r.builder}' cannot build family '{r.os.family}'",
+            f"use: {', '.join(distro.builders)}")
+    elif r.source.type not in distro.builders[r.builder]:
+        add(("source", "type"), f"builder '{r.builder}' cannot build from a '{r.source.type}' source",
+            f"builder '{r.builder}' takes: {', '.join(distro.builders[r.builder])}")
+    if r.source.type == "mmdebstrap" and r.os.release in distro.releases:
+        codename = distro.codename(r.os.release)
+        if r.source.suite not in (codename, r.os.release):
+            add(("source", "suite"), f"suite '{r.source.suite}' does not match {r.os.family} {r.os.release}",
+                f"use '{codename}'")
+    if r.builder == "rootfs" and r.os.arch != "amd64":
+        add(("os", "arch"), f"the rootfs builder builds only for the host architecture (amd64), not {r.os.arch}",
+            "cross-architecture builds are not supported")
+    if r.disk.size < distro.min_disk:
+        add(("disk", "size"), f"{_gib(r.disk.size)} is too small for a {r.os.family} image",
+            f"use at least {_gib(distro.min_disk)}")
+    if r.disk.size % (1024**2):
+        add(("disk", "size"), "must be a whole number of MiB", "e.g. 4GiB or 3584MiB")
+
+    seen: dict[str, int] = {}
+    for i, f in enumerate(r.files):
+        if f.path in seen:
+            add(("files", i, "path"), f"'{f.path}' is also written by files[{seen[f.path]}]",
+                "keep one entry per path")
+        seen[f.path] = i
+        if f.template is not None and not (loaded.directory / f.template).is_file():
+            add(("files", i, "template"), f"template '{f.template}' not found in {loaded.directory}",
+                "template paths are relative to the recipe directory")
+
+    lists = {"enable": r.services.enable, "disable": r.services.disable, "mask": r.services.mask}
+    for a, b in (("enable", "disable"), ("enable", "mask")):
+        for unit in sorted(set(lists[a]) & set(lists[b])):
+            add(("services", b), f"'{unit}' is in both services.{a} and services.{b}", "keep it in one list")
+
+    both = sorted(set(r.packages.install) & set(r.packages.remove))
+    for pkg in both:
+        add(("packages", "remove"), f"'{pkg}' is both installed and removed", "keep it in one list")
+
+    if "hygiene" in r.tests.suites and r.tests.clones < 2:
+        add(("tests", "clones"), "the hygiene suite needs 2 clones (it compares their identities)",
+            "set tests.clones: 2")
+    return problems

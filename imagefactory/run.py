@@ -1,0 +1,142 @@
+"""The only place that runs external programs.
+
+Every command is logged as `+ <shell-quoted argv>` before it runs, its output goes to the build
+log line by line, a missing binary becomes a `CommandNotFound` naming the Debian package to
+install, and a non-zero exit becomes a `CommandFailed` carrying the tail of stderr. Secrets are
+never passed on argv: callers hand them over through `env` or `input`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CommandFailed, CommandNotFound
+
+log = logging.getLogger("imagefactory.run")
+
+# Which Debian package provides a binary, for the "not found" hint.
+PACKAGES = {
+    "mmdebstrap": "mmdebstrap",
+    "sfdisk": "fdisk",
+    "mkfs.ext4": "e2fsprogs",
+    "grub-mkimage": "grub-pc-bin",
+    "qemu-img": "qemu-utils",
+    "cloud-init": "cloud-init",
+    "chroot": "coreutils",
+    "mount": "mount",
+    "umount": "mount",
+    "virtlogd": "libvirt-daemon-system",
+    "libvirtd": "libvirt-daemon-system",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _pump(stream: object, sink: list[str], level: int) -> None:
+    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        sink.append(line)
+        log.log(level, "  %s", line)
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float | None = None,
+    quiet: bool = False,
+) -> Result:
+    """Run `argv`, log it and its output, and return its captured output.
+
+    `env` is *added* to the current environment. `quiet` logs output at DEBUG instead of INFO
+    (for commands whose output is data, e.g. `dpkg-query`).
+    """
+    args = [os.fspath(a) for a in argv]
+    log.info("+ %s", shlex.join(args))
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd,
+        )
+    except FileNotFoundError:
+        pkg = PACKAGES.get(Path(args[0]).name)
+        hint = f"install the Debian package '{pkg}' (ci/bootstrap.sh does)" if pkg else None
+        raise CommandNotFound(f"{args[0]} not found", hint=hint) from None
+    out: list[str] = []
+    err: list[str] = []
+    level = logging.DEBUG if quiet else logging.INFO
+    threads = [
+        threading.Thread(target=_pump, args=(proc.stdout, out, level), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, err, logging.INFO), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        if input is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(input.encode() if isinstance(input, str) else input)
+            proc.stdin.close()
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise CommandFailed(args, -1, f"timed out after {timeout:.0f} s") from None
+    except BaseException:
+        # Ctrl-C or timeout: the child shares our process group and got SIGINT too; give it a
+        # moment to clean up, then make sure it is gone before the caller's cleanup runs.
+        _stop(proc)
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+    result = Result(args, returncode, "\n".join(out) + ("\n" if out else ""), "\n".join(err))
+    if check and returncode != 0:
+        raise CommandFailed(args, returncode, result.stderr or result.stdout)
+    return result
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def which(name: str) -> str | None:
+    """Path of a host binary, or None (PATH plus the sbin dirs root usually has)."""
+    import shutil
+
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return shutil.which(name, path=path)
+
+
+def spawn_daemon(argv: Sequence[str]) -> None:
+    """Start a daemon that forks itself into the background (e.g. `libvirtd -d`)."""
+    run(argv)

@@ -1,0 +1,1 @@
+"""Provisioning steps shared by the builders: packages, files, services, sealing."""

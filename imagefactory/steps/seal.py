@@ -1,0 +1,266 @@
+"""Sealing: golden-image hygiene. Each seal step has a matching check, run right after sealing
+(on the root) and mirrored by the booted `hygiene` suite (testing/suites/test_hygiene.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..chroot import POLICY_RC_D
+
+HOSTS = (
+    "127.0.0.1\tlocalhost\n"
+    "::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+    "ff02::1\t\tip6-allnodes\n"
+    "ff02::2\t\tip6-allrouters\n"
+)
+HISTORY_FILES = (".bash_history", ".lesshst", ".python_history", ".viminfo", ".wget-hsts")
+
+
+def _homes(root: Path) -> list[Path]:
+    homes = [root / "root"]
+    if (root / "home").is_dir():
+        homes += [p for p in sorted((root / "home").iterdir()) if p.is_dir()]
+    return homes
+
+
+def _empty_dir(path: Path) -> None:
+    if not path.is_dir() or path.is_symlink():
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path] if path.exists() or path.is_symlink() else []
+    return [p for p in path.rglob("*") if not p.is_dir() or p.is_symlink()]
+
+
+# --- machine identity ---------------------------------------------------------------------
+
+
+def seal_machine_id(root: Path, caches: tuple[str, ...]) -> None:
+    # Empty (not missing): systemd then generates a new id on first boot and treats the boot
+    # as a first boot (ConditionFirstBoot).
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+
+
+def check_machine_id(root: Path, caches: tuple[str, ...]) -> list[str]:
+    out = []
+    mid = root / "etc/machine-id"
+    if not mid.is_file() or mid.read_text().strip():
+        out.append("/etc/machine-id must exist and be empty")
+    dbus = root / "var/lib/dbus/machine-id"
+    if dbus.exists() or dbus.is_symlink():
+        out.append("/var/lib/dbus/machine-id must not exist")
+    return out
+
+
+def seal_ssh_host_keys(root: Path, caches: tuple[str, ...]) -> None:
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
+def check_ssh_host_keys(root: Path, caches: tuple[str, ...]) -> list[str]:
+    return [f"SSH host key baked in: /{k.relative_to(root)}" for k in (root / "etc/ssh").glob("ssh_host_*")]
+
+
+def seal_cloud_init(root: Path, caches: tuple[str, ...]) -> None:
+    _empty_dir(root / "var/lib/cloud")
+    _empty_dir(root / "run/cloud-init")
+    for log in (root / "var/log").glob("cloud-init*"):
+        log.unlink()
+
+
+def check_cloud_init(root: Path, caches: tuple[str, ...]) -> list[str]:
+    out = [f"cloud-init state left: /{p.relative_to(root)}" for p in _files(root / "var/lib/cloud")]
+    out += [f"cloud-init log left: /{p.relative_to(root)}" for p in (root / "var/log").glob("cloud-init*")]
+    return out
+
+
+# --- host leaks -----------------------------------------------------------------------------
+
+
+def seal_hostname(root: Path, caches: tuple[str, ...]) -> None:
+    # cloud-init sets the real name from meta-data on first boot.
+    (root / "etc/hostname").write_text("localhost\n")
+
+
+def check_hostname(root: Path, caches: tuple[str, ...]) -> list[str]:
+    p = root / "etc/hostname"
+    name = p.read_text().strip() if p.is_file() else ""
+    return [] if name == "localhost" else [f"/etc/hostname is '{name}', expected 'localhost'"]
+
+
+def seal_resolv_conf(root: Path, caches: tuple[str, ...]) -> None:
+    p = root / "etc/resolv.conf"
+    # A symlink (systemd-resolved, resolvconf) is the distro's design; a file is the host's.
+    if p.is_file() and not p.is_symlink():
+        p.unlink()
+
+
+def check_resolv_conf(root: Path, caches: tuple[str, ...]) -> list[str]:
+    p = root / "etc/resolv.conf"
+    if p.is_symlink() or not p.exists():
+        return []
+    return ["/etc/resolv.conf is a file (the build host's); it must be absent or a symlink"]
+
+
+def seal_hosts(root: Path, caches: tuple[str, ...]) -> None:
+    (root / "etc/hosts").write_text(HOSTS)
+
+
+def check_hosts(root: Path, caches: tuple[str, ...]) -> list[str]:
+    p = root / "etc/hosts"
+    text = p.read_text() if p.is_file() else ""
+    lines = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    ok = any(f[0] == "127.0.0.1" and "localhost" in f[1:] for f in lines) and any(
+        f[0] == "::1" and "localhost" in f[1:] for f in lines
+    )
+    names = {n for f in lines for n in f[1:]}
+    extra = names - {"localhost", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters"}
+    out = [] if ok else ["/etc/hosts lacks 127.0.0.1/::1 localhost entries"]
+    return out + [f"/etc/hosts names a host: {n}" for n in sorted(extra)]
+
+
+# --- caches, logs, history, keys ---------------------------------------------------------------
+
+
+def seal_package_caches(root: Path, caches: tuple[str, ...]) -> None:
+    for rel in caches:
+        p = root / rel
+        if p.is_dir():
+            _empty_dir(p)
+        elif p.exists():
+            p.unlink()
+
+
+def check_package_caches(root: Path, caches: tuple[str, ...]) -> list[str]:
+    return [f"package cache left: /{f.relative_to(root)}" for rel in caches for f in _files(root / rel)]
+
+
+def seal_logs(root: Path, caches: tuple[str, ...]) -> None:
+    for f in _files(root / "var/log"):
+        if f.is_symlink():
+            continue
+        if f.suffix in (".gz", ".xz", ".old") or f.name[-2:] in (".1", ".2", ".3"):
+            f.unlink()  # rotated: no value in a new image
+        else:
+            os.truncate(f, 0)  # keep the file: some daemons need it to exist with its owner
+
+
+def check_logs(root: Path, caches: tuple[str, ...]) -> list[str]:
+    return [
+        f"log not empty: /{f.relative_to(root)}"
+        for f in _files(root / "var/log")
+        if not f.is_symlink() and f.stat().st_size > 0
+    ]
+
+
+def seal_shell_history(root: Path, caches: tuple[str, ...]) -> None:
+    for home in _homes(root):
+        for name in HISTORY_FILES:
+            (home / name).unlink(missing_ok=True)
+
+
+def check_shell_history(root: Path, caches: tuple[str, ...]) -> list[str]:
+    return [
+        f"shell history left: /{(home / n).relative_to(root)}"
+        for home in _homes(root)
+        for n in HISTORY_FILES
+        if (home / n).exists()
+    ]
+
+
+def seal_random_seed(root: Path, caches: tuple[str, ...]) -> None:
+    (root / "var/lib/systemd/random-seed").unlink(missing_ok=True)
+    (root / "var/lib/urandom/random-seed").unlink(missing_ok=True)
+
+
+def check_random_seed(root: Path, caches: tuple[str, ...]) -> list[str]:
+    return [
+        f"random seed baked in: /{rel}"
+        for rel in ("var/lib/systemd/random-seed", "var/lib/urandom/random-seed")
+        if (root / rel).exists()
+    ]
+
+
+def _key_files(root: Path) -> list[Path]:
+    found = []
+    for home in _homes(root):
+        ssh = home / ".ssh"
+        if ssh.is_dir():
+            found += [p for p in ssh.iterdir() if p.name == "authorized_keys" or p.name.startswith("id_")]
+    return found
+
+
+def seal_build_keys(root: Path, caches: tuple[str, ...]) -> None:
+    for p in _key_files(root):
+        p.unlink()
+    (root / "etc/sudoers.d/imagefactory-build").unlink(missing_ok=True)
+
+
+def check_build_keys(root: Path, caches: tuple[str, ...]) -> list[str]:
+    out = [f"build key left: /{p.relative_to(root)}" for p in _key_files(root)]
+    if (root / "etc/sudoers.d/imagefactory-build").exists():
+        out.append("build sudoers rule left: /etc/sudoers.d/imagefactory-build")
+    return out
+
+
+def seal_policy_rc_d(root: Path, caches: tuple[str, ...]) -> None:
+    (root / POLICY_RC_D).unlink(missing_ok=True)
+
+
+def check_policy_rc_d(root: Path, caches: tuple[str, ...]) -> list[str]:
+    return [f"/{POLICY_RC_D} left: services would never start"] if (root / POLICY_RC_D).exists() else []
+
+
+def seal_tmp(root: Path, caches: tuple[str, ...]) -> None:
+    _empty_dir(root / "tmp")
+    _empty_dir(root / "var/tmp")
+
+
+def check_tmp(root: Path, caches: tuple[str, ...]) -> list[str]:
+    return [f"temporary file left: /{p.relative_to(root)}" for d in ("tmp", "var/tmp") for p in _files(root / d)]
+
+
+@dataclass(frozen=True)
+class SealStep:
+    name: str
+    apply: Callable[[Path, tuple[str, ...]], None]
+    check: Callable[[Path, tuple[str, ...]], list[str]]
+
+
+SEAL_STEPS: tuple[SealStep, ...] = (
+    SealStep("machine-id", seal_machine_id, check_machine_id),
+    SealStep("ssh-host-keys", seal_ssh_host_keys, check_ssh_host_keys),
+    SealStep("cloud-init", seal_cloud_init, check_cloud_init),
+    SealStep("hostname", seal_hostname, check_hostname),
+    SealStep("resolv-conf", seal_resolv_conf, check_resolv_conf),
+    SealStep("hosts", seal_hosts, check_hosts),
+    SealStep("package-caches", seal_package_caches, check_package_caches),
+    SealStep("logs", seal_logs, check_logs),
+    SealStep("shell-history", seal_shell_history, check_shell_history),
+    SealStep("random-seed", seal_random_seed, check_random_seed),
+    SealStep("build-keys", seal_build_keys, check_build_keys),
+    SealStep("policy-rc-d", seal_policy_rc_d, check_policy_rc_d),
+    SealStep("tmp", seal_tmp, check_tmp),
+)
+
+
+def seal(root: Path, caches: tuple[str, ...]) -> None:
+    for step in SEAL_STEPS:
+        step.apply(root, caches)
+
+
+def check(root: Path, caches: tuple[str, ...]) -> list[str]:
+    """Every hygiene problem left in `root` (empty when sealed)."""
+    return [problem for step in SEAL_STEPS for problem in step.check(root, caches)]

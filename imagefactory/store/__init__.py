@@ -1,0 +1,1 @@
+"""Image stores: the local directory store now; S3/MinIO comes with publishing."""

@@ -1,0 +1,1 @@
+"""Boot tests: libvirt harness and the testinfra suites run against booted images."""
