@@ -46,11 +46,12 @@ class Result:
     stderr: str
 
 
-def _pump(stream: object, sink: list[str], level: int) -> None:
+def _pump(stream: object, sink: list[str], echo: bool) -> None:
     for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
         line = raw.decode("utf-8", "replace").rstrip("\n")
         sink.append(line)
-        log.log(level, "  %s", line)
+        if echo:
+            log.debug("  %s", line)
 
 
 def run(
@@ -65,8 +66,9 @@ def run(
 ) -> Result:
     """Run `argv`, log it and its output, and return its captured output.
 
-    `env` is *added* to the current environment. `quiet` logs output at DEBUG instead of INFO
-    (for commands whose output is data, e.g. `dpkg-query`).
+    `env` is *added* to the current environment. Output goes to the build log (DEBUG): the
+    console shows the command lines, and a failure carries the tail of stderr. `quiet`
+    keeps stdout out of the log (for commands whose output is data, e.g. `qemu-img info`).
     """
     args = [os.fspath(a) for a in argv]
     log.info("+ %s", shlex.join(args))
@@ -88,10 +90,9 @@ def run(
         raise CommandNotFound(f"{args[0]} not found", hint=hint) from None
     out: list[str] = []
     err: list[str] = []
-    level = logging.DEBUG if quiet else logging.INFO
     threads = [
-        threading.Thread(target=_pump, args=(proc.stdout, out, level), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, err, logging.INFO), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stdout, out, not quiet), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, err, True), daemon=True),
     ]
     for t in threads:
         t.start()

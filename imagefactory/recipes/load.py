@@ -78,6 +78,10 @@ def parse_yaml(text: str, file: str) -> Located:
             return out
         if isinstance(n, yaml.SequenceNode):
             return [convert(v, (*path, i)) for i, v in enumerate(n.value)]
+        if n.tag == "tag:yaml.org,2002:int" and len(n.value) > 1 and n.value.startswith("0") \
+                and n.value.isdigit():
+            # YAML 1.1 reads 0644 as the octal 420; keep the text so `mode: 0644` means 0644.
+            return n.value
         return constructor.construct_object(n, deep=True)
 
     data = convert(node, ())

@@ -110,8 +110,7 @@ class FileSpec(Strict):
     @classmethod
     def _mode(cls, v: object) -> object:
         if isinstance(v, int) and not isinstance(v, bool):
-            # YAML 1.1 reads 0644 as the octal int 420; keep what the user meant.
-            v = f"0{v:o}"
+            v = str(v)  # `mode: 644` means 0644 (leading-zero ints arrive as text, see load.py)
         if isinstance(v, str) and not re.match(r"^0?[0-7]{3,4}$", v):
             raise ValueError("must be octal permission bits such as '0644'")
         return v

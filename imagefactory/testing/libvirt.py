@@ -44,8 +44,18 @@ def _silence_libvirt(_ctx: object, _err: object) -> None:
 libvirt.registerErrorHandler(_silence_libvirt, None)
 
 
+def check_kvm_device() -> None:
+    """Refuse a root-only /dev/kvm: libvirt 9.0 then re-probes QEMU in a loop and every domain
+    start hangs (TCG included). udev normally makes it root:kvm 0660."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat("/dev/kvm").st_mode & 0o060 == 0:
+            raise UserError("/dev/kvm is accessible to root only: libvirt would hang starting guests",
+                            hint="chgrp kvm /dev/kvm && chmod 0660 /dev/kvm (ci/bootstrap.sh does)")
+
+
 def ensure_libvirtd(timeout: float = 30.0) -> None:
     """Start virtlogd and libvirtd when they are not running (no service manager here)."""
+    check_kvm_device()
     with contextlib.suppress(libvirt.libvirtError):
         libvirt.open(URI).close()
         return

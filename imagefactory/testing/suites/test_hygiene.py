@@ -130,12 +130,17 @@ def test_random_seed_not_baked(clone: Clone) -> None:
 
 def test_no_build_keys(clone: Clone, target: dict[str, Any]) -> None:
     _, host = clone
-    assert not host.file("/root/.ssh/authorized_keys").exists
     assert not host.file("/etc/sudoers.d/imagefactory-build").exists
-    # The only key a user may hold is the one this test run injected through cloud-init.
+    # The only key anyone may hold is the one this test run injected through cloud-init...
     user = target["user"]
     keys = host.file(f"/home/{user}/.ssh/authorized_keys").content_string.splitlines()
     assert [k for k in keys if k.strip()] == [target["public_key"]]
+    # ...which cloud-init (disable_root) also gives root, wrapped so that it cannot log in.
+    root_keys = host.file("/root/.ssh/authorized_keys")
+    if root_keys.exists:
+        for line in filter(str.strip, root_keys.content_string.splitlines()):
+            assert line.endswith(target["public_key"]), f"unknown key for root: {line[:60]}"
+            assert "Please login as the user" in line, f"usable root key: {line[:60]}"
 
 
 def test_services_may_start(clone: Clone) -> None:
@@ -149,3 +154,10 @@ def test_no_egress(clone: Clone) -> None:
     # restrict=on user networking: nothing beyond the forwarded SSH port is reachable.
     out = host.run("timeout 5 bash -c 'exec 3<>/dev/tcp/10.0.2.2/80' 2>&1")
     assert out.rc != 0
+
+
+def test_tmp_is_clean(clone: Clone) -> None:
+    _, host = clone
+    btime = _btime(host)
+    old = host.run(f"find /var/tmp -mindepth 1 ! -newermt @{btime - 5} -printf '%p\\n'").stdout.split()
+    assert old == [], f"files from the build in /var/tmp: {old}"

@@ -1,0 +1,89 @@
+"""The CLI in a subprocess, as a user runs it: exit codes, messages, --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import MINIMAL, RECIPES, write
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imagefactory.cli", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_bad_recipe_exit_2_no_traceback(recipe_dir: Path) -> None:
+    p = write(recipe_dir, "bad", MINIMAL + "disk: {sise: 4GiB}\n")
+    r = cli("--recipes", str(recipe_dir), "recipes", "validate", "bad")
+    assert r.returncode == 2
+    assert f"{p}:3: disk.sise: unknown key (hint: did you mean 'size'?" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_build_of_invalid_recipe_is_refused_before_building(recipe_dir: Path, tmp_path: Path) -> None:
+    write(recipe_dir, "bad", MINIMAL + "disk: {size: 1GiB}\n")
+    r = cli("--recipes", str(recipe_dir), "--workdir", str(tmp_path / "w"), "build", "bad")
+    assert r.returncode == 2
+    assert "disk.size: 1 GiB is too small" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_debug_shows_traceback(recipe_dir: Path) -> None:
+    write(recipe_dir, "bad", "extends: nothing\n")
+    r = cli("--debug", "--recipes", str(recipe_dir), "recipes", "show", "bad")
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_json_error_document(recipe_dir: Path) -> None:
+    write(recipe_dir, "bad", "os: [\n")
+    r = cli("--json", "--recipes", str(recipe_dir), "recipes", "render", "bad")
+    assert r.returncode == 2
+    doc = json.loads(r.stdout)
+    assert doc["error"] == "ValidationError" and "invalid YAML" in doc["problems"][0]
+
+
+def test_validate_all_shipped_recipes_json() -> None:
+    r = cli("--json", "--recipes", str(RECIPES), "recipes", "validate")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["valid"] is True
+    assert {x["name"] for x in doc["recipes"]} >= {"debian-12-base", "ubuntu-22.04-base",
+                                                  "ubuntu-24.04-base", "sle-micro-5.5-base"}
+
+
+def test_list_show_render(recipe_dir: Path) -> None:
+    write(recipe_dir, "base", MINIMAL + "packages: {install: [a]}\n")
+    write(recipe_dir, "child", "extends: base\npackages: {install: [b]}\n")
+    listed = json.loads(cli("--json", "--recipes", str(recipe_dir), "recipes", "list").stdout)
+    assert [x["name"] for x in listed] == ["base", "child"]
+    rendered = cli("--recipes", str(recipe_dir), "recipes", "render", "child")
+    assert rendered.returncode == 0
+    assert "install:\n  - a\n  - b\n" in rendered.stdout
+    shown = json.loads(cli("--json", "--recipes", str(recipe_dir), "recipes", "show", "child").stdout)
+    assert [Path(f).name for f in shown["files"]] == ["child.yaml", "base.yaml"]
+    assert len(shown["digest"]) == 64
+
+
+def test_schema_is_json() -> None:
+    r = cli("schema")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["title"] == "imagefactory recipe"
+
+
+def test_packer_recipes_are_refused_clearly(tmp_path: Path) -> None:
+    r = cli("--recipes", str(RECIPES), "--workdir", str(tmp_path), "build", "ubuntu-22.04-base")
+    assert r.returncode == 2
+    assert "builder 'packer' is not available yet" in r.stderr
+
+
+def test_images_list_empty_store(tmp_path: Path) -> None:
+    r = cli("--json", "--workdir", str(tmp_path), "images", "list")
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+
+
+def test_test_unknown_image(tmp_path: Path) -> None:
+    r = cli("--workdir", str(tmp_path), "test", "nothing-here")
+    assert r.returncode == 2 and "no such image" in r.stderr

@@ -1,0 +1,95 @@
+"""Each seal step against a dirty root: its check finds the dirt, its apply removes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagefactory.steps import seal
+from imagefactory.steps.seal import SEAL_STEPS
+
+CACHES = ("var/lib/apt/lists", "var/cache/apt")
+
+
+def dirty_root(root: Path) -> Path:
+    files = {
+        "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+        "var/lib/dbus/machine-id": "0123456789abcdef0123456789abcdef\n",
+        "etc/ssh/ssh_host_ed25519_key": "PRIVATE",
+        "etc/ssh/ssh_host_ed25519_key.pub": "ssh-ed25519 AAAA",
+        "etc/ssh/sshd_config": "# keep me\n",
+        "var/lib/cloud/instances/i-1/obj.pkl": "x",
+        "var/log/cloud-init.log": "old",
+        "etc/hostname": "buildhost\n",
+        "etc/resolv.conf": "nameserver 10.9.9.9\n",
+        "etc/hosts": "127.0.0.1 localhost buildhost\n",
+        "var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease": "x",
+        "var/cache/apt/pkgcache.bin": "x",
+        "var/log/dpkg.log": "installed things",
+        "var/log/apt/history.log.1.gz": "old",
+        "root/.bash_history": "ls\n",
+        "home/debian/.lesshst": "x",
+        "var/lib/systemd/random-seed": "seed",
+        "root/.ssh/authorized_keys": "ssh-ed25519 BUILD",
+        "etc/sudoers.d/imagefactory-build": "ALL",
+        "usr/sbin/policy-rc.d": "exit 101",
+        "tmp/build-scratch": "x",
+    }
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("step", SEAL_STEPS, ids=[s.name for s in SEAL_STEPS])
+def test_each_step_finds_and_fixes_its_dirt(tmp_path: Path, step: seal.SealStep) -> None:
+    root = dirty_root(tmp_path)
+    assert step.check(root, CACHES), f"{step.name}: check did not notice a dirty root"
+    step.apply(root, CACHES)
+    assert step.check(root, CACHES) == []
+
+
+def test_seal_leaves_a_clean_root_and_keeps_what_matters(tmp_path: Path) -> None:
+    root = dirty_root(tmp_path)
+    seal.seal(root, CACHES)
+    assert seal.check(root, CACHES) == []
+    assert (root / "etc/machine-id").read_text() == ""  # empty, not missing
+    assert (root / "etc/ssh/sshd_config").exists()
+    assert (root / "var/log/dpkg.log").stat().st_size == 0  # truncated, not removed
+    assert not (root / "var/log/apt/history.log.1.gz").exists()
+    assert (root / "var/lib/apt/lists").is_dir()
+    assert (root / "etc/hostname").read_text() == "localhost\n"
+    assert "buildhost" not in (root / "etc/hosts").read_text()
+
+
+def test_resolv_conf_symlink_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    seal.seal_resolv_conf(tmp_path, CACHES)
+    assert (tmp_path / "etc/resolv.conf").is_symlink()
+    assert seal.check_resolv_conf(tmp_path, CACHES) == []
+
+
+def test_every_seal_step_has_a_booted_test() -> None:
+    """The booted hygiene suite mirrors the seal steps one for one."""
+    suite = (Path(seal.__file__).parent.parent / "testing/suites/test_hygiene.py").read_text()
+    mirror = {
+        "machine-id": "test_machine_id_generated_on_first_boot",
+        "ssh-host-keys": "test_ssh_host_keys_generated_on_first_boot",
+        "cloud-init": "test_cloud_init_state_is_this_instance_only",
+        "hostname": "test_hostname_from_cloud_init_not_build_host",
+        "resolv-conf": "test_resolv_conf_not_from_build_host",
+        "hosts": "test_etc_hosts_is_sane",
+        "package-caches": "test_no_package_caches",
+        "logs": "test_logs_are_from_this_boot",
+        "shell-history": "test_no_shell_history",
+        "random-seed": "test_random_seed_not_baked",
+        "build-keys": "test_no_build_keys",
+        "policy-rc-d": "test_services_may_start",
+        "tmp": "test_tmp_is_clean",
+    }
+    assert set(mirror) == {s.name for s in SEAL_STEPS}
+    for test in mirror.values():
+        assert f"def {test}(" in suite, test
