@@ -58,7 +58,7 @@ def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
     check: bool = True,
-    input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess
+    input: str | bytes | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     timeout: float | None = None,

@@ -11,6 +11,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jinja2
@@ -108,10 +109,11 @@ def write_files(ctx: BuildContext) -> None:
         target.chmod(int(f.mode, 8))
 
 
-def _ids(path: object) -> dict[str, int]:
+def _ids(path: Path) -> dict[str, int]:
+    """name -> id from the image's own passwd/group file (not the host's)."""
     out: dict[str, int] = {}
     try:
-        text = open(path).read()  # type: ignore[call-overload]
+        text = path.read_text()
     except OSError:
         return out
     for line in text.splitlines():

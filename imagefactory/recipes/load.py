@@ -54,7 +54,8 @@ def parse_yaml(text: str, file: str) -> Located:
             [Problem(file, line, "", f"invalid YAML: {e.problem or e}", "check indentation and quoting")]
         ) from None
     if node is None:
-        raise ValidationError([Problem(file, 1, "", "empty recipe", "a recipe needs at least 'os' and 'source'")])
+        raise ValidationError(
+            [Problem(file, 1, "", "empty recipe", "a recipe needs at least 'os' and 'source'")])
     constructor = yaml.SafeLoader("")
     where: dict[Path_, tuple[str, int]] = {}
     problems: list[Problem] = []

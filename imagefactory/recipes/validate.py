@@ -43,7 +43,8 @@ def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]])
             add(("source", "suite"), f"suite '{r.source.suite}' does not match {r.os.family} {r.os.release}",
                 f"use '{codename}'")
     if r.builder == "rootfs" and r.os.arch != "amd64":
-        add(("os", "arch"), f"the rootfs builder builds only for the host architecture (amd64), not {r.os.arch}",
+        add(("os", "arch"),
+            f"the rootfs builder builds only for the host architecture (amd64), not {r.os.arch}",
             "cross-architecture builds are not supported")
     if r.disk.size < distro.min_disk:
         add(("disk", "size"), f"{_gib(r.disk.size)} is too small for a {r.os.family} image",

@@ -229,7 +229,8 @@ def seal_tmp(root: Path, caches: tuple[str, ...]) -> None:
 
 
 def check_tmp(root: Path, caches: tuple[str, ...]) -> list[str]:
-    return [f"temporary file left: /{p.relative_to(root)}" for d in ("tmp", "var/tmp") for p in _files(root / d)]
+    found = [p for d in ("tmp", "var/tmp") for p in _files(root / d)]
+    return [f"temporary file left: /{p.relative_to(root)}" for p in found]
 
 
 @dataclass(frozen=True)

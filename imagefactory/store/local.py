@@ -77,7 +77,7 @@ class LocalStore:
             return p
         if p.is_dir() and (p / "manifest.json").is_file():
             m = json.loads((p / "manifest.json").read_text())
-            return p / m["image"]["file"]
+            return p / str(m["image"]["file"])
         name, _, version = ref.partition(":")
         versions = self.index()["images"].get(name, [])
         if not versions:
@@ -88,4 +88,4 @@ class LocalStore:
         if chosen is None:
             raise UserError(f"{ref}: no version '{version}' of {name}",
                             hint="versions: " + ", ".join(v["version"] for v in versions))
-        return Path(chosen["path"]) / chosen["image"]
+        return Path(chosen["path"]) / str(chosen["image"])

@@ -211,6 +211,14 @@ def stale_domains(conn: libvirt.virConnect) -> list[str]:
     return [d.name() for d in conn.listAllDomains() if d.name().startswith(DOMAIN_PREFIX)]
 
 
+def check_reachable(path: Path) -> None:
+    """libvirt runs qemu as its own user: every directory above the image must be traversable."""
+    for parent in path.resolve().parents:
+        if not os.stat(parent).st_mode & 0o001:
+            raise UserError(f"{path}: libvirt's qemu user cannot reach it ({parent} is not "
+                            "world-traversable)", hint=f"chmod o+x {parent}, or use another --workdir")
+
+
 @contextlib.contextmanager
 def boot(
     image: Path,
@@ -229,12 +237,14 @@ def boot(
     if not image.is_file():
         raise UserError(f"{image}: no such image")
     ensure_libvirtd()
+    check_reachable(image)
     accel = resolve_accelerator(accelerator)
     run_id = secrets.token_hex(4)
     size, image_format = image_info(image)
     # libvirt's qemu user must reach the files: a world-traversable directory.
     directory = Path(tempfile.mkdtemp(prefix=f"boot-{run_id}-", dir=scratch))
     directory.chmod(0o755)
+    check_reachable(directory)
     conn = libvirt.open(URI)
     guests: list[Guest] = []
     try:
@@ -244,7 +254,7 @@ def boot(
                 name=f"{DOMAIN_PREFIX}{run_id}-{i}",
                 index=i,
                 port=free_port(),
-                mac="52:54:00:%02x:%02x:%02x" % tuple(secrets.token_bytes(3)),
+                mac="52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)),
                 overlay=directory / f"clone{i}.qcow2",
                 seed=directory / f"seed{i}.iso",
                 console=(console_dir or directory) / f"console-{i}.log",

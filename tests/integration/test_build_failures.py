@@ -99,7 +99,7 @@ def test_failing_step_with_mounts_active(recipe_dir: Path, tmp_path: Path, mirro
     # while proc, sys and dev are mounted in it.
     recipe(recipe_dir, mirror, "packages: {remove: [nano]}\n")
     p = build(recipe_dir, tmp_path / "w", env)
-    out, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=120)
     assert p.returncode == 1, err
     assert "error: command failed with exit code" in err
     assert "Traceback" not in err
