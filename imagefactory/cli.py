@@ -294,8 +294,13 @@ def parser() -> argparse.ArgumentParser:
 
 def _setup_logging(app: App) -> None:
     level = logging.DEBUG if app.debug else (logging.WARNING if app.json else logging.INFO)
-    handler = RichHandler(console=app.err, show_path=False, show_time=False, markup=False,
-                          rich_tracebacks=False)
+    handler: logging.Handler
+    if app.err.is_terminal:
+        handler = RichHandler(console=app.err, show_path=False, show_time=False, markup=False,
+                              rich_tracebacks=False)
+    else:  # CI logs: one unwrapped line per record
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.setLevel(level)
     logger = logging.getLogger("imagefactory")
     logger.addHandler(handler)

@@ -147,7 +147,7 @@ class Disk(Strict):
 
 
 class Tests(Strict):
-    suites: tuple[Literal["hygiene", "smoke"], ...] = ("hygiene",)
+    suites: tuple[Literal["hygiene", "recipe"], ...] = ("hygiene", "recipe")
     clones: int = Field(2, ge=1, le=4, description="VMs booted from the image at once")
     boot_timeout: int = Field(900, ge=30, description="seconds to wait for SSH")
     timeout: int = Field(900, ge=30, description="seconds for the test suites")

@@ -38,7 +38,7 @@ def test_minimal_recipe_gets_defaults(recipe_dir: Path) -> None:
     write(recipe_dir, "m", MINIMAL)
     r = RecipeBook(recipe_dir).load("m").recipe
     assert r.disk.size == 4 * 1024**3
-    assert r.tests.suites == ("hygiene",)
+    assert r.tests.suites == ("hygiene", "recipe")
     assert r.builder == "rootfs"
     assert r.os.release == "12"
 
