@@ -73,10 +73,10 @@ class BuildContext:
     def image(self) -> Path:
         return self.out_dir / f"image.{self.recipe.disk.format}"
 
-    def in_root(self, argv: Sequence[str]) -> Result:
+    def in_root(self, argv: Sequence[str], check: bool = True) -> Result:
         if self.chroot is None:
             raise BuildError("internal: a chroot command ran outside enter-chroot/leave-chroot")
-        return self.chroot.run(argv)
+        return self.chroot.run(argv, check=check)
 
 
 def new_build_id() -> str:

@@ -129,6 +129,14 @@ def configure_services(ctx: BuildContext) -> None:
     for verb, units in (("enable", s.enable), ("disable", s.disable), ("mask", s.mask)):
         if units:
             ctx.in_root(["systemctl", verb, *units])
+    # `systemctl enable` of a unit without an [Install] section succeeds and does nothing; a
+    # recipe that asks for it would ship a unit that never starts. Say so instead.
+    for unit in s.enable:
+        state = ctx.in_root(["systemctl", "is-enabled", unit], check=False).stdout.strip()
+        if state not in ("enabled", "alias", "enabled-runtime"):
+            raise BuildError(f"services.enable: '{unit}' is '{state}' after enabling it",
+                             hint="a 'static' unit has no [Install] section and starts through "
+                                  "its dependencies: remove it from services.enable")
 
 
 def leave_chroot(ctx: BuildContext) -> None:

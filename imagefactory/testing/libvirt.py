@@ -42,6 +42,8 @@ def _silence_libvirt(_ctx: object, _err: object) -> None:
 
 
 libvirt.registerErrorHandler(_silence_libvirt, None)
+# paramiko logs every refused connection while a guest boots: expected, not news.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 def check_kvm_device() -> None:
