@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, distros
+from .artifacts import Artifact, Cache, Fetcher
 from .chroot import Chroot, unmount_all
+from .config import FactoryConfig
 from .distros.base import Distro
 from .errors import BuildError, UserError
 from .fsutil import digests, exclusive_lock, write_json
+from .lock import LockFile, check_entry, needs_lock
 from .recipes.load import LoadedRecipe
 from .recipes.model import Recipe
 from .run import Result
@@ -52,10 +55,13 @@ class BuildContext:
     out_dir: Path  # `<build-id>.partial` until the build succeeds
     scratch: Path
     stack: contextlib.ExitStack
+    fetcher: Fetcher
     manifest: dict[str, Any] = field(default_factory=dict)
     timings: list[dict[str, Any]] = field(default_factory=list)
     chroot: Chroot | None = None
     skip_tests: bool = False
+    lock_entry: dict[str, Any] = field(default_factory=dict)
+    locked: list[Artifact] = field(default_factory=list)
 
     @property
     def recipe(self) -> Recipe:
@@ -73,10 +79,11 @@ class BuildContext:
     def image(self) -> Path:
         return self.out_dir / f"image.{self.recipe.disk.format}"
 
-    def in_root(self, argv: Sequence[str], check: bool = True) -> Result:
+    def in_root(self, argv: Sequence[str], check: bool = True,
+                env: dict[str, str] | None = None) -> Result:
         if self.chroot is None:
             raise BuildError("internal: a chroot command ran outside enter-chroot/leave-chroot")
-        return self.chroot.run(argv, check=check)
+        return self.chroot.run(argv, check=check, env=env)
 
 
 def new_build_id() -> str:
@@ -89,7 +96,7 @@ def builder_steps(recipe: Recipe) -> list[Step]:
     if recipe.builder == "rootfs":
         from .builders import rootfs
 
-        return rootfs.steps()
+        return rootfs.steps(recipe)
     raise UserError(f"builder '{recipe.builder}' is not available yet",
                     hint="recipes with builder: packer validate now and build once the Packer builder lands")
 
@@ -141,6 +148,7 @@ def _manifest_head(ctx: BuildContext) -> dict[str, Any]:
         "imagefactory_version": __version__,
         "builder": r.builder,
         "os": r.os.model_dump(mode="json"),
+        "inputs": ctx.lock_entry or None,
         "recipe": {
             "name": r.name,
             "digest": ctx.loaded.digest,
@@ -160,11 +168,18 @@ def build(
     store: LocalStore | None = None,
     skip_tests: bool = False,
     progress: ProgressHook | None = None,
+    config: FactoryConfig | None = None,
 ) -> dict[str, Any]:
     """Build, test and store one recipe; return its manifest."""
     recipe = loaded.recipe
     distro = distros.get(recipe.os.family)
     steps = [*builder_steps(recipe), *common_tail()]
+    config = config or FactoryConfig()
+    # Inputs come from the lock only; a missing or stale lock fails before any work starts.
+    lock_entry: dict[str, Any] = {}
+    if needs_lock(recipe):
+        lock_entry = LockFile(loaded.directory).entry(recipe)
+        check_entry(recipe, lock_entry)
     builds = workdir / "builds" / recipe.name
     build_id = new_build_id()
     final = builds / build_id
@@ -180,7 +195,10 @@ def build(
         try:
             with contextlib.ExitStack() as stack:
                 ctx = BuildContext(loaded, distro, workdir, build_id, partial, scratch, stack,
-                                   skip_tests=skip_tests)
+                                   Fetcher(Cache(workdir / "cache"), config),
+                                   skip_tests=skip_tests,
+                                   lock_entry=lock_entry,
+                                   locked=[Artifact(**a) for a in lock_entry.get("artifacts", [])])
                 ctx.manifest.update(_manifest_head(ctx))
                 log.info("build %s of %s (%d steps)", build_id, recipe.name, len(steps))
                 for step in steps:

@@ -78,5 +78,7 @@ class Chroot:
         (self.root / POLICY_RC_D).unlink(missing_ok=True)
         unmount_all(self.root)
 
-    def run(self, argv: Sequence[str], *, check: bool = True, quiet: bool = False) -> Result:
-        return run(["chroot", str(self.root), *argv], env=CHROOT_ENV, check=check, quiet=quiet)
+    def run(self, argv: Sequence[str], *, check: bool = True, quiet: bool = False,
+            env: dict[str, str] | None = None) -> Result:
+        return run(["chroot", str(self.root), *argv], env={**CHROOT_ENV, **(env or {})}, check=check,
+                   quiet=quiet)

@@ -39,6 +39,21 @@ class App:
         self.workdir = Path(args.workdir or os.environ.get("IMAGEFACTORY_WORKDIR") or DEFAULT_WORKDIR)
         self.recipes_dir = Path(args.recipes or os.environ.get("IMAGEFACTORY_RECIPES") or _default_recipes())
 
+    def config(self) -> Any:
+        from .config import load_config
+
+        return load_config(self.args.config)
+
+    def fetcher(self) -> Any:
+        from .artifacts import Cache, Fetcher
+
+        return Fetcher(Cache(self.workdir / "cache"), self.config())
+
+    def lockfile(self) -> Any:
+        from .lock import LockFile
+
+        return LockFile(self.recipes_dir)
+
     def book(self) -> Any:
         from .recipes import RecipeBook
 
@@ -73,7 +88,7 @@ def cmd_build(app: App) -> int:
     progress = _Progress(app) if not app.json else None
     try:
         manifest = build(loaded, app.workdir, store=None if app.args.no_store else app.store(),
-                         skip_tests=app.args.skip_tests, progress=progress)
+                         skip_tests=app.args.skip_tests, progress=progress, config=app.config())
     finally:
         if progress:
             progress.close()
@@ -221,6 +236,76 @@ def cmd_images_list(app: App) -> int:
     return 0
 
 
+def cmd_lock_update(app: App) -> int:
+    from .lock import diff, needs_lock, resolve
+
+    book, lockfile, cfg = app.book(), app.lockfile(), app.config()
+    names = app.args.names or book.names()
+    recipes = [book.load(n).recipe for n in names]
+    if app.args.names:
+        for r in recipes:
+            if not needs_lock(r):
+                raise UserError(f"{r.name} has no external inputs to lock (no rke2 or zarf)")
+    entries = {r.name: resolve(cfg, r) for r in recipes if needs_lock(r)}
+    old = lockfile.update(entries)
+    changes = {n: diff(old.get(n), e) for n, e in entries.items()}
+
+    def human() -> None:
+        for name, lines in changes.items():
+            app.out.print(f"[bold]{name}[/]: " + ("unchanged" if not lines else ""))
+            for line in lines:
+                app.out.print(f"  {line}")
+        app.out.print(f"wrote {lockfile.path}")
+
+    app.emit({"lock": str(lockfile.path), "changes": changes}, human)
+    return 0
+
+
+def _locked(app: App, name: str) -> tuple[Any, dict[str, Any]]:
+    recipe = app.book().load(name).recipe
+    return recipe, app.lockfile().entry(recipe)
+
+
+def cmd_artifacts_fetch(app: App) -> int:
+    from .artifacts import Artifact
+
+    recipe, entry = _locked(app, app.args.recipe)
+    fetcher = app.fetcher()
+    arts = [Artifact(**a) for a in entry["artifacts"]]
+    paths = {a.name: str(fetcher.get(a, recipe.name)) for a in arts}
+    fetcher.verify_against_sums(arts, recipe.name)
+    app.emit({"recipe": recipe.name, "artifacts": paths},
+             lambda: app.out.print(f"{len(paths)} artifacts of {recipe.name} verified in "
+                                   f"{app.workdir / 'cache'}"))
+    return 0
+
+
+def cmd_artifacts_export(app: App) -> int:
+    from .artifacts import export_bundle
+
+    recipe, entry = _locked(app, app.args.recipe)
+    out = Path(app.args.output)
+    manifest = export_bundle(app.fetcher(), recipe.name, entry, out)
+    size = out.stat().st_size
+    app.emit({"bundle": str(out), "size": size, "files": manifest["files"]},
+             lambda: app.out.print(f"wrote {out} ({len(manifest['files'])} artifacts, "
+                                   f"{size / 1024**2:.1f} MiB)"))
+    return 0
+
+
+def cmd_artifacts_import(app: App) -> int:
+    from .artifacts import Cache, import_bundle
+
+    def entry_for(name: str) -> dict[str, Any]:
+        return dict(_locked(app, name)[1])
+
+    manifest = import_bundle(Cache(app.workdir / "cache"), Path(app.args.bundle), entry_for)
+    app.emit({"recipe": manifest["recipe"], "files": manifest["files"]},
+             lambda: app.out.print(f"imported {len(manifest['files'])} verified artifacts for "
+                                   f"{manifest['recipe']}"))
+    return 0
+
+
 # --- plumbing -----------------------------------------------------------------------------------
 
 
@@ -257,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help=f"builds, store and scratch space (default {DEFAULT_WORKDIR}, "
                    "or $IMAGEFACTORY_WORKDIR)")
     p.add_argument("--recipes", help="recipe directory (default ./recipes, or $IMAGEFACTORY_RECIPES)")
+    p.add_argument("--config", help="factory configuration (default $IMAGEFACTORY_CONFIG or "
+                   "./imagefactory.yaml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("build", help="build, boot-test and store an image from a recipe")
@@ -285,6 +372,25 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_recipes_validate)
 
     sub.add_parser("schema", help="JSON Schema of the recipe format").set_defaults(func=cmd_schema)
+
+    lk = sub.add_parser("lock", help="the input lock (recipes/imagefactory.lock)")
+    lks = lk.add_subparsers(dest="lock_command", required=True, metavar="ACTION")
+    s = lks.add_parser("update", help="resolve channels and record artifact hashes (network)")
+    s.add_argument("names", nargs="*", metavar="RECIPE", help="default: every recipe with rke2/zarf")
+    s.set_defaults(func=cmd_lock_update)
+
+    a = sub.add_parser("artifacts", help="external build inputs: fetch, export and import bundles")
+    asub = a.add_subparsers(dest="artifacts_command", required=True, metavar="ACTION")
+    s = asub.add_parser("fetch", help="download and verify a recipe's locked artifacts into the cache")
+    s.add_argument("recipe")
+    s.set_defaults(func=cmd_artifacts_fetch)
+    s = asub.add_parser("export", help="write an air-gap bundle of a recipe's artifacts")
+    s.add_argument("recipe")
+    s.add_argument("-o", "--output", required=True, help="bundle file (tar)")
+    s.set_defaults(func=cmd_artifacts_export)
+    s = asub.add_parser("import", help="verify a bundle against the lock and add it to the cache")
+    s.add_argument("bundle")
+    s.set_defaults(func=cmd_artifacts_import)
 
     i = sub.add_parser("images", help="images in the local store")
     isub = i.add_subparsers(dest="images_command", required=True, metavar="ACTION")

@@ -18,7 +18,7 @@ import jinja2
 
 from ..chroot import Chroot
 from ..errors import BuildError
-from ..recipes.model import MmdebstrapSource
+from ..recipes.model import MmdebstrapSource, Recipe
 from ..run import run
 from ..steps import seal as sealing
 from . import disk
@@ -185,17 +185,20 @@ def convert_image(ctx: BuildContext) -> None:
     ctx.raw.unlink()
 
 
-def steps() -> list[Step]:
+def steps(recipe: Recipe) -> list[Step]:
     from ..build import Step
+    from ..steps import rke2
 
     return [
         Step("check-mirror", check_mirror),
+        *([Step("fetch-inputs", rke2.fetch_inputs)] if recipe.rke2 or recipe.zarf else []),
         Step("bootstrap", bootstrap),
         Step("enter-chroot", enter_chroot),
         Step("remove-packages", remove_packages),
         Step("distro-config", distro_config),
         Step("write-files", write_files),
         Step("configure-services", configure_services),
+        *rke2.steps(recipe),
         Step("leave-chroot", leave_chroot),
         Step("record-packages", record_packages),
         Step("seal", seal),

@@ -23,6 +23,10 @@ class Distro:
     min_disk: ClassVar[int] = 2 * 1024**3
     # cloud-init's default user on this family (tests log in as it)
     default_user: ClassVar[str] = "root"
+    # INSTALL_RKE2_TAR_PREFIX: where RKE2's tarball goes (SLE Micro's /usr is read-only)
+    rke2_prefix: ClassVar[str] = "/usr/local"
+    # where the Zarf binary and its init package go (side by side: zarf looks beside itself)
+    zarf_dir: ClassVar[str] = "/usr/local/bin"
     # apt/zypper state that must not ship in an image (relative to the root)
     package_caches: ClassVar[tuple[str, ...]] = ()
 

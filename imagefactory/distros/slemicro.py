@@ -14,6 +14,8 @@ class SLEMicro(Distro):
     # SLE Micro is only built from SUSE's own qcow2 (no zypper bootstrap on a Debian host).
     builders: ClassVar[dict[str, tuple[str, ...]]] = {"packer": ("cloud-image",)}
     default_user = "sles"
+    rke2_prefix = "/opt/rke2"
+    zarf_dir = "/opt/zarf"
     min_disk = 20 * 1024**3
     package_caches: ClassVar[tuple[str, ...]] = ("var/cache/zypp",)
 

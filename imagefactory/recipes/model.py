@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
@@ -147,12 +147,81 @@ class Disk(Strict):
 
 
 class Tests(Strict):
-    suites: tuple[Literal["hygiene", "recipe"], ...] = ("hygiene", "recipe")
+    suites: tuple[Literal["hygiene", "recipe", "rke2"], ...] = ("hygiene", "recipe")
     clones: int = Field(2, ge=1, le=4, description="VMs booted from the image at once")
     boot_timeout: int = Field(900, ge=30, description="seconds to wait for SSH")
     timeout: int = Field(900, ge=30, description="seconds for the test suites")
     memory: ByteSize = Field(ByteSize(1024**3), description="guest memory")
     cpus: int = Field(2, ge=1, le=16)
+
+
+RKE2_VERSION = re.compile(r"^v\d+\.\d+\.\d+(-rc\d+)?\+rke2r\d+$")
+ZARF_VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
+RKE2_IMAGE_SETS = ("core", "canal", "calico", "cilium", "flannel", "multus", "traefik", "harvester",
+                   "vsphere", "ingress-nginx")
+# Per-node settings: written at first boot (config.yaml.d/50-join.yaml), never baked.
+RKE2_PER_NODE_KEYS = ("server", "token", "token-file", "agent-token", "agent-token-file", "node-name",
+                      "node-ip", "node-external-ip", "tls-san", "with-node-id", "cluster-init")
+
+
+class Rke2(Strict):
+    version: str | None = Field(None, description="exact release, e.g. v1.31.4+rke2r1")
+    channel: str | None = Field(None, description="release channel resolved by 'lock update'")
+    arch: Literal["amd64", "arm64"] = "amd64"
+    images: Literal["all"] | tuple[str, ...] = Field(
+        ("core", "canal"), description="image tarball sets to bake ('all' = the full tarball)")
+    install_prefix: str | None = Field(
+        None, description="INSTALL_RKE2_TAR_PREFIX; default /usr/local, /opt/rke2 on SLE Micro")
+    config: dict[str, Any] = Field(default_factory=dict, description="extra static config.yaml keys")
+    registries: dict[str, Any] = Field(default_factory=dict, description="registries.yaml content")
+    profile: Literal["cis"] | None = "cis"
+    selinux: bool = False
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        if v is not None and not RKE2_VERSION.match(v):
+            raise ValueError("must look like v1.31.4+rke2r1")
+        return v
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, v: object) -> object:
+        if isinstance(v, tuple):
+            unknown = [i for i in v if i not in RKE2_IMAGE_SETS]
+            if unknown:
+                raise ValueError(f"unknown image set(s) {unknown}; known: {', '.join(RKE2_IMAGE_SETS)}")
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _static_only(cls, v: dict[str, Any]) -> dict[str, Any]:
+        per_node = sorted(k for k in v if k.rstrip("+") in RKE2_PER_NODE_KEYS)
+        if per_node:
+            raise ValueError(f"{', '.join(per_node)}: per-node settings are written at first boot, "
+                             "never baked into an image")
+        if v.get("profile") not in (None, "cis"):
+            raise ValueError("profile is set by rke2.profile")
+        return v
+
+    @model_validator(mode="after")
+    def _one_version(self) -> Rke2:
+        if (self.version is None) == (self.channel is None):
+            raise ValueError("set exactly one of 'version' and 'channel'")
+        return self
+
+
+class Zarf(Strict):
+    version: str = Field(description="exact release, e.g. v0.84.0")
+    init_package: bool = Field(True, description="bake the matching zarf-init package beside it")
+    packages: tuple[str, ...] = Field((), description="extra Zarf package files (by name) to bake")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not ZARF_VERSION.match(v):
+            raise ValueError("must look like v0.84.0")
+        return v
 
 
 class Recipe(Strict):
@@ -171,6 +240,8 @@ class Recipe(Strict):
     builder: Literal["rootfs", "packer"] = "rootfs"
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     tests: Tests = Tests()
+    rke2: Rke2 | None = None
+    zarf: Zarf | None = None
 
     def effective_accelerator(self) -> Literal["auto", "kvm", "tcg"]:
         """The recipe's accelerator unless `IMAGEFACTORY_ACCELERATOR` overrides it."""

@@ -71,6 +71,27 @@ def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]])
     for pkg in both:
         add(("packages", "remove"), f"'{pkg}' is both installed and removed", "keep it in one list")
 
+    if r.rke2 is not None:
+        if r.rke2.images != "all" and "core" not in r.rke2.images:
+            add(("rke2", "images"), "the core images are mandatory offline (RKE2's runtime image)",
+                "add 'core' or use 'all'")
+        if r.rke2.arch != r.os.arch:
+            add(("rke2", "arch"), f"rke2.arch {r.rke2.arch} differs from os.arch {r.os.arch}",
+                "an image runs one architecture")
+        if r.rke2.selinux and r.os.family in ("debian", "ubuntu"):
+            add(("rke2", "selinux"), f"SELinux is not available on {r.os.family}", "remove it")
+    if r.zarf is not None:
+        if r.rke2 is None:
+            add(("zarf",), "Zarf needs RKE2 in the same image (zarf init runs on the cluster)",
+                "add an rke2 section")
+        arch = r.rke2.arch if r.rke2 else r.os.arch
+        for i, pkg in enumerate(r.zarf.packages):
+            if pkg.startswith("zarf-init-") and pkg != f"zarf-init-{arch}-{r.zarf.version}.tar.zst":
+                add(("zarf", "packages", i), f"{pkg} does not match the Zarf binary {r.zarf.version}",
+                    f"zarf init needs exactly zarf-init-{arch}-{r.zarf.version}.tar.zst "
+                    "(zarf.init_package bakes it)")
+    if "rke2" in r.tests.suites and r.rke2 is None:
+        add(("tests", "suites"), "the rke2 suite needs an rke2 section", "remove 'rke2' from tests.suites")
     if "hygiene" in r.tests.suites and r.tests.clones < 2:
         add(("tests", "clones"), "the hygiene suite needs 2 clones (it compares their identities)",
             "set tests.clones: 2")

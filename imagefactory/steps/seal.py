@@ -233,6 +233,51 @@ def check_tmp(root: Path, caches: tuple[str, ...]) -> list[str]:
     return [f"temporary file left: /{p.relative_to(root)}" for p in found]
 
 
+# RKE2 node state (reference: "what a golden image must not contain"): a clone carrying any of
+# it is rejected by the server (node password), or forms its own cluster (server datastore).
+RKE2_NODE_STATE = (
+    "etc/rancher/node",
+    "etc/rancher/rke2/rke2.yaml",
+    "var/lib/rancher/rke2/server",
+    "var/lib/rancher/rke2/agent/etc",
+    "var/lib/rancher/rke2/agent/containerd",
+    "var/lib/rancher/rke2/agent/pod-manifests",
+    "var/lib/rancher/rke2/bin",
+)
+RKE2_AGENT = "var/lib/rancher/rke2/agent"
+RKE2_CACHE = "var/lib/rancher/rke2/agent/images/.cache.json"
+
+
+def _rke2_state(root: Path) -> list[Path]:
+    found = [root / rel for rel in RKE2_NODE_STATE if (root / rel).exists()]
+    agent = root / RKE2_AGENT
+    if agent.is_dir():
+        found += [p for p in agent.iterdir() if p.suffix in (".crt", ".key", ".kubeconfig")]
+    joins = root / "etc/rancher/rke2/config.yaml.d"
+    if joins.is_dir():
+        found += list(joins.iterdir())
+    return found
+
+
+def seal_rke2_node_state(root: Path, caches: tuple[str, ...]) -> None:
+    for p in _rke2_state(root):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    cache = root / RKE2_CACHE
+    if cache.exists():
+        cache.write_bytes(b"")
+
+
+def check_rke2_node_state(root: Path, caches: tuple[str, ...]) -> list[str]:
+    out = [f"RKE2 node state baked in: /{p.relative_to(root)}" for p in _rke2_state(root)]
+    cache = root / RKE2_CACHE
+    if cache.exists() and cache.stat().st_size:
+        out.append(f"/{RKE2_CACHE} is not empty (written by a run)")
+    return out
+
+
 @dataclass(frozen=True)
 class SealStep:
     name: str
@@ -254,6 +299,7 @@ SEAL_STEPS: tuple[SealStep, ...] = (
     SealStep("build-keys", seal_build_keys, check_build_keys),
     SealStep("policy-rc-d", seal_policy_rc_d, check_policy_rc_d),
     SealStep("tmp", seal_tmp, check_tmp),
+    SealStep("rke2-node-state", seal_rke2_node_state, check_rke2_node_state),
 )
 
 

@@ -101,6 +101,9 @@ def run_suites(image: Path, recipe: Recipe, junit: Path, scratch: Path, log_dir:
                 for g in booted.guests
             ],
             "recipe": recipe.model_dump(mode="json"),
+            "distro": {"rke2_prefix": (recipe.rke2.install_prefix if recipe.rke2 else None)
+                       or distro(recipe.os.family).rke2_prefix,
+                       "zarf_dir": distro(recipe.os.family).zarf_dir},
             "build_host": build_host_facts(),
         }
         target_file = booted.directory / "target.json"

@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -234,8 +234,13 @@ def boot(
     scratch: Path | None = None,
     console_dir: Path | None = None,
     grow: int = 1024**3,
+    user_data: Callable[[Guest, str], str] | None = None,
 ) -> Iterator[BootRun]:
-    """Boot `clones` copies of `image` and wait for SSH on each; always clean up."""
+    """Boot `clones` copies of `image` and wait for SSH on each; always clean up.
+
+    `user_data(guest, public_key)` replaces the default test user-data (e.g. an RKE2 node seed);
+    it must authorise `public_key` for `user`.
+    """
     if not image.is_file():
         raise UserError(f"{image}: no such image")
     ensure_libvirtd()
@@ -267,7 +272,10 @@ def boot(
             run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b",
                  str(image.resolve()), str(g.overlay), str(size + grow)])
             g.overlay.chmod(0o644)
-            write_seed_iso(render(SeedData(g.instance_id, g.hostname, g.mac, (pub,))), g.seed)
+            files = render(SeedData(g.instance_id, g.hostname, g.mac, (pub,)))
+            if user_data is not None:
+                files["user-data"] = user_data(g, pub)
+            write_seed_iso(files, g.seed)
             g.console.touch()
             guests.append(g)
         for g in guests:

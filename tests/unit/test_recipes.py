@@ -228,3 +228,45 @@ def test_parse_yaml_records_lines() -> None:
     loc = parse_yaml("a:\n  b: [1, 2]\n  c:\n    - x\n", "f.yaml")
     assert loc.where[("a", "b")] == ("f.yaml", 2)
     assert loc.where[("a", "c", 0)] == ("f.yaml", 4)
+
+
+RKE2 = MINIMAL + "rke2: {version: v1.31.4+rke2r1}\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("rke2: {images: [canal]}\n", "rke2.images: the core images are mandatory offline"),
+        ("zarf: {version: v0.84.0, packages: [zarf-init-amd64-v0.83.0.tar.zst]}\n",
+         "zarf.packages[0]: zarf-init-amd64-v0.83.0.tar.zst does not match the Zarf binary v0.84.0"),
+        ("rke2: {selinux: true}\n", "rke2.selinux: SELinux is not available on debian"),
+    ],
+)
+def test_rke2_semantics(recipe_dir: Path, extra: str, expected: str) -> None:
+    write(recipe_dir, "base", RKE2)
+    p = write(recipe_dir, "r", "extends: base\n" + extra)
+    found = problems(RecipeBook(recipe_dir), "r")
+    assert len(found) == 1 and found[0].startswith(f"{p}:2: {expected}"), found
+
+
+def test_rke2_schema_errors(recipe_dir: Path) -> None:
+    p = write(recipe_dir, "r", MINIMAL + """\
+rke2:
+  version: "1.31"
+  config: {token: abc, node-name: x}
+zarf: {version: latest}
+""")
+    found = problems(RecipeBook(recipe_dir), "r")
+    assert any(f.startswith(f"{p}:4: rke2.version: must look like v1.31.4+rke2r1") for f in found)
+    assert any("rke2.config: node-name, token: per-node settings" in f for f in found)
+    assert any(f.startswith(f"{p}:6: zarf.version: must look like v0.84.0") for f in found)
+
+
+def test_rke2_needs_version_or_channel(recipe_dir: Path) -> None:
+    write(recipe_dir, "r", MINIMAL + "rke2: {arch: amd64}\n")
+    assert "set exactly one of 'version' and 'channel'" in problems(RecipeBook(recipe_dir), "r")[0]
+
+
+def test_zarf_needs_rke2(recipe_dir: Path) -> None:
+    write(recipe_dir, "r", MINIMAL + "zarf: {version: v0.84.0}\n")
+    assert "zarf: Zarf needs RKE2 in the same image" in problems(RecipeBook(recipe_dir), "r")[0]

@@ -35,6 +35,12 @@ def dirty_root(root: Path) -> Path:
         "etc/sudoers.d/imagefactory-build": "ALL",
         "usr/sbin/policy-rc.d": "exit 101",
         "tmp/build-scratch": "x",
+        "etc/rancher/node/password": "reused",
+        "var/lib/rancher/rke2/server/db/state.db": "x",
+        "var/lib/rancher/rke2/agent/client-kubelet.crt": "x",
+        "var/lib/rancher/rke2/agent/images/.cache.json": '{"a": 1}',
+        "etc/rancher/rke2/config.yaml.d/50-join.yaml": "token: s",
+        "etc/rancher/rke2/config.yaml": "profile: cis\n",
     }
     for rel, text in files.items():
         p = root / rel
@@ -62,6 +68,8 @@ def test_seal_leaves_a_clean_root_and_keeps_what_matters(tmp_path: Path) -> None
     assert (root / "var/lib/apt/lists").is_dir()
     assert (root / "etc/hostname").read_text() == "localhost\n"
     assert "buildhost" not in (root / "etc/hosts").read_text()
+    assert (root / "etc/rancher/rke2/config.yaml").is_file()  # static config stays
+    assert (root / "var/lib/rancher/rke2/agent/images/.cache.json").read_bytes() == b""
 
 
 def test_resolv_conf_symlink_is_kept(tmp_path: Path) -> None:
@@ -89,6 +97,7 @@ def test_every_seal_step_has_a_booted_test() -> None:
         "build-keys": "test_no_build_keys",
         "policy-rc-d": "test_services_may_start",
         "tmp": "test_tmp_is_clean",
+        "rke2-node-state": "test_no_rke2_node_state",
     }
     assert set(mirror) == {s.name for s in SEAL_STEPS}
     for test in mirror.values():

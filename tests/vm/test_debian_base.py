@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +18,9 @@ from imagefactory.chroot import mounts_under
 from imagefactory.fsutil import digests
 from imagefactory.recipes import RecipeBook
 from imagefactory.store.local import LocalStore
-from tests.conftest import RECIPES, require_root
+from tests.conftest import RECIPES
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
-
-
-@pytest.fixture(scope="session")
-def workdir() -> Iterator[Path]:
-    require_root()
-    # Not under pytest's 0700 tmp: libvirt's qemu user must reach the images.
-    d = Path(tempfile.mkdtemp(prefix="imagefactory-vm-tests-", dir="/var/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

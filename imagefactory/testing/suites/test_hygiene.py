@@ -161,3 +161,12 @@ def test_tmp_is_clean(clone: Clone) -> None:
     btime = _btime(host)
     old = host.run(f"find /var/tmp -mindepth 1 ! -newermt @{btime - 5} -printf '%p\\n'").stdout.split()
     assert old == [], f"files from the build in /var/tmp: {old}"
+
+
+def test_no_rke2_node_state(clone: Clone) -> None:
+    _, host = clone
+    state = ["/etc/rancher/node", "/etc/rancher/rke2/rke2.yaml", "/var/lib/rancher/rke2/server",
+             "/var/lib/rancher/rke2/agent/etc", "/var/lib/rancher/rke2/agent/containerd"]
+    assert [p for p in state if host.file(p).exists] == []
+    for unit in ("rke2-server", "rke2-agent"):
+        assert not host.service(unit).is_running, f"{unit} started on a plain boot"

@@ -1,0 +1,166 @@
+"""Lock, fetch, mirrors and bundles against the RKE2/Zarf stand-ins on a loopback mirror."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import RECIPES
+from tests.standins.mirror import ReleaseMirror, upstream_bases
+from tests.standins.release import make_rke2_release, make_zarf_release
+
+RKE2_OLD, RKE2_NEW, ZARF = "v1.31.4+rke2r1", "v1.31.5+rke2r1", "v0.84.0"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    rel = make_rke2_release(tmp_path / "mirror", RKE2_OLD)
+    make_rke2_release(tmp_path / "mirror", RKE2_NEW)
+    zarf = make_zarf_release(tmp_path / "mirror", ZARF)
+    recipes = tmp_path / "recipes"
+    shutil.copytree(RECIPES, recipes)
+    with ReleaseMirror(tmp_path / "mirror") as mirror:
+        mirror.channels["stable"] = RKE2_OLD
+        config = tmp_path / "imagefactory.yaml"
+        config.write_text(yaml.safe_dump({"upstream": upstream_bases(mirror.url)}))
+        yield {"tmp": tmp_path, "recipes": recipes, "config": config, "mirror": mirror, "rke2": rel,
+               "zarf": zarf, "work": tmp_path / "work"}
+
+
+def cli(site: dict[str, Any], *args: str, workdir: Path | None = None,
+        config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagefactory.cli", "--recipes", str(site["recipes"]),
+         "--config", str(config or site["config"]), "--workdir", str(workdir or site["work"]), *args],
+        capture_output=True, text=True, timeout=300)
+
+
+def lock(site: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((site["recipes"] / "imagefactory.lock").read_text())
+    return data
+
+
+def test_lock_update_resolves_channels_and_records_hashes(site: dict[str, Any]) -> None:
+    r = cli(site, "--json", "lock", "update")
+    assert r.returncode == 0, r.stderr
+    entries = lock(site)["recipes"]
+    assert set(entries) == {"rke2-node", "rke2-node-debian", "rke2-node-sle-micro"}
+    e = entries["rke2-node-debian"]
+    assert e["rke2"] == {"version": RKE2_OLD, "channel": "stable", "arch": "amd64"}
+    names = {a["name"]: a for a in e["artifacts"]}
+    assert set(names) == {"sha256sum-amd64.txt", "rke2.linux-amd64.tar.gz", "install.sh",
+                          "rke2-images-core.linux-amd64.tar.zst", "rke2-images-canal.linux-amd64.tar.zst",
+                          "checksums.txt", f"zarf_{ZARF}_Linux_amd64", f"zarf-init-amd64-{ZARF}.tar.zst"}
+    assert names["rke2.linux-amd64.tar.gz"]["sha256"] == site["rke2"].sha256["rke2.linux-amd64.tar.gz"]
+    assert names["rke2.linux-amd64.tar.gz"]["url"].endswith("/v1.31.4%2Brke2r1/rke2.linux-amd64.tar.gz")
+    assert not any(n.endswith(".txt") and n.startswith("rke2-images") for n in names)
+    assert "/v1-release/channels/stable" in site["mirror"].requests
+    # A channel move shows up as a diff, and only the next `lock update` applies it.
+    site["mirror"].channels["stable"] = RKE2_NEW
+    r = cli(site, "--json", "lock", "update", "rke2-node-debian")
+    changes = json.loads(r.stdout)["changes"]["rke2-node-debian"]
+    assert f"rke2: {RKE2_OLD} -> {RKE2_NEW}" in changes
+
+
+def test_fetch_verifies_and_caches(site: dict[str, Any]) -> None:
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    r = cli(site, "--json", "artifacts", "fetch", "rke2-node-debian")
+    assert r.returncode == 0, r.stderr
+    paths = json.loads(r.stdout)["artifacts"]
+    assert len(paths) == 8 and all("/cache/sha256/" in p for p in paths.values())
+    before = len(site["mirror"].requests)
+    assert cli(site, "artifacts", "fetch", "rke2-node-debian").returncode == 0
+    assert len(site["mirror"].requests) == before  # all from the cache
+
+
+def test_tampered_artifact_is_refused(site: dict[str, Any]) -> None:
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    core = site["rke2"].directory / "rke2-images-core.linux-amd64.tar.zst"
+    data = bytearray(core.read_bytes())
+    data[100] ^= 0xFF  # one byte
+    core.write_bytes(bytes(data))
+    r = cli(site, "artifacts", "fetch", "rke2-node-debian")
+    assert r.returncode == 1
+    expected = site["rke2"].sha256["rke2-images-core.linux-amd64.tar.zst"]
+    assert "rke2-images-core.linux-amd64.tar.zst" in r.stderr
+    assert f"sha256 mismatch: expected {expected}, got " in r.stderr
+    assert not (site["work"] / "cache/sha256" / expected).exists()
+
+
+def test_missing_artifact_offline_says_how_to_get_it(site: dict[str, Any]) -> None:
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    offline = site["tmp"] / "offline.yaml"
+    offline.write_text(yaml.safe_dump({"upstream": upstream_bases(site["mirror"].url), "offline": True}))
+    r = cli(site, "artifacts", "fetch", "rke2-node-debian", config=offline)
+    assert r.returncode == 1
+    assert "is not available; tried: cache" in r.stderr
+    assert "imagefactory artifacts fetch rke2-node-debian" in r.stderr
+    assert "artifacts import bundle.tar" in r.stderr
+
+
+def test_file_mirror_serves_content_addressed_blobs(site: dict[str, Any]) -> None:
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    assert cli(site, "artifacts", "fetch", "rke2-node-debian").returncode == 0
+    mirror_dir = site["tmp"] / "blob-mirror"
+    shutil.copytree(site["work"] / "cache", mirror_dir, ignore=shutil.ignore_patterns("tmp"))
+    cfg = site["tmp"] / "mirrored.yaml"
+    cfg.write_text(yaml.safe_dump({"mirrors": [f"file://{mirror_dir}"], "offline": True}))
+    r = cli(site, "artifacts", "fetch", "rke2-node-debian", workdir=site["tmp"] / "w2", config=cfg)
+    assert r.returncode == 0, r.stderr
+
+
+def test_export_import_roundtrip_and_corrupt_bundle(site: dict[str, Any]) -> None:
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    bundle = site["tmp"] / "bundle.tar"
+    assert cli(site, "artifacts", "export", "rke2-node-debian", "-o", str(bundle)).returncode == 0
+    other = site["tmp"] / "disconnected"
+    r = cli(site, "--json", "artifacts", "import", str(bundle), workdir=other)
+    assert r.returncode == 0, r.stderr
+    assert len(list((other / "cache/sha256").iterdir())) == 8
+    # A corrupted copy: one byte of one blob changed. Nothing may enter the cache.
+    bad = site["tmp"] / "bad.tar"
+    with tarfile.open(bundle) as src, tarfile.open(bad, "w") as dst:
+        for m in src.getmembers():
+            f = src.extractfile(m)
+            data = f.read() if f else b""
+            if m.name.startswith("sha256/") and m.size > 200:
+                data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+            dst.addfile(m, io.BytesIO(data))
+    fresh = site["tmp"] / "fresh"
+    r = cli(site, "artifacts", "import", str(bad), workdir=fresh)
+    assert r.returncode == 1 and "sha256 mismatch" in r.stderr
+    assert not (fresh / "cache/sha256").exists() or not list((fresh / "cache/sha256").iterdir())
+
+
+def test_stale_or_missing_lock_fails_before_building(site: dict[str, Any]) -> None:
+    r = cli(site, "build", "rke2-node-debian")
+    assert r.returncode == 2 and "no lock entry for rke2-node-debian" in r.stderr
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    recipe = site["recipes"] / "rke2-node-debian.yaml"
+    recipe.write_text(recipe.read_text().replace("images: [core, canal]", "images: [core, calico]"))
+    r = cli(site, "build", "rke2-node-debian")
+    assert r.returncode == 2 and "does not match the recipe" in r.stderr
+    assert "imagefactory lock update rke2-node-debian" in r.stderr
+    assert not (site["work"] / "builds").exists()
+
+
+def test_zarf_init_version_mismatch_in_lock_is_refused(site: dict[str, Any]) -> None:
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    data = lock(site)
+    for a in data["recipes"]["rke2-node-debian"]["artifacts"]:
+        if a["role"] == "zarf-init":
+            a["name"] = "zarf-init-amd64-v0.83.0.tar.zst"
+    (site["recipes"] / "imagefactory.lock").write_text(json.dumps(data))
+    r = cli(site, "build", "rke2-node-debian")
+    assert r.returncode == 2
+    assert "zarf-init-amd64-v0.83.0.tar.zst does not match the binary version v0.84.0" in r.stderr

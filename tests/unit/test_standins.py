@@ -1,0 +1,640 @@
+"""The RKE2/Zarf stand-ins behave like the contract in shared/reference/rke2-zarf-airgap.md."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.standins.mirror import ReleaseMirror, disk_path, upstream_bases
+from tests.standins.release import (
+    CIS_SYSCTLS,
+    Rke2Release,
+    ZarfRelease,
+    make_rke2_release,
+    make_zarf_release,
+    version_dirname,
+)
+
+VERSION = "v1.31.4+rke2r1"
+SUFFIX = "linux-amd64"
+
+pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd command is needed")
+
+
+@pytest.fixture(scope="module")
+def release_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("releases")
+
+
+@pytest.fixture(scope="module")
+def rke2(release_root: Path) -> Rke2Release:
+    return make_rke2_release(release_root)
+
+
+@pytest.fixture(scope="module")
+def zarf(release_root: Path) -> ZarfRelease:
+    return make_zarf_release(release_root)
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def zst_members(path: Path) -> dict[str, bytes]:
+    raw = subprocess.run(["zstd", "-dcq", str(path)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {
+            m.name: (tar.extractfile(m).read() if m.isfile() else b"")  # type: ignore[union-attr]
+            for m in tar.getmembers()
+        }
+
+
+# --- release layout ------------------------------------------------------------------------------------
+
+
+def test_rke2_release_layout(rke2: Rke2Release, release_root: Path) -> None:
+    d = release_root / "rancher/rke2/releases/download/v1.31.4%2Brke2r1"
+    assert rke2.directory == d
+    assert rke2.install_sh == release_root / "rancher/rke2/v1.31.4%2Brke2r1/install.sh"
+    assert os.access(rke2.install_sh, os.X_OK)
+    expected = {
+        f"rke2.{SUFFIX}.tar.gz",
+        f"rke2.{SUFFIX}",
+        f"rke2-images.{SUFFIX}.tar.zst",
+        f"rke2-images.{SUFFIX}.txt",
+        "sha256sum-amd64.txt",
+    }
+    for name in ("core", "canal", "calico", "cilium", "multus"):
+        expected |= {f"rke2-images-{name}.{SUFFIX}.tar.zst", f"rke2-images-{name}.{SUFFIX}.txt"}
+    assert {p.name for p in d.iterdir()} == expected
+    assert set(rke2.sha256) == expected
+    assert rke2.images == ("core", "canal", "calico", "cilium", "multus")
+    assert os.access(d / f"rke2.{SUFFIX}", os.X_OK)
+
+
+def test_sums_file_matches_every_asset(rke2: Rke2Release, zarf: ZarfRelease) -> None:
+    for directory, sums_name, sha in (
+        (rke2.directory, "sha256sum-amd64.txt", rke2.sha256),
+        (zarf.directory, "checksums.txt", zarf.sha256),
+    ):
+        listed = {}
+        for line in (directory / sums_name).read_text().splitlines():
+            m = re.fullmatch(r"([0-9a-f]{64})  (\S+)", line)
+            assert m, line
+            listed[m.group(2)] = m.group(1)
+        assert set(listed) == {p.name for p in directory.iterdir()} - {sums_name}
+        for name, digest in listed.items():
+            assert hashlib.sha256((directory / name).read_bytes()).hexdigest() == digest == sha[name]
+        assert hashlib.sha256((directory / sums_name).read_bytes()).hexdigest() == sha[sums_name]
+        check = run(["sha256sum", "-c", "--quiet", sums_name], base_env(), cwd=directory)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_release_is_deterministic(rke2: Rke2Release, tmp_path: Path) -> None:
+    again = make_rke2_release(tmp_path)
+    assert again.sha256 == rke2.sha256
+
+
+def test_bundle_contents(rke2: Rke2Release) -> None:
+    with tarfile.open(rke2.directory / f"rke2.{SUFFIX}.tar.gz", "r:gz") as tar:
+        files = {m.name: m for m in tar.getmembers() if m.isfile()}
+        assert set(files) == {
+            "bin/rke2",
+            "bin/rke2-killall.sh",
+            "bin/rke2-uninstall.sh",
+            "lib/systemd/system/rke2-server.service",
+            "lib/systemd/system/rke2-server.env",
+            "lib/systemd/system/rke2-agent.service",
+            "lib/systemd/system/rke2-agent.env",
+            "share/rke2/LICENSE.txt",
+            "share/rke2/rke2-cis-sysctl.conf",
+        }
+        assert files["bin/rke2"].mode == 0o755
+        read = {n: tar.extractfile(m).read().decode() for n, m in files.items()}  # type: ignore[union-attr]
+    assert read["bin/rke2"] == (rke2.directory / f"rke2.{SUFFIX}").read_text()
+    sysctl = dict(line.split("=") for line in read["share/rke2/rke2-cis-sysctl.conf"].split())
+    assert sysctl == CIS_SYSCTLS
+    for role, other in (("server", "agent"), ("agent", "server")):
+        unit = read[f"lib/systemd/system/rke2-{role}.service"]
+        for line in (
+            "Type=notify",
+            "TimeoutStartSec=0",
+            f"ExecStart=/usr/local/bin/rke2 {role}",
+            f"EnvironmentFile=-/usr/local/lib/systemd/system/rke2-{role}.env",
+            "KillMode=process",
+            "Delegate=yes",
+            "Restart=always",
+            "WantedBy=multi-user.target",
+            "ExecStartPre=/bin/sh -xc '! /usr/bin/systemctl is-enabled --quiet nm-cloud-setup.service'",
+        ):
+            assert line in unit.splitlines(), (role, line)
+        cond = [x for x in unit.splitlines() if x.startswith("ExecCondition=")]
+        assert len(cond) == 1 and f"is-active --quiet rke2-{other}.service" in cond[0]
+
+
+def test_image_archives_and_lists(rke2: Rke2Release) -> None:
+    d = rke2.directory
+    pattern = re.compile(r"docker\.io/rancher/[a-z0-9-]+:[A-Za-z0-9._-]+")
+    full = (d / f"rke2-images.{SUFFIX}.txt").read_text().split()
+    assert "docker.io/rancher/rke2-runtime:v1.31.4-rke2r1" in full
+    assert any(i.startswith("docker.io/rancher/hardened-calico:") for i in full)  # full = core + canal
+    for name in ("", *(f"-{n}" for n in rke2.images)):
+        images = (d / f"rke2-images{name}.{SUFFIX}.txt").read_text().split()
+        assert images and all(pattern.fullmatch(i) for i in images), images
+        members = zst_members(d / f"rke2-images{name}.{SUFFIX}.tar.zst")
+        assert json.loads(members["manifest.json"])[0]["RepoTags"] == images
+        assert (d / f"rke2-images{name}.{SUFFIX}.tar.zst").stat().st_size < 64 * 1024
+
+
+def test_zarf_release(zarf: ZarfRelease, release_root: Path) -> None:
+    d = release_root / "zarf-dev/zarf/releases/download/v0.84.0"
+    assert zarf.directory == d
+    assert zarf.binary_name == "zarf_v0.84.0_Linux_amd64"
+    assert zarf.init_name == "zarf-init-amd64-v0.84.0.tar.zst"
+    assert {p.name for p in d.iterdir()} == {zarf.binary_name, zarf.init_name, "checksums.txt"}
+    assert os.access(d / zarf.binary_name, os.X_OK)
+    zarf_yaml = zst_members(d / zarf.init_name)["zarf.yaml"].decode()
+    assert "kind: ZarfInitConfig" in zarf_yaml and "version: v0.84.0" in zarf_yaml
+    out = run([str(d / zarf.binary_name), "version"], base_env())
+    assert (out.returncode, out.stdout) == (0, "v0.84.0\n")
+
+
+# --- install.sh ----------------------------------------------------------------------------------------
+
+
+def install_env(root: Path, artifacts: Path, **extra: str) -> dict[str, str]:
+    (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
+    return base_env(
+        INSTALL_RKE2_ARTIFACT_PATH=str(artifacts),
+        INSTALL_RKE2_SKIP_RELOAD="1",
+        INSTALL_RKE2_TAR_PREFIX=str(root / "usr/local"),
+        INSTALL_RKE2_AGENT_IMAGES_DIR=str(root / "var/lib/rancher/rke2/agent/images"),
+        INSTALL_RKE2_ARCH="amd64",
+        RKE2_STANDIN_ROOT=str(root),
+        **extra,
+    )
+
+
+def test_install_sh_offline_layout(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    out = run(["sh", str(rke2.install_sh)], install_env(root, rke2.directory))
+    assert out.returncode == 0, out.stderr
+    prefix = root / "usr/local"
+    assert os.access(prefix / "bin/rke2", os.X_OK)
+    assert (prefix / "bin/rke2-killall.sh").exists()
+    assert (prefix / "share/rke2/rke2-cis-sysctl.conf").exists()
+    # non-default prefix: units sed-edited and moved, .env files stay
+    assert not list((prefix / "lib/systemd/system").glob("*.service"))
+    assert (prefix / "lib/systemd/system/rke2-server.env").exists()
+    server_unit = (root / "etc/systemd/system/rke2-server.service").read_text()
+    assert f"ExecStart={prefix}/bin/rke2 server" in server_unit
+    assert f"EnvironmentFile=-{prefix}/lib/systemd/system/rke2-server.env" in server_unit
+    assert f"RKE2_TAR_PREFIX={prefix}" in (prefix / "bin/rke2-uninstall.sh").read_text()
+    # images: the verified full tarball plus every rke2-images-* file, .txt pull lists included (pitfall)
+    images = root / "var/lib/rancher/rke2/agent/images"
+    names = {p.name for p in images.iterdir()}
+    assert f"rke2-images.{SUFFIX}.tar.zst" in names
+    assert f"rke2-images.{SUFFIX}.txt" not in names  # the glob needs "rke2-images-"
+    for name in rke2.images:
+        assert f"rke2-images-{name}.{SUFFIX}.tar.zst" in names
+        assert f"rke2-images-{name}.{SUFFIX}.txt" in names
+    full = images / f"rke2-images.{SUFFIX}.tar.zst"
+    assert hashlib.sha256(full.read_bytes()).hexdigest() == rke2.sha256[full.name]
+    assert (rke2.directory / full.name).exists()  # staged through a temp dir: the artifact stays
+    assert "systemctl daemon-reload" not in out.stdout
+
+
+def test_install_sh_reload_unless_skipped(rke2: Rke2Release, tmp_path: Path) -> None:
+    env = install_env(tmp_path / "root", rke2.directory)
+    del env["INSTALL_RKE2_SKIP_RELOAD"]
+    out = run(["sh", str(rke2.install_sh)], env)
+    assert out.returncode == 0, out.stderr
+    assert "systemctl daemon-reload" in out.stdout
+
+
+def test_install_sh_tampered_bundle(rke2: Rke2Release, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(rke2.directory, artifacts)
+    bundle = artifacts / f"rke2.{SUFFIX}.tar.gz"
+    with gzip.open(bundle, "ab") as f:
+        f.write(b"tampered")
+    root = tmp_path / "root"
+    out = run(["sh", str(rke2.install_sh)], install_env(root, artifacts))
+    assert out.returncode != 0
+    assert "download sha256 does not match" in out.stderr
+    assert not (root / "usr/local/bin/rke2").exists()
+
+
+def test_install_sh_split_sets_skipped_without_full_tarball(rke2: Rke2Release, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    for name in ("sha256sum-amd64.txt", f"rke2.{SUFFIX}.tar.gz", f"rke2-images-core.{SUFFIX}.tar.zst"):
+        shutil.copy(rke2.directory / name, artifacts / name)
+    root = tmp_path / "root"
+    out = run(["sh", str(rke2.install_sh)], install_env(root, artifacts))
+    assert out.returncode == 0, out.stderr
+    assert (root / "usr/local/bin/rke2").exists()
+    assert not (root / "var/lib/rancher/rke2/agent/images").exists()
+
+
+def test_install_sh_split_sets_are_not_verified(rke2: Rke2Release, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(rke2.directory, artifacts)
+    (artifacts / f"rke2-images-core.{SUFFIX}.tar.zst").write_bytes(b"garbage")
+    root = tmp_path / "root"
+    out = run(["sh", str(rke2.install_sh)], install_env(root, artifacts))
+    assert out.returncode == 0, out.stderr
+    copied = root / f"var/lib/rancher/rke2/agent/images/rke2-images-core.{SUFFIX}.tar.zst"
+    assert copied.read_bytes() == b"garbage"
+
+
+def test_install_sh_full_tarball_is_verified(rke2: Rke2Release, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(rke2.directory, artifacts)
+    (artifacts / f"rke2-images.{SUFFIX}.tar.zst").write_bytes(b"garbage")
+    out = run(["sh", str(rke2.install_sh)], install_env(tmp_path / "root", artifacts))
+    assert out.returncode != 0
+    assert "download sha256 does not match" in out.stderr
+
+
+def test_install_sh_refuses_to_download(rke2: Rke2Release, tmp_path: Path) -> None:
+    env = install_env(tmp_path / "root", rke2.directory)
+    del env["INSTALL_RKE2_ARTIFACT_PATH"]
+    out = run(["sh", str(rke2.install_sh)], env)
+    assert out.returncode != 0
+    assert "would download from the internet" in out.stderr
+    out = run(["sh", str(rke2.install_sh)], install_env(tmp_path / "root", rke2.directory, ARCH="aarch64"))
+    assert out.returncode == 0  # INSTALL_RKE2_ARCH wins over ARCH
+    env = install_env(tmp_path / "root", rke2.directory)
+    del env["INSTALL_RKE2_ARCH"]
+    env["ARCH"] = "aarch64"  # upstream honours ARCH: arm64 sums file is missing here
+    out = run(["sh", str(rke2.install_sh)], env)
+    assert out.returncode != 0
+    assert "sha256sum-arm64.txt" in out.stderr
+
+
+@pytest.mark.integration
+def test_install_sh_default_prefix_in_private_mount_namespace(rke2: Rke2Release, tmp_path: Path) -> None:
+    """Production case (chroot-like): explicit INSTALL_RKE2_TAR_PREFIX=/usr/local, real absolute paths."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.fail("needs root and unshare")
+    usr_local = tmp_path / "usr-local"
+    usr_local.mkdir()
+    images = tmp_path / "images"
+    script = (
+        f"mount --bind {usr_local} /usr/local && "
+        f"INSTALL_RKE2_TAR_PREFIX=/usr/local INSTALL_RKE2_AGENT_IMAGES_DIR={images} "
+        f"INSTALL_RKE2_ARTIFACT_PATH={rke2.directory} INSTALL_RKE2_SKIP_RELOAD=1 "
+        f"sh {rke2.install_sh}"
+    )
+    out = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], base_env())
+    assert out.returncode == 0, out.stderr
+    unit = (usr_local / "lib/systemd/system/rke2-server.service").read_text()
+    assert "ExecStart=/usr/local/bin/rke2 server" in unit  # default prefix: no sed, no move
+    assert os.access(usr_local / "bin/rke2", os.X_OK)
+    assert (images / f"rke2-images.{SUFFIX}.tar.zst").exists()
+
+
+# --- rke2 / kubectl stand-ins --------------------------------------------------------------------------
+
+
+def node_root(rke2: Rke2Release, tmp_path: Path, config: str, images: bool = True) -> Path:
+    root = tmp_path / "node"
+    with tarfile.open(rke2.directory / f"rke2.{SUFFIX}.tar.gz") as tar:
+        tar.extractall(root / "usr/local", filter="data")
+    (root / "etc/rancher/rke2").mkdir(parents=True)
+    (root / "etc/rancher/rke2/config.yaml").write_text(config)
+    if images:
+        (root / "var/lib/rancher/rke2/agent/images").mkdir(parents=True)
+        shutil.copy(
+            rke2.directory / f"rke2-images-core.{SUFFIX}.tar.zst", root / "var/lib/rancher/rke2/agent/images"
+        )
+    return root
+
+
+def rke2_env(root: Path, **extra: str) -> dict[str, str]:
+    return base_env(RKE2_STANDIN_ROOT=str(root), RKE2_STANDIN_NO_SLEEP="1", **extra)
+
+
+def kubectl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = root / "var/lib/rancher/rke2/bin/kubectl"
+    return run(
+        [str(exe), "--kubeconfig", "/etc/rancher/rke2/rke2.yaml", *args],
+        base_env(RKE2_STANDIN_ROOT=str(root)),
+    )
+
+
+READY_JSONPATH = 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'
+
+
+def test_rke2_version(rke2: Rke2Release) -> None:
+    out = run([str(rke2.directory / f"rke2.{SUFFIX}"), "--version"], base_env())
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[0] == f"rke2 version {VERSION} (stand-in)"
+
+
+def test_rke2_server_first_start(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "token: s3cret\nnode-name: Node-1\n")
+    d = root / "etc/rancher/rke2/config.yaml.d"
+    d.mkdir()
+    (d / "50-join.yaml").write_text('tls-san:\n  - 10.0.0.1\nnode-name: "node-a"  # wins\n')
+    out = run([str(root / "usr/local/bin/rke2"), "server", "--debug"], rke2_env(root))
+    assert out.returncode == 0, out.stderr
+    standin = root / "var/lib/rancher/rke2/standin"
+    assert (standin / "ready").exists()
+    assert (standin / "argv.txt").read_text() == "server\n--debug\n"
+    assert "tls-san:" in (standin / "config.txt").read_text()
+    assert (standin / "node-name").read_text() == "node-a\n"
+    kubeconfig = root / "etc/rancher/rke2/rke2.yaml"
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert "server: https://127.0.0.1:6443" in kubeconfig.read_text()
+    token = (root / "var/lib/rancher/rke2/server/node-token").read_text().strip()
+    assert re.fullmatch(r"K10[0-9a-f]{64}::server:s3cret", token)
+    assert (root / "etc/rancher/node/password").exists()
+    assert (standin / "images-imported.txt").read_text() == f"rke2-images-core.{SUFFIX}.tar.zst\n"
+
+    ready = kubectl(root, "get", "node", "node-a", "-o", READY_JSONPATH)
+    assert (ready.returncode, ready.stdout) == (0, "True")
+    other = kubectl(root, "get", "node", "node-b", "-o", READY_JSONPATH)
+    assert (other.returncode, other.stdout) == (1, "")
+    assert 'Error from server (NotFound): nodes "node-b" not found' in other.stderr
+    table = kubectl(root, "get", "nodes")
+    assert table.returncode == 0 and "node-a" in table.stdout and "Ready" in table.stdout
+    assert kubectl(root, "version", "--client").stdout.startswith(f"Client Version: {VERSION}")
+
+
+def test_kubectl_refused_when_rke2_not_running(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "node-name: n1\n")
+    assert run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root)).returncode == 0
+    ready = root / "var/lib/rancher/rke2/standin/ready"
+    ready.write_text("another-boot -\n")  # as after a reboot
+    out = kubectl(root, "get", "node", "n1", "-o", READY_JSONPATH)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert "The connection to the server 127.0.0.1:6443 was refused" in out.stderr
+    out = run(
+        [str(root / "var/lib/rancher/rke2/bin/kubectl"), "--kubeconfig", "/nope", "get", "nodes"],
+        base_env(RKE2_STANDIN_ROOT=str(root)),
+    )
+    assert out.returncode == 1 and "stat /nope" in out.stderr
+
+
+def test_rke2_server_stays_up_and_notifies(rke2: Rke2Release, tmp_path: Path) -> None:
+    if shutil.which("systemd-notify") is None:
+        pytest.skip("systemd-notify not installed")
+    root = node_root(rke2, tmp_path, "node-name: n1\n")
+    sock_path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.settimeout(10)
+    env = base_env(RKE2_STANDIN_ROOT=str(root), NOTIFY_SOCKET=str(sock_path))
+    proc = subprocess.Popen([str(root / "usr/local/bin/rke2"), "server"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        assert msg == b"READY=1"
+        sender_pid = int.from_bytes(anc[0][2][:4], "little")
+        assert sender_pid == proc.pid  # sent on behalf of the main PID, as NotifyAccess=main needs
+        time.sleep(0.2)
+        assert proc.poll() is None  # still running (exec sleep infinity keeps the PID)
+        out = kubectl(root, "get", "node", "n1", "-o", READY_JSONPATH)
+        assert (out.returncode, out.stdout) == (0, "True")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+        sock.close()
+    out = kubectl(root, "get", "node", "n1", "-o", READY_JSONPATH)
+    assert out.returncode == 1 and "refused" in out.stderr
+
+
+def write_proc_sys(root: Path, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        p = root / "proc/sys" / key.replace(".", "/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"{value}\n")
+
+
+def test_rke2_cis_profile_prerequisites(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "profile: cis\nnode-name: n1\n")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    write_proc_sys(root, {**CIS_SYSCTLS, "vm.overcommit_memory": "0"})
+    exe = str(root / "usr/local/bin/rke2")
+    out = run([exe, "server"], rke2_env(root))
+    assert out.returncode == 1
+    assert "level=fatal" in out.stderr
+    assert "missing required: user: unknown user etcd" in out.stderr
+    assert "invalid kernel parameter value vm.overcommit_memory=0 - expected 1" in out.stderr
+    assert not (root / "var/lib/rancher/rke2/standin/ready").exists()
+    # agents need the sysctls, not the etcd user
+    (root / "etc/rancher/rke2/config.yaml").write_text("profile: cis\nserver: https://s:9345\ntoken: t\n")
+    write_proc_sys(root, CIS_SYSCTLS)
+    assert run([exe, "agent"], rke2_env(root)).returncode == 0
+    (root / "etc/rancher/rke2/config.yaml").write_text("profile: cis\nnode-name: n1\n")
+    (root / "etc/passwd").write_text("etcd:x:999:999:etcd user:/nonexistent:/sbin/nologin\n")
+    (root / "etc/group").write_text("etcd:x:999:\n")
+    out = run([exe, "server"], rke2_env(root))
+    assert out.returncode == 0, out.stderr
+
+
+def test_rke2_agent_requires_server_and_token(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "token: abc\nnode-name: w1\n")
+    exe = str(root / "usr/local/bin/rke2")
+    out = run([exe, "agent"], rke2_env(root))
+    assert out.returncode == 1 and "--server is required" in out.stderr
+    (root / "etc/rancher/rke2/config.yaml").write_text("server: https://10.0.0.1:9345\nnode-name: w1\n")
+    out = run([exe, "agent"], rke2_env(root))
+    assert out.returncode == 1 and "--token is required" in out.stderr
+    out = run([exe, "agent", "--token", "abc"], rke2_env(root))
+    assert out.returncode == 0, out.stderr
+    assert not (root / "etc/rancher/rke2/rke2.yaml").exists()  # agents get no admin kubeconfig
+    assert not (root / "var/lib/rancher/rke2/server").exists()
+
+
+def test_rke2_needs_core_images_offline(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "node-name: n1\n", images=False)
+    out = run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root))
+    assert out.returncode == 1 and "rke2-runtime:v1.31.4-rke2r1" in out.stderr
+
+
+# --- zarf stand-in -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def zarf_home(zarf: ZarfRelease, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    opt = tmp_path / "opt/zarf"
+    opt.mkdir(parents=True)
+    shutil.copy(zarf.directory / zarf.binary_name, opt / "zarf")
+    bindir = tmp_path / "usr/local/bin"
+    bindir.mkdir(parents=True)
+    (bindir / "zarf").symlink_to(opt / "zarf")
+    kubeconfig = tmp_path / "root/etc/rancher/rke2/rke2.yaml"  # KUBECONFIG is under ZARF_STANDIN_ROOT
+    kubeconfig.parent.mkdir(parents=True)
+    kubeconfig.write_text("apiVersion: v1\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = base_env(
+        HOME=str(home), KUBECONFIG="/etc/rancher/rke2/rke2.yaml", ZARF_STANDIN_ROOT=str(tmp_path / "root")
+    )
+    yield bindir / "zarf", env
+
+
+def test_zarf_init_finds_package_beside_resolved_binary(
+    zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    exe, env = zarf_home
+    shutil.copy(zarf.directory / zarf.init_name, tmp_path / "opt/zarf" / zarf.init_name)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    out = run([str(exe), "init", "--confirm", "--storage-class", "local-path"], env, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    log = (tmp_path / "root/var/lib/zarf-standin/init.log").read_text().splitlines()
+    assert log == [
+        "argv=zarf init --confirm --storage-class local-path"
+        f"\tKUBECONFIG={env['KUBECONFIG']}\tpackage={tmp_path / 'opt/zarf' / zarf.init_name}"
+    ]
+
+
+def test_zarf_init_version_mismatch_fails_with_confirm(
+    zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    exe, env = zarf_home
+    shutil.copy(zarf.directory / zarf.init_name, tmp_path / "opt/zarf/zarf-init-amd64-v0.83.0.tar.zst")
+    out = run([str(exe), "init", "--confirm"], env, cwd=tmp_path)
+    assert out.returncode == 1
+    assert "requires a zarf-init package, but one was not found" in out.stderr
+    assert (Path(env["HOME"]) / ".zarf-cache").is_dir()  # created like the real one
+    out = run([str(exe), "init"], env, cwd=tmp_path)
+    assert out.returncode == 1 and "failed to download the init package" in out.stderr
+    assert not (tmp_path / "root/var/lib/zarf-standin/init.log").exists()
+
+
+def test_zarf_init_cwd_and_cache(
+    zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    exe, env = zarf_home
+    cache = Path(env["HOME"]) / ".zarf-cache"
+    cache.mkdir()
+    shutil.copy(zarf.directory / zarf.init_name, cache / zarf.init_name)
+    assert run([str(exe), "init", "--confirm"], env, cwd=tmp_path).returncode == 0
+    shutil.copy(zarf.directory / zarf.init_name, tmp_path / zarf.init_name)
+    assert run([str(exe), "init", "--confirm"], env, cwd=tmp_path).returncode == 0
+    log = (tmp_path / "root/var/lib/zarf-standin/init.log").read_text().splitlines()
+    assert log[0].endswith(f"package={cache / zarf.init_name}")
+    assert log[1].endswith(f"package={tmp_path / zarf.init_name}")
+    env_no_cluster = {**env, "KUBECONFIG": "/etc/rancher/rke2/missing.yaml"}
+    out = run([str(exe), "init", "--confirm"], env_no_cluster, cwd=tmp_path)
+    assert out.returncode == 1 and "unable to connect" in out.stderr
+
+
+def test_zarf_package_deploy_and_unknown(
+    zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    exe, env = zarf_home
+    pkg = tmp_path / "zarf-package-demo-amd64-1.0.0.tar.zst"
+    pkg.write_bytes(b"x")
+    out = run([str(exe), "package", "deploy", str(pkg), "--confirm"], env)
+    assert out.returncode == 0, out.stderr
+    log = (tmp_path / "root/var/lib/zarf-standin/deploy.log").read_text()
+    assert f"argv=zarf package deploy {pkg} --confirm\t" in log
+    out = run([str(exe), "frobnicate"], env)
+    assert out.returncode == 1 and "unknown command" in out.stderr
+
+
+# --- mirror --------------------------------------------------------------------------------------------
+
+
+def request(url: str, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_mirror_serves_release(rke2: Rke2Release, zarf: ZarfRelease, release_root: Path) -> None:
+    with ReleaseMirror(release_root, channels={"stable": VERSION}) as m:
+        assert m.url.startswith("http://127.0.0.1:")
+        bases = upstream_bases(m.url)
+        assert bases == m.bases
+        rel = bases["rke2_release"].removeprefix(m.url)
+        for ver in ("v1.31.4%2Brke2r1", "v1.31.4+rke2r1", "v1.31.4%2brke2r1"):
+            status, headers, body = request(m.url, f"{rel}/{ver}/sha256sum-amd64.txt")
+            assert status == 200 and body == (rke2.directory / "sha256sum-amd64.txt").read_bytes()
+        status, headers, body = request(m.url, f"{rel}/v1.31.4%2Brke2r1/rke2.{SUFFIX}.tar.gz", "HEAD")
+        assert status == 200 and body == b""
+        assert int(headers["content-length"]) == (rke2.directory / f"rke2.{SUFFIX}.tar.gz").stat().st_size
+        src = bases["rke2_source"].removeprefix(m.url)
+        assert (
+            request(m.url, f"{src}/{version_dirname(VERSION)}/install.sh")[2] == rke2.install_sh.read_bytes()
+        )
+        zrel = bases["zarf_release"].removeprefix(m.url)
+        assert request(m.url, f"{zrel}/v0.84.0/{zarf.init_name}")[0] == 200
+        assert request(m.url, f"{rel}/v9.9.9/nothing")[0] == 404
+        assert request(m.url, f"{rel}/../../../../etc/passwd")[0] == 404
+        assert request(m.url, f"{rel}/%2E%2E/%2E%2E/x")[0] == 404
+
+        channels = bases["rke2_channels"].removeprefix(m.url)
+        status, headers, _ = request(m.url, f"{channels}/stable")
+        assert status == 302
+        assert headers["location"] == f"{m.url}/rancher/rke2/releases/tag/v1.31.4%2Brke2r1"
+        assert request(m.url, headers["location"].removeprefix(m.url))[0] == 200
+        assert request(m.url, f"{channels}/nope")[0] == 404
+        m.channels["latest"] = "v1.32.0+rke2r1"
+        status, headers, _ = request(m.url, f"{channels}/latest")
+        assert headers["location"].endswith("/v1.32.0%2Brke2r1")
+        status, _, body = request(m.url, channels)
+        doc = json.loads(body)
+        assert {(c["id"], c["name"], c["latest"]) for c in doc["data"]} == {
+            ("stable", "stable", VERSION),
+            ("latest", "latest", "v1.32.0+rke2r1"),
+        }
+        assert all(c["links"]["self"].startswith(m.url) for c in doc["data"])
+        assert f"{channels}/stable" in m.requests
+        assert f"{rel}/v1.31.4+rke2r1/sha256sum-amd64.txt" in m.requests
+    with pytest.raises(RuntimeError):
+        _ = m.url
+
+
+def test_disk_path_mapping(tmp_path: Path) -> None:
+    assert disk_path(tmp_path, "/a/v1.31.4+rke2r1/f") == tmp_path / "a/v1.31.4%2Brke2r1/f"
+    assert disk_path(tmp_path, "/a/v1.31.4%2Brke2r1/f") == tmp_path / "a/v1.31.4%2Brke2r1/f"
+    assert disk_path(tmp_path, "/a/../b") is None
+
+
+def test_install_sh_through_mirror_download(rke2: Rke2Release, release_root: Path, tmp_path: Path) -> None:
+    """Fetch the assets over HTTP like a build would, verify them, then install from the fetched copy."""
+    artifacts = tmp_path / "fetched"
+    artifacts.mkdir()
+    with ReleaseMirror(release_root) as m:
+        rel = upstream_bases(m.url)["rke2_release"].removeprefix(m.url) + "/" + version_dirname(VERSION)
+        for name in ("sha256sum-amd64.txt", f"rke2.{SUFFIX}.tar.gz", f"rke2-images.{SUFFIX}.tar.zst"):
+            status, _, body = request(m.url, f"{rel}/{name}")
+            assert status == 200
+            (artifacts / name).write_bytes(body)
+    out = run(["sh", str(rke2.install_sh)], install_env(tmp_path / "root", artifacts))
+    assert out.returncode == 0, out.stderr
