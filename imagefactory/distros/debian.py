@@ -14,6 +14,8 @@ CLOUD_CFG = """# Written by imagefactory.
 # Only the datasources a golden image meets: NoCloud (boot tests, Harvester/KubeVirt) and
 # ConfigDrive; probing for every cloud's metadata service delays each first boot.
 datasource_list: [NoCloud, ConfigDrive, None]
+# Map the instance's hostname to 127.0.1.1 (else sudo cannot resolve it); nothing else.
+manage_etc_hosts: localhost
 """
 LOCALE = "en_US.UTF-8"  # cloud-init's default locale; without it the locale module fails
 

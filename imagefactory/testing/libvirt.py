@@ -296,6 +296,24 @@ def boot(
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def connect(g: Guest, user: str, key: Path, timeout: float = 180) -> paramiko.SSHClient:
+    """An SSH session to a running guest, retried: sshd may restart while cloud-init runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect("127.0.0.1", port=g.port, username=user, key_filename=str(key),
+                           timeout=10, banner_timeout=30, auth_timeout=30, allow_agent=False,
+                           look_for_keys=False)
+            return client
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            client.close()
+            if time.monotonic() > deadline:
+                raise BuildError(f"{g.name}: SSH failed: {e}\n{g.console_tail()}") from None
+            time.sleep(3)
+
+
 def wait_for_ssh(conn: libvirt.virConnect, g: Guest, user: str, key: Path, timeout: float) -> None:
     """Poll until `user` can log in with `key`; fail early if the domain dies."""
     deadline = g.boot_epoch + timeout

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 import yaml
 
@@ -91,16 +90,15 @@ def test_bootstrap_server_reaches_ready_and_inits_zarf(rke2_build: dict[str, Any
     with lv.boot(image, clones=1, user="debian", scratch=site["work"], user_data=seed,
                  boot_timeout=900) as run:
         g = run.guests[0]
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect("127.0.0.1", port=g.port, username="debian", key_filename=str(run.key),
-                       allow_agent=False, look_for_keys=False)
-
         def sh(cmd: str) -> str:
-            _, out, err = client.exec_command(f"sudo sh -c {json.dumps(cmd)}", timeout=600)
-            text = out.read().decode()
-            assert out.channel.recv_exit_status() == 0, f"{cmd}: {text}{err.read().decode()}"
-            return text
+            client = lv.connect(g, "debian", run.key)
+            try:
+                _, out, err = client.exec_command(f"sudo sh -c {json.dumps(cmd)}", timeout=600)
+                text = out.read().decode()
+                assert out.channel.recv_exit_status() == 0, f"{cmd}: {text}{err.read().decode()}"
+                return text
+            finally:
+                client.close()
 
         status = sh("cloud-init status --wait --long || true")
         assert "status: done" in status, status
@@ -122,7 +120,6 @@ def test_bootstrap_server_reaches_ready_and_inits_zarf(rke2_build: dict[str, Any
         # Idempotent: a second run neither fails nor runs zarf init again.
         sh("/usr/local/libexec/imagefactory/rke2-firstboot bootstrap --zarf-init --zarf-no-registry-pvc")
         assert sh("grep -c 'init --confirm' /var/lib/zarf-standin/init.log").strip() == "1"
-        client.close()
 
 
 def test_offline_rebuild_from_bundle(rke2_build: dict[str, Any], site: dict[str, Any]) -> None:
