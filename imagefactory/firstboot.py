@@ -9,6 +9,7 @@ server runs `zarf init`.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,7 +30,8 @@ Role = Literal["bootstrap", "server", "agent"]
 
 
 def render_firstboot_script(*, prefix: str, zarf: str | None) -> str:
-    return _env.get_template("rke2-firstboot.sh.j2").render(prefix=prefix, zarf=zarf)
+    zarf_dir = posixpath.dirname(zarf) if zarf else None
+    return _env.get_template("rke2-firstboot.sh.j2").render(prefix=prefix, zarf=zarf, zarf_dir=zarf_dir)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class NodeSeed:
     tls_san: tuple[str, ...] = ()
     zarf_init: bool = False
     zarf_storage_class: str | None = None
+    zarf_deploy: bool = False  # deploy the baked zarf.packages after init
     ssh_authorized_keys: tuple[str, ...] = ()
     timeout: int = 900
     extra_config: dict[str, object] = field(default_factory=dict)
@@ -71,6 +74,8 @@ def render_user_data(seed: NodeSeed) -> str:
         argv.append("--zarf-init")
         argv += (["--zarf-storage-class", seed.zarf_storage_class] if seed.zarf_storage_class
                  else ["--zarf-no-registry-pvc"])
+        if seed.zarf_deploy:
+            argv.append("--zarf-deploy")
     return _env.get_template("rke2-user-data.j2").render(
         role=seed.role, node_name=seed.node_name,
         ssh_authorized_keys=list(seed.ssh_authorized_keys),

@@ -32,7 +32,7 @@ def input_key(recipe: Recipe) -> str:
     if recipe.rke2:
         spec["rke2"] = recipe.rke2.model_dump(mode="json", include={"version", "channel", "arch", "images"})
     if recipe.zarf:
-        spec["zarf"] = recipe.zarf.model_dump(mode="json", include={"version", "init_package"})
+        spec["zarf"] = recipe.zarf.model_dump(mode="json", include={"version", "init_package", "packages"})
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -152,6 +152,10 @@ def zarf_artifacts(cfg: FactoryConfig, zarf: Zarf, arch: str) -> list[Artifact]:
                     "zarf-sums")]
     for n in names:
         out.append(Artifact(n, listed[n], f"{base}/{n}", "zarf-binary" if n == binary else "zarf-init"))
+    for url in zarf.packages:
+        # Packages have no upstream sums file: the lock's hash, taken now, is what pins them.
+        out.append(Artifact(url.rsplit("/", 1)[-1], hashlib.sha256(http_get(url, timeout=600)).hexdigest(),
+                            url, "zarf-package"))
     return out
 
 

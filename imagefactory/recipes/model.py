@@ -214,13 +214,23 @@ class Rke2(Strict):
 class Zarf(Strict):
     version: str = Field(description="exact release, e.g. v0.84.0")
     init_package: bool = Field(True, description="bake the matching zarf-init package beside it")
-    packages: tuple[str, ...] = Field((), description="extra Zarf package files (by name) to bake")
+    packages: tuple[str, ...] = Field(
+        (), description="URLs of extra Zarf package files (zarf-package-*.tar.zst) to bake; pinned "
+        "by sha256 in the lock, deployed at first boot with --zarf-deploy")
 
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
         if not ZARF_VERSION.match(v):
             raise ValueError("must look like v0.84.0")
+        return v
+
+    @field_validator("packages")
+    @classmethod
+    def _package_urls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for url in v:
+            if not re.match(r"^(https?|file)://\S+/[^/]+\.tar(\.zst)?$", url):
+                raise ValueError(f"'{url}' must be an http(s):// or file:// URL of a .tar.zst package")
         return v
 
 

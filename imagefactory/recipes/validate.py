@@ -85,7 +85,8 @@ def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]])
             add(("zarf",), "Zarf needs RKE2 in the same image (zarf init runs on the cluster)",
                 "add an rke2 section")
         arch = r.rke2.arch if r.rke2 else r.os.arch
-        for i, pkg in enumerate(r.zarf.packages):
+        for i, url in enumerate(r.zarf.packages):
+            pkg = url.rsplit("/", 1)[-1]
             if pkg.startswith("zarf-init-") and pkg != f"zarf-init-{arch}-{r.zarf.version}.tar.zst":
                 add(("zarf", "packages", i), f"{pkg} does not match the Zarf binary {r.zarf.version}",
                     f"zarf init needs exactly zarf-init-{arch}-{r.zarf.version}.tar.zst "

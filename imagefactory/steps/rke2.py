@@ -163,6 +163,10 @@ def install_zarf(ctx: BuildContext) -> None:
     assert z is not None
     target = ctx.root / ctx.distro.zarf_dir.lstrip("/")
     target.mkdir(parents=True, exist_ok=True)
+    for a in _artifacts(ctx, "zarf-package"):
+        (target / "packages").mkdir(exist_ok=True)
+        shutil.copyfile(ctx.fetcher.get(a, ctx.recipe.name), target / "packages" / a.name)
+        (target / "packages" / a.name).chmod(0o644)
     for a in _artifacts(ctx, "zarf-binary", "zarf-init"):
         src = ctx.fetcher.get(a, ctx.recipe.name)
         if a.role == "zarf-binary":
@@ -173,7 +177,8 @@ def install_zarf(ctx: BuildContext) -> None:
             shutil.copyfile(src, target / a.name)
             (target / a.name).chmod(0o644)
     ctx.manifest["zarf"] = {"version": z.version, "dir": ctx.distro.zarf_dir,
-                            "init_package": [a.name for a in _artifacts(ctx, "zarf-init")]}
+                            "init_package": [a.name for a in _artifacts(ctx, "zarf-init")],
+                            "packages": [a.name for a in _artifacts(ctx, "zarf-package")]}
 
 
 def fetch_inputs(ctx: BuildContext) -> None:

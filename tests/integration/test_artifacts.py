@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -164,3 +165,20 @@ def test_zarf_init_version_mismatch_in_lock_is_refused(site: dict[str, Any]) -> 
     r = cli(site, "build", "rke2-node-debian")
     assert r.returncode == 2
     assert "zarf-init-amd64-v0.83.0.tar.zst does not match the binary version v0.84.0" in r.stderr
+
+
+def test_zarf_packages_are_locked_and_fetched_by_hash(site: dict[str, Any]) -> None:
+    pkg = site["tmp"] / "mirror/packages/zarf-package-demo-amd64-1.0.0.tar.zst"
+    pkg.parent.mkdir(parents=True)
+    pkg.write_bytes(b"demo package v1\n")
+    recipe = site["recipes"] / "rke2-node-debian.yaml"
+    url = f"{site['mirror'].url}/packages/{pkg.name}"
+    recipe.write_text(recipe.read_text().replace("  init_package: true\n",
+                                                 f"  init_package: true\n  packages: [{url}]\n"))
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    locked = {a["name"]: a for a in lock(site)["recipes"]["rke2-node-debian"]["artifacts"]}
+    assert locked[pkg.name]["sha256"] == hashlib.sha256(b"demo package v1\n").hexdigest()
+    assert locked[pkg.name]["role"] == "zarf-package"
+    pkg.write_bytes(b"demo package v2, republished under the same URL\n")
+    r = cli(site, "artifacts", "fetch", "rke2-node-debian")
+    assert r.returncode == 1 and f"{pkg.name} from {url}: sha256 mismatch" in r.stderr

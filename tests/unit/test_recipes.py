@@ -237,7 +237,7 @@ RKE2 = MINIMAL + "rke2: {version: v1.31.4+rke2r1}\n"
     ("extra", "expected"),
     [
         ("rke2: {images: [canal]}\n", "rke2.images: the core images are mandatory offline"),
-        ("zarf: {version: v0.84.0, packages: [zarf-init-amd64-v0.83.0.tar.zst]}\n",
+        ("zarf: {version: v0.84.0, packages: [\"https://x.example/zarf-init-amd64-v0.83.0.tar.zst\"]}\n",
          "zarf.packages[0]: zarf-init-amd64-v0.83.0.tar.zst does not match the Zarf binary v0.84.0"),
         ("rke2: {selinux: true}\n", "rke2.selinux: SELinux is not available on debian"),
     ],

@@ -43,8 +43,16 @@ def site(workdir: Path) -> Iterator[dict[str, Any]]:
     make_zarf_release(root / "mirror", ZARF_VERSION)
     recipes = root / "recipes"
     shutil.copytree(RECIPES, recipes)
+    # An extra Zarf package to bake, served by the same mirror.
+    pkg_dir = root / "mirror/packages"
+    pkg_dir.mkdir(parents=True)
+    (pkg_dir / "zarf-package-demo-amd64-1.0.0.tar.zst").write_bytes(b"stand-in zarf package\n")
     with ReleaseMirror(root / "mirror") as mirror:
         mirror.channels["stable"] = RKE2_VERSION
+        recipe = recipes / "rke2-node-debian.yaml"
+        pkg_url = f"{mirror.url}/packages/zarf-package-demo-amd64-1.0.0.tar.zst"
+        recipe.write_text(recipe.read_text().replace(
+            "  init_package: true\n", f"  init_package: true\n  packages: [{pkg_url}]\n"))
         config = root / "imagefactory.yaml"
         config.write_text(yaml.safe_dump({"upstream": upstream_bases(mirror.url)}))
         yield {"root": root, "recipes": recipes, "config": config, "mirror": mirror,
@@ -77,6 +85,7 @@ def test_built_and_boot_tested(rke2_build: dict[str, Any]) -> None:
     assert m["rke2"]["images"] == ["rke2-images-canal.linux-amd64.tar.zst",
                                    "rke2-images-core.linux-amd64.tar.zst"]
     assert m["inputs"]["zarf"]["version"] == ZARF_VERSION
+    assert m["zarf"]["packages"] == ["zarf-package-demo-amd64-1.0.0.tar.zst"]
 
 
 def test_bootstrap_server_reaches_ready_and_inits_zarf(rke2_build: dict[str, Any],
@@ -85,7 +94,8 @@ def test_bootstrap_server_reaches_ready_and_inits_zarf(rke2_build: dict[str, Any
 
     def seed(guest: lv.Guest, pub: str) -> str:
         return render_user_data(NodeSeed("bootstrap", "cp-0", "stand-in-token", tls_san=("cp.example",),
-                                         zarf_init=True, ssh_authorized_keys=(pub,), timeout=300))
+                                         zarf_init=True, zarf_deploy=True, ssh_authorized_keys=(pub,),
+                                         timeout=300))
 
     with lv.boot(image, clones=1, user="debian", scratch=site["work"], user_data=seed,
                  boot_timeout=900) as run:
@@ -117,9 +127,13 @@ def test_bootstrap_server_reaches_ready_and_inits_zarf(rke2_build: dict[str, Any
         assert "init --confirm --set-variables REGISTRY_PVC_ENABLED=false" in zarf
         assert "/etc/rancher/rke2/rke2.yaml" in zarf
         assert f"zarf-init-amd64-{ZARF_VERSION}.tar.zst" in zarf
-        # Idempotent: a second run neither fails nor runs zarf init again.
-        sh("/usr/local/libexec/imagefactory/rke2-firstboot bootstrap --zarf-init --zarf-no-registry-pvc")
+        deployed = sh("cat /var/lib/zarf-standin/deploy.log")
+        assert "/usr/local/bin/packages/zarf-package-demo-amd64-1.0.0.tar.zst" in deployed
+        # Idempotent: a second run neither fails nor runs zarf init or deploy again.
+        sh("/usr/local/libexec/imagefactory/rke2-firstboot bootstrap --zarf-init --zarf-no-registry-pvc "
+           "--zarf-deploy")
         assert sh("grep -c 'init --confirm' /var/lib/zarf-standin/init.log").strip() == "1"
+        assert sh("grep -c 'package deploy' /var/lib/zarf-standin/deploy.log").strip() == "1"
 
 
 def test_offline_rebuild_from_bundle(rke2_build: dict[str, Any], site: dict[str, Any]) -> None:
