@@ -331,9 +331,15 @@ def wait_for_ssh(conn: libvirt.virConnect, g: Guest, user: str, key: Path, timeo
             client.connect("127.0.0.1", port=g.port, username=user, pkey=pkey, timeout=10,
                            banner_timeout=10, auth_timeout=10, allow_agent=False,
                            look_for_keys=False)
-            _, out, _ = client.exec_command("true")
-            if out.channel.recv_exit_status() == 0:
-                log.info("%s: SSH login after %.0f s", g.name, time.time() - g.boot_epoch)
+            # Logged in is not ready: cloud-init's config stage restarts sshd (set_passwords), which
+            # resets connections made meanwhile. Ready = cloud-init has finished, whatever its
+            # verdict (the suites judge that).
+            _, out, _ = client.exec_command(
+                "cloud-init status --wait >/dev/null 2>&1; echo ready",
+                timeout=max(30.0, deadline - time.time()))
+            if "ready" in out.read().decode() and out.channel.recv_exit_status() == 0:
+                log.info("%s: SSH login and cloud-init done after %.0f s", g.name,
+                         time.time() - g.boot_epoch)
                 return
         except (OSError, paramiko.SSHException, EOFError) as e:
             last = f"{type(e).__name__}: {e}"
