@@ -25,6 +25,7 @@ from rich.table import Table
 from .errors import ExitStatus, ImageFactoryError, UserError, ValidationError
 
 DEFAULT_WORKDIR = Path("/var/lib/imagefactory")
+STIG_CATALOGUES = ["ubuntu2204", "slmicro5", "rke2"]  # benchmarks with a catalogue in stig/
 
 
 class App:
@@ -306,6 +307,50 @@ def cmd_artifacts_import(app: App) -> int:
     return 0
 
 
+def cmd_stig_list(app: App) -> int:
+    from .stig.catalogue import load_catalogue
+
+    cat = load_catalogue(app.args.benchmark)
+    rows: list[dict[str, Any]] = [
+            {"id": rule.stig_id, "vuln_id": rule.vuln_id, "rule_id": rule.rule_id, "cat": rule.cat,
+             "title": rule.title, "phase": c.phase if c else None,
+             "applies_to": list(c.applies_to) if c else [], "automated": bool(c and c.automated)}
+            for rule, c in cat.all_rules()]
+    if app.args.family:
+        rows = [r for r in rows if app.args.family in r["applies_to"]]
+
+    def human() -> None:
+        t = Table("STIG id", "CAT", "phase", "title")
+        for r in rows:
+            t.add_row(r["id"], "I" * r["cat"], r["phase"] or "[dim]manual / not automated[/]",
+                      r["title"][:90])
+        app.out.print(t)
+        app.out.print(f"{cat.benchmark.title} {cat.benchmark.release_info}: {len(rows)} rules, "
+                      f"{sum(r['automated'] for r in rows)} automated")
+
+    app.emit({"benchmark": app.args.benchmark, "rules": rows}, human)
+    return 0
+
+
+def cmd_stig_show(app: App) -> int:
+    from .stig.catalogue import load_catalogue
+
+    found = next(((n, c) for n in STIG_CATALOGUES if app.args.id in (c := load_catalogue(n)).benchmark.rules),
+                 None)
+    if found is None:
+        raise UserError(f"{app.args.id}: no such STIG id in the shipped benchmarks",
+                        hint="see 'imagefactory stig list --benchmark NAME'")
+    name, cat = found
+    rule, control = cat.benchmark.rules[app.args.id], cat.get(app.args.id)
+    data = {"benchmark": name, "id": rule.stig_id, "vuln_id": rule.vuln_id, "rule_id": rule.rule_id,
+            "cat": rule.cat, "title": rule.title, "check_content": rule.check_content,
+            "fixtext": rule.fixtext, "ccis": list(rule.ccis),
+            "catalogue": control.spec.model_dump(mode="json") if control else None}
+    app.emit(data, lambda: app.out.print(yaml.safe_dump(data, sort_keys=False, width=100), end="",
+                                         markup=False))
+    return 0
+
+
 # --- plumbing -----------------------------------------------------------------------------------
 
 
@@ -391,6 +436,16 @@ def parser() -> argparse.ArgumentParser:
     s = asub.add_parser("import", help="verify a bundle against the lock and add it to the cache")
     s.add_argument("bundle")
     s.set_defaults(func=cmd_artifacts_import)
+
+    st = sub.add_parser("stig", help="the STIG catalogue (DISA benchmarks joined with our fixes)")
+    sts = st.add_subparsers(dest="stig_command", required=True, metavar="ACTION")
+    s = sts.add_parser("list", help="every rule of a benchmark with how the factory handles it")
+    s.add_argument("--benchmark", default="ubuntu2204", choices=STIG_CATALOGUES)
+    s.add_argument("--family", help="only controls applying to this OS family (or RKE2 role)")
+    s.set_defaults(func=cmd_stig_list)
+    s = sts.add_parser("show", help="one rule: DISA text plus the catalogue entry")
+    s.add_argument("id", help="STIG id, e.g. UBTU-22-255040")
+    s.set_defaults(func=cmd_stig_show)
 
     i = sub.add_parser("images", help="images in the local store")
     isub = i.add_subparsers(dest="images_command", required=True, metavar="ACTION")

@@ -87,3 +87,17 @@ def test_images_list_empty_store(tmp_path: Path) -> None:
 def test_test_unknown_image(tmp_path: Path) -> None:
     r = cli("--workdir", str(tmp_path), "test", "nothing-here")
     assert r.returncode == 2 and "no such image" in r.stderr
+
+
+def test_stig_list_and_show() -> None:
+    r = cli("--json", "stig", "list", "--benchmark", "rke2")
+    assert r.returncode == 0, r.stderr
+    rules = json.loads(r.stdout)["rules"]
+    assert len(rules) == 23  # every XCCDF rule is listed, automated or not
+    assert sum(x["automated"] for x in rules) >= 18
+    assert {x["cat"] for x in rules} == {1, 2}
+    shown = json.loads(cli("--json", "stig", "show", "UBTU-22-255040").stdout)
+    assert shown["cat"] == 1 and shown["vuln_id"].startswith("V-")
+    assert shown["catalogue"]["phase"] == "bake"
+    missing = cli("stig", "show", "UBTU-22-999999")
+    assert missing.returncode == 2 and "no such STIG id" in missing.stderr
