@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -30,7 +30,6 @@ class SeedData:
     mac: str
     ssh_authorized_keys: tuple[str, ...] = ()
     purpose: str = "a boot test"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def render(seed: SeedData) -> dict[str, str]:
@@ -41,7 +40,6 @@ def render(seed: SeedData) -> dict[str, str]:
         "mac": seed.mac,
         "ssh_authorized_keys": list(seed.ssh_authorized_keys),
         "purpose": seed.purpose,
-        **seed.extra,
     }
     return {
         name: _env.get_template(f"{name}.j2").render(ctx)

@@ -128,16 +128,3 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def which(name: str) -> str | None:
-    """Path of a host binary, or None (PATH plus the sbin dirs root usually has)."""
-    import shutil
-
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return shutil.which(name, path=path)
-
-
-def spawn_daemon(argv: Sequence[str]) -> None:
-    """Start a daemon that forks itself into the background (e.g. `libvirtd -d`)."""
-    run(argv)
