@@ -34,6 +34,8 @@ if ! pgrep -x libvirtd >/dev/null; then
   libvirtd -d
   for _ in $(seq 60); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.5; done
 fi
+# Never the 'default' NAT network (192.168.122.0/24): guests use user-mode networking only.
+virsh -q -c qemu:///system net-autostart default --disable >/dev/null 2>&1 || true
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
