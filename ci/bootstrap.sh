@@ -44,7 +44,9 @@ fi
 stamp=.venv/.imagefactory-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  echo "+ pip install -e .[dev] (log: .venv/pip.log)"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' > .venv/pip.log 2>&1 \
+    || { tail -40 .venv/pip.log; exit 1; }
   .venv/bin/python -c 'import imagefactory, libvirt, testinfra' 
   echo "$want" > "$stamp"
 fi
