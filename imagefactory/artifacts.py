@@ -206,6 +206,31 @@ class Fetcher:
                         f"{listed.get(a.name, 'nothing')}", hint="run 'imagefactory lock update'")
 
 
+# --- cloud images ------------------------------------------------------------------------------
+
+
+def cloud_image_artifact(url: str, checksum: str | None, checksum_url: str | None) -> Artifact:
+    """The base image of a `cloud-image` source, with its expected sha256.
+
+    With `checksum_url` (a SHA256SUMS file) the expected hash is the file's line for the image's
+    name; the sums file itself is fetched over TLS-verified HTTPS from the same publisher.
+    """
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    if checksum is not None:
+        algo, _, digest = checksum.partition(":")
+        if algo != "sha256":
+            raise UserError(f"source.checksum: {algo} is not supported for downloads yet",
+                            hint="use a sha256: checksum or checksum_url")
+        return Artifact(name, digest, url, "base-image")
+    assert checksum_url is not None
+    listed = {k.removeprefix("./"): v for k, v in
+              parse_sums(http_get(checksum_url).decode(errors="replace")).items()}
+    if name not in listed:
+        raise BuildError(f"{checksum_url} lists no {name}",
+                         hint="check source.url against the checksum file")
+    return Artifact(name, listed[name], url, "base-image")
+
+
 # --- bundles -----------------------------------------------------------------------------------
 
 BUNDLE_MANIFEST = "bundle.json"

@@ -268,11 +268,18 @@ def _locked(app: App, name: str) -> tuple[Any, dict[str, Any]]:
 
 
 def cmd_artifacts_fetch(app: App) -> int:
-    from .artifacts import Artifact
+    from .artifacts import Artifact, cloud_image_artifact
+    from .lock import needs_lock
+    from .recipes.model import CloudImageSource
 
-    recipe, entry = _locked(app, app.args.recipe)
+    recipe = app.book().load(app.args.recipe).recipe
     fetcher = app.fetcher()
-    arts = [Artifact(**a) for a in entry["artifacts"]]
+    arts = [Artifact(**a) for a in app.lockfile().entry(recipe)["artifacts"]] if needs_lock(recipe) else []
+    if isinstance(recipe.source, CloudImageSource):
+        src = recipe.source
+        arts.insert(0, cloud_image_artifact(src.url, src.checksum, src.checksum_url))
+    if not arts:
+        raise UserError(f"{recipe.name} has no external artifacts (mmdebstrap source, no rke2/zarf)")
     paths = {a.name: str(fetcher.get(a, recipe.name)) for a in arts}
     fetcher.verify_against_sums(arts, recipe.name)
     app.emit({"recipe": recipe.name, "artifacts": paths},

@@ -182,3 +182,42 @@ def test_zarf_packages_are_locked_and_fetched_by_hash(site: dict[str, Any]) -> N
     pkg.write_bytes(b"demo package v2, republished under the same URL\n")
     r = cli(site, "artifacts", "fetch", "rke2-node-debian")
     assert r.returncode == 1 and f"{pkg.name} from {url}: sha256 mismatch" in r.stderr
+
+
+def _cloud_recipe(site: dict[str, Any], sums: str) -> tuple[Path, str]:
+    d = site["tmp"] / "mirror/releases/22.04/release"
+    d.mkdir(parents=True)
+    image = d / "ubuntu-22.04-server-cloudimg-amd64.img"
+    image.write_bytes(b"QFI\xfb" + b"\0" * 4096)
+    (d / "SHA256SUMS").write_text(sums.format(sha=hashlib.sha256(image.read_bytes()).hexdigest()))
+    base = f"{site['mirror'].url}/releases/22.04/release"
+    recipe = site["recipes"] / "ubuntu-22.04-base.yaml"
+    text = recipe.read_text()
+    text = text.replace("https://cloud-images.ubuntu.com/releases/22.04/release", base)
+    recipe.write_text(text)
+    return image, f"{base}/{image.name}"
+
+
+def test_cloud_image_fetched_and_verified_against_sha256sums(site: dict[str, Any]) -> None:
+    other = "0" * 64
+    image, _ = _cloud_recipe(site, "{sha} *ubuntu-22.04-server-cloudimg-amd64.img\n"
+                                   f"{other} *other.img\n")
+    r = cli(site, "--json", "artifacts", "fetch", "ubuntu-22.04-base")
+    assert r.returncode == 0, r.stderr
+    cached = Path(json.loads(r.stdout)["artifacts"][image.name])
+    assert cached.read_bytes() == image.read_bytes()
+
+
+def test_cloud_image_checksum_mismatch_is_refused(site: dict[str, Any]) -> None:
+    image, url = _cloud_recipe(site, "{sha} *ubuntu-22.04-server-cloudimg-amd64.img\n")
+    image.write_bytes(image.read_bytes() + b"republished behind the same URL")
+    r = cli(site, "artifacts", "fetch", "ubuntu-22.04-base")
+    assert r.returncode == 1
+    assert f"error: {image.name} from {url}: sha256 mismatch: expected " in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cloud_image_missing_from_sums(site: dict[str, Any]) -> None:
+    _cloud_recipe(site, "{sha} *something-else.img\n")
+    r = cli(site, "artifacts", "fetch", "ubuntu-22.04-base")
+    assert r.returncode == 1 and "lists no ubuntu-22.04-server-cloudimg-amd64.img" in r.stderr
