@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import stat as st
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import ClassVar, Literal
 
@@ -258,16 +259,8 @@ class AccountLocked(Kind):
     user: str
 
     def apply(self, fx: FixContext) -> None:
-        text = fx.read("/etc/shadow")
-        if text is None:
-            raise BuildError("/etc/shadow missing in the image")
-        lines = text.splitlines()
-        for i, ln in enumerate(lines):
-            f = ln.split(":")
-            if f[0] == self.user and len(f) > 1 and not f[1].startswith(("!", "*")):
-                f[1] = "!" + f[1]
-                lines[i] = ":".join(f)
-        fx.write("/etc/shadow", "\n".join(lines) + "\n")
+        _edit_shadow(fx, lambda f: "!" + f[1] if f[0] == self.user and not f[1].startswith(("!", "*"))
+                     else None, required=True)
 
     def evaluate(self, src: Source, ctx: CheckContext) -> CheckResult:
         rows = _shadow(src)
@@ -280,22 +273,29 @@ class AccountLocked(Kind):
         return verdict(locked, f"{self.user} is {'locked' if locked else 'not locked'}")
 
 
+def _edit_shadow(fx: FixContext, new_hash: Callable[[list[str]], str | None], required: bool) -> None:
+    """Rewrite the password field of /etc/shadow entries for which `new_hash` returns a value."""
+    text = fx.read("/etc/shadow")
+    if text is None:
+        if required:
+            raise BuildError("/etc/shadow missing in the image")
+        return
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if len(fields) > 1 and (value := new_hash(fields)) is not None:
+            fields[1] = value
+            lines[i] = ":".join(fields)
+    fx.write("/etc/shadow", "\n".join(lines) + "\n")
+
+
 class NoEmptyPasswords(Kind):
     """No /etc/shadow entry has an empty password field; the fix locks such accounts (`!`)."""
 
     type: Literal["no_empty_passwords"]
 
     def apply(self, fx: FixContext) -> None:
-        text = fx.read("/etc/shadow")
-        if text is None:
-            return
-        lines = text.splitlines()
-        for i, ln in enumerate(lines):
-            f = ln.split(":")
-            if len(f) > 1 and f[0] and not f[1]:
-                f[1] = "!"
-                lines[i] = ":".join(f)
-        fx.write("/etc/shadow", "\n".join(lines) + "\n")
+        _edit_shadow(fx, lambda f: "!" if f[0] and not f[1] else None, required=False)
 
     def evaluate(self, src: Source, ctx: CheckContext) -> CheckResult:
         rows = _shadow(src)

@@ -687,3 +687,24 @@ def test_yaml_key_dotted_paths(tmp_path: Path) -> None:
     pss.write_text(re.sub(r'enforce: "restricted"', 'enforce: "baseline"', pss.read_text()))
     st, ev = status(root, "server", "CNTR-R2-001130", name="rke2")
     assert st == "fail" and "defaults.enforce: 'baseline'" in ev
+
+
+def test_shadow_kinds_lock_accounts(tmp_path: Path) -> None:
+    from imagefactory.stig.kinds import CheckContext, FixContext
+    from imagefactory.stig.kinds_fs import AccountLocked, NoEmptyPasswords
+    from imagefactory.stig.sources import RootSource
+
+    shadow = "root:$6$abc:19000::::::\nguest::19000::::::\nsvc:!:19000::::::\n"
+    root = make_root(tmp_path, {"etc/shadow": shadow})
+    locked = AccountLocked(type="account_locked", user="root")
+    empty = NoEmptyPasswords(type="no_empty_passwords")
+    ctx = CheckContext(family="ubuntu")
+    assert locked.evaluate(RootSource(root), ctx).status == "fail"
+    assert empty.evaluate(RootSource(root), ctx).status == "fail"
+    for _ in range(2):  # idempotent
+        locked.apply(FixContext(root))
+        empty.apply(FixContext(root))
+    expected = shadow.replace("root:$6", "root:!$6").replace("guest::", "guest:!:")
+    assert (root / "etc/shadow").read_text() == expected
+    assert locked.evaluate(RootSource(root), ctx).status == "pass"
+    assert empty.evaluate(RootSource(root), ctx).status == "pass"
