@@ -88,7 +88,10 @@ def test_dirty_image_fails_the_hygiene_suite(built: dict[str, Any], workdir: Pat
     mid = workdir / "machine-id"
     mid.write_text("0123456789abcdef0123456789abcdef\n")
     cmds = workdir / "debugfs.cmds"
-    cmds.write_text(f"rm /etc/machine-id\nwrite {mid} /etc/machine-id\nsif /etc/machine-id mode 0100444\n")
+    # An old mtime, as a machine-id baked at build time would have (debugfs would stamp "now",
+    # seconds before the guest boots: within the check's clock slack).
+    cmds.write_text(f"rm /etc/machine-id\nwrite {mid} /etc/machine-id\nsif /etc/machine-id mode 0100444\n"
+                    "sif /etc/machine-id mtime 20200101000000\n")
     subprocess.run(["debugfs", "-w", "-f", str(cmds), f"{dirty}?offset=1048576"], check=True,
                    capture_output=True)
     dirty.chmod(0o644)
