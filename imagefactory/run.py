@@ -35,6 +35,7 @@ PACKAGES = {
     "umount": "mount",
     "virtlogd": "libvirt-daemon-system",
     "libvirtd": "libvirt-daemon-system",
+    "oscap": "openscap-scanner",
 }
 
 

@@ -1,0 +1,453 @@
+"""OpenSCAP without OpenSCAP: the ComplianceAsCode mapping, ARF parsing, the STIG roll-up, the
+tailoring file, the offline-probe analysis of a datastream, and `scan_offline` against a fake
+`oscap` (the real one runs in tests/integration/test_openscap.py)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from imagefactory.errors import BuildError, UserError
+from imagefactory.stig import openscap
+from imagefactory.stig.cac import CAC_DIR, load_mapping, parse_mapping, rule_id, short_name
+from imagefactory.stig.openscap import ContentInfo, OscapScan, ScannerVersion
+from imagefactory.stig.results import WaiverDecision, WaiverType
+
+X = "{http://checklists.nist.gov/xccdf/1.2}"
+PREFIX = "xccdf_org.ssgproject.content_rule_"
+
+
+# --- ComplianceAsCode mapping ----------------------------------------------------------------
+
+
+def test_mapping_ships_in_the_repository() -> None:
+    assert sorted(p.name for p in CAC_DIR.glob("*.yml")) == [
+        "stig_slmicro5.yml", "stig_ubuntu2204.yml", "stig_ubuntu2404.yml"]
+
+
+def test_ubuntu2204_mapping_both_ways() -> None:
+    m = load_mapping("ubuntu2204")
+    assert m.policy_version == "V2R8" and len(m.rules) == 188
+    assert m.rules["UBTU-22-211015"] == ("disable_ctrlaltdel_reboot",)
+    assert m.xccdf_rules("UBTU-22-211015") == (PREFIX + "disable_ctrlaltdel_reboot",)
+    assert m.stig_ids("disable_ctrlaltdel_reboot") == ("UBTU-22-211015",)
+    assert m.stig_ids(PREFIX + "disable_ctrlaltdel_reboot") == ("UBTU-22-211015",)
+    # `var=value` entries select variables; they are not rules
+    assert m.rules["UBTU-22-255030"] == ("sshd_set_keepalive",)
+    assert m.variables["UBTU-22-255030"] == (("var_sshd_set_keepalive", "1"),)
+    assert m.xccdf_rules("UBTU-22-999999") == ()
+
+
+def test_other_mappings_load() -> None:
+    slem = load_mapping("slmicro5")
+    assert slem.rules["SLEM-05-653060"] == ()  # ComplianceAsCode maps no rule to it
+    assert len(slem.rules) == 208
+    assert load_mapping("ubuntu2404").rules["UBTU-24-100010"]
+
+
+def test_mapping_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no ComplianceAsCode STIG mapping"):
+        load_mapping("rke2")
+    dup = tmp_path / "stig_x.yml"
+    dup.write_text("controls:\n  - {id: A-1, rules: [a]}\n  - {id: A-1, rules: [b]}\n")
+    with pytest.raises(UserError, match="duplicate STIG id A-1"):
+        parse_mapping(dup, "x")
+    with pytest.raises(UserError, match="not found"):
+        parse_mapping(tmp_path / "missing.yml", "x")
+
+
+def test_rule_id_round_trip() -> None:
+    assert short_name(rule_id("sshd_set_keepalive")) == "sshd_set_keepalive"
+    assert rule_id(PREFIX + "a") == PREFIX + "a"
+
+
+# --- ARF -------------------------------------------------------------------------------------
+
+ARF = """<?xml version="1.0"?>
+<arf:asset-report-collection xmlns:arf="http://scap.nist.gov/schema/asset-reporting-format/1.1"
+    xmlns:x="http://checklists.nist.gov/xccdf/1.2" xmlns:r="http://oval.mitre.org/XMLSchema/oval-results-5">
+ <arf:report-requests><arf:report-request id="req"><arf:content>
+  <x:Benchmark id="b"><x:Rule id="{p}in_the_request_not_a_result"/></x:Benchmark>
+ </arf:content></arf:report-request></arf:report-requests>
+ <arf:reports>
+  <arf:report id="xccdf1"><arf:content><x:TestResult id="xccdf_t_testresult_1">
+   <x:rule-result idref="{p}a" role="full"><x:result>pass</x:result></x:rule-result>
+   <x:rule-result idref="{p}b"><x:result>fail</x:result>
+     <x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
+       <x:check-content-ref name="oval:ssg-b:def:1" href="#oval0"/></x:check></x:rule-result>
+   <x:rule-result idref="{p}c"><x:result>notselected</x:result></x:rule-result>
+   <x:rule-result idref="{p}waived" role="unscored"><x:result>informational</x:result>
+     <x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
+       <x:check-content-ref name="oval:ssg-waived:def:1" href="#oval0"/></x:check></x:rule-result>
+   <x:rule-result idref="{p}negated" role="unscored"><x:result>informational</x:result>
+     <x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5" negate="true">
+       <x:check-content-ref name="oval:ssg-negated:def:1" href="#oval0"/></x:check></x:rule-result>
+   <x:rule-result idref="{p}e"><x:result>error</x:result></x:rule-result>
+  </x:TestResult></arf:content></arf:report>
+  <arf:report id="oval0"><arf:content><r:oval_results><r:results><r:system><r:definitions>
+   <r:definition definition_id="oval:ssg-b:def:1" result="false" version="1"/>
+   <r:definition definition_id="oval:ssg-waived:def:1" result="false" version="1"><r:criteria/></r:definition>
+   <r:definition definition_id="oval:ssg-negated:def:1" result="true" version="1"/>
+  </r:definitions></r:system></r:results></r:oval_results></arf:content></arf:report>
+  <arf:report id="oval1"><arf:content><r:oval_results><r:results><r:system><r:definitions>
+   <r:definition definition_id="oval:ssg-waived:def:1" result="true" version="1"/>
+  </r:definitions></r:system></r:results></r:oval_results></arf:content></arf:report>
+ </arf:reports>
+</arf:asset-report-collection>
+""".replace("{p}", PREFIX)
+
+
+def test_parse_arf(tmp_path: Path) -> None:
+    path = tmp_path / "arf.xml"
+    path.write_text(ARF)
+    expect = {"a": "pass", "b": "fail", "c": "notselected", "waived": "informational",
+              "negated": "informational", "e": "error"}
+    assert openscap.parse_arf(path) == {PREFIX + k: v for k, v in expect.items()}
+
+
+def test_read_arf_recovers_unscored_outcomes_from_the_referenced_oval_report(tmp_path: Path) -> None:
+    path = tmp_path / "arf.xml"
+    path.write_text(ARF)
+    # oval0 (the href) says false -> fail; oval1's "true" for the same id must not be used
+    assert openscap.read_arf(path).check_outcomes == {PREFIX + "waived": "fail", PREFIX + "negated": "fail"}
+
+
+def test_parse_arf_rejects_broken_xml(tmp_path: Path) -> None:
+    path = tmp_path / "arf.xml"
+    path.write_text("<arf:asset-report")
+    with pytest.raises(BuildError, match="not valid XML"):
+        openscap.parse_arf(path)
+
+
+# --- STIG roll-up ----------------------------------------------------------------------------
+
+# UBTU-22-255025 maps to two rules: sshd_disable_empty_passwords, sshd_do_not_permit_user_env
+A, B = PREFIX + "sshd_disable_empty_passwords", PREFIX + "sshd_do_not_permit_user_env"
+INFO = ContentInfo("ubuntu", Path("/c/ssg-ubuntu2204-ds.xml"),
+                   "xccdf_org.ssgproject.content_profile_cis_level1_server", "0.1.65")
+
+
+def scan_of(results: dict[str, str], *, outcomes: dict[str, str] | None = None,
+            unreliable: dict[str, tuple[str, ...]] | None = None, tailoring: Path | None = None) -> OscapScan:
+    return OscapScan(root=Path("/r"), arf=Path("/o/openscap-arf.xml"), report=Path("/o/openscap-report.html"),
+                     scanner=ScannerVersion("1.3.7"), content=INFO, profile=INFO.profile, tailoring=tailoring,
+                     returncode=2, results=results, check_outcomes=outcomes or {},
+                     unreliable=unreliable or {})
+
+
+@pytest.mark.parametrize(("a", "b", "expect"), [
+    ("pass", "pass", "pass"),
+    ("pass", "fail", "fail"),
+    ("fail", "error", "fail"),
+    ("fail", "notselected", "fail"),  # a failing rule fails the STIG id even on a partial view
+    ("fail", None, "fail"),
+    ("pass", "notselected", None),  # a partial pass is no pass
+    ("pass", None, None),
+    ("notselected", "notselected", None),
+    ("error", "pass", "error"),
+    ("unknown", "pass", "error"),
+    ("notchecked", "pass", "notchecked"),
+    ("informational", "pass", "notchecked"),
+    ("notapplicable", "notapplicable", "notapplicable"),
+    ("pass", "notapplicable", "pass"),
+    ("fixed", "pass", "pass"),
+    ("weird", "pass", "error"),
+])
+def test_roll_up(a: str, b: str | None, expect: str | None) -> None:
+    results = {A: a} | ({B: b} if b is not None else {})
+    out = openscap.to_stig(scan_of(results), "ubuntu2204", "ubuntu")
+    if expect is None:
+        assert "UBTU-22-255025" not in out.results
+    else:
+        assert out.results["UBTU-22-255025"].status == expect
+        assert out.results["UBTU-22-255025"].source == "openscap"
+
+
+def test_to_stig_evidence_scanner_and_content() -> None:
+    out = openscap.to_stig(scan_of({A: "pass", B: "fail", PREFIX + "disable_ctrlaltdel_reboot": "pass"}),
+                           "ubuntu2204", "ubuntu")
+    assert (out.benchmark, out.target, out.mode) == ("ubuntu2204", "ubuntu", "offline")
+    assert out.scanner == "OpenSCAP 1.3.7"
+    assert out.content == ("ssg-ubuntu2204-ds.xml (SSG 0.1.65) profile "
+                           "xccdf_org.ssgproject.content_profile_cis_level1_server")
+    ev = out.results["UBTU-22-255025"].evidence
+    assert f"{A}: pass" in ev and f"{B}: fail" in ev
+    assert out.results["UBTU-22-211015"].status == "pass"
+    assert set(out.results) == {"UBTU-22-255025", "UBTU-22-211015"}  # nothing for unevaluated ids
+    tailored = openscap.to_stig(scan_of({A: "pass"}, tailoring=Path("/o/t.xml")), "ubuntu2204", "ubuntu")
+    assert tailored.content.endswith("tailored (t.xml)")
+
+
+def test_unscored_rules_report_their_check_outcome() -> None:
+    scan = scan_of({A: "informational", B: "pass"}, outcomes={A: "fail"})
+    out = openscap.to_stig(scan, "ubuntu2204", "ubuntu")
+    assert out.results["UBTU-22-255025"].status == "fail"
+    assert "unscored by tailoring" in out.results["UBTU-22-255025"].evidence
+
+
+def test_rules_with_offline_unreliable_probes_are_not_trusted() -> None:
+    scan = scan_of({A: "pass", B: "pass"}, unreliable={A: ("dpkginfo",)})
+    out = openscap.to_stig(scan, "ubuntu2204", "ubuntu")
+    rr = out.results["UBTU-22-255025"]
+    assert rr.status == "notchecked"
+    assert f"{A}: pass, not trusted offline (OVAL probes: dpkginfo)" in rr.evidence
+    # a trusted failing rule still fails the STIG id
+    scan = scan_of({A: "pass", B: "fail"}, unreliable={A: ("dpkginfo",)})
+    out = openscap.to_stig(scan, "ubuntu2204", "ubuntu")
+    assert out.results["UBTU-22-255025"].status == "fail"
+
+
+# --- tailoring -------------------------------------------------------------------------------
+
+
+def waiver(wid: str, type_: WaiverType, *, expired: bool = False) -> WaiverDecision:
+    return WaiverDecision(wid, type_, f"because {wid}", "ISSO", date(2025, 1, 1),
+                          date(2025, 6, 1) if expired else None, expired)
+
+
+def test_compile_tailoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(openscap.ENV_CONTENT, "/content")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = openscap.compile_tailoring(
+        tmp_path / "sub" / "tailoring.xml", family="ubuntu", benchmark="ubuntu2204",
+        waivers={"UBTU-22-211015": waiver("W-NA", "not-applicable"),
+                 "UBTU-22-255025": waiver("W-RISK", "risk-accepted"),
+                 "UBTU-22-213010": waiver("W-OLD", "false-positive", expired=True),
+                 "UBTU-22-412030": waiver("W-BOTH", "compensating"),
+                 "UBTU-22-999999": waiver("W-UNMAPPED", "risk-accepted")},
+        disabled={"UBTU-22-651015": "AIDE database is built at first boot", "UBTU-22-412030": "no shells"})
+    assert out == tmp_path / "sub" / "tailoring.xml"
+    root = ET.parse(out).getroot()
+    assert root.tag == f"{X}Tailoring" and root.get("id") == "xccdf_imagefactory_tailoring_ubuntu"
+    assert root.find(f"{X}benchmark").get("href") == "/content/ssg-ubuntu2204-ds.xml"  # type: ignore[union-attr]
+    assert root.find(f"{X}version").get("time") == "2023-11-14T22:13:20"  # type: ignore[union-attr]
+    prof = root.find(f"{X}Profile")
+    assert prof is not None and prof.get("id") == "xccdf_imagefactory_profile_tailored"
+    assert prof.get("extends") == "xccdf_org.ssgproject.content_profile_cis_level1_server"
+    assert prof.findtext(f"{X}title")
+    selects = {s.get("idref"): s for s in prof.findall(f"{X}select")}
+    refines = {r.get("idref"): r for r in prof.findall(f"{X}refine-rule")}
+    assert set(selects) == {PREFIX + "disable_ctrlaltdel_reboot", PREFIX + "aide_build_database",
+                            PREFIX + "accounts_tmout"}  # not-applicable, disabled, disabled+waived
+    assert all(s.get("selected") == "false" for s in selects.values())
+    assert set(refines) == {A, B}  # risk-accepted; the expired waiver compiles into nothing
+    assert all(r.get("role") == "unscored" for r in refines.values())
+    remark = selects[PREFIX + "disable_ctrlaltdel_reboot"].findtext(f"{X}remark") or ""
+    assert remark.startswith("UBTU-22-211015: Waiver W-NA (not-applicable)") and "because W-NA" in remark
+    assert (selects[PREFIX + "aide_build_database"].findtext(f"{X}remark")
+            == "UBTU-22-651015: disabled by tailoring: AIDE database is built at first boot")
+    remarks = [r.text for r in selects[PREFIX + "accounts_tmout"].findall(f"{X}remark")]
+    assert remarks[0] == "UBTU-22-412030: disabled by tailoring: no shells" and "W-BOTH" in str(remarks[1])
+    assert "W-RISK (risk-accepted)" in (refines[A].findtext(f"{X}remark") or "")
+    assert "sysctl_kernel_dmesg_restrict" not in out.read_text()  # UBTU-22-213010: expired
+
+
+def test_compile_tailoring_without_content(tmp_path: Path) -> None:
+    assert openscap.compile_tailoring(tmp_path / "t.xml", family="debian", benchmark="ubuntu2204",
+                                      waivers={}, disabled={}) is None
+    assert not (tmp_path / "t.xml").exists()
+    with pytest.raises(UserError, match="unknown OS family"):
+        openscap.compile_tailoring(tmp_path / "t.xml", family="windows", benchmark="ubuntu2204",
+                                   waivers={}, disabled={})
+
+
+# --- content and scanner discovery -----------------------------------------------------------
+
+DS = """<?xml version="1.0"?>
+<ds:data-stream-collection xmlns:ds="http://scap.nist.gov/schema/scap/source/1.2"
+    xmlns:x="http://checklists.nist.gov/xccdf/1.2" xmlns:d="http://oval.mitre.org/XMLSchema/oval-definitions-5"
+    xmlns:ind="http://oval.mitre.org/XMLSchema/oval-definitions-5#independent"
+    xmlns:lin="http://oval.mitre.org/XMLSchema/oval-definitions-5#linux"
+    xmlns:cl="http://cpe.mitre.org/language/2.0" xmlns:cd="http://cpe.mitre.org/dictionary/2.0">
+ <ds:component id="cpe-dict"><cd:cpe-list>
+  <cd:cpe-item name="cpe:/o:test:1"><cd:check system="x">oval:os:def:1</cd:check></cd:cpe-item>
+  <cd:cpe-item name="cpe:/a:pam"><cd:check system="x">oval:pam:def:1</cd:check></cd:cpe-item>
+ </cd:cpe-list></ds:component>
+ <ds:component id="xccdf">
+  <x:Benchmark id="xccdf_org.ssgproject.content_benchmark_T">
+   <x:title>T</x:title>
+   <x:platform idref="cpe:/o:test:1"/>
+   <x:version update="https://example.invalid">0.1.99</x:version>
+   <x:Profile id="xccdf_org.ssgproject.content_profile_p"><x:title>p</x:title><x:version>9.9</x:version>
+     <x:platform idref="#pam"/></x:Profile>
+   <cl:platform-specification><cl:platform id="pam"><cl:logical-test operator="AND" negate="false">
+     <cl:fact-ref name="cpe:/a:pam"/></cl:logical-test></cl:platform></cl:platform-specification>
+   <x:Rule id="{p}file_only"><x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
+     <x:check-content-ref name="oval:file_only:def:1"/></x:check></x:Rule>
+   <x:Rule id="{p}needs_package"><x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
+     <x:check-content-ref name="oval:needs_package:def:1"/></x:check></x:Rule>
+   <x:Group id="xccdf_org.ssgproject.content_group_pam"><x:title>g</x:title><x:platform idref="#pam"/>
+     <x:Rule id="{p}in_pam_group"><x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
+       <x:check-content-ref name="oval:file_only:def:1"/></x:check></x:Rule>
+   </x:Group>
+  </x:Benchmark>
+ </ds:component>
+ <ds:component id="oval"><d:oval_definitions>
+  <d:definitions>
+   <d:definition id="oval:file_only:def:1"><d:criteria>
+     <d:criterion test_ref="oval:tfc:tst:1"/></d:criteria></d:definition>
+   <d:definition id="oval:needs_package:def:1"><d:criteria operator="OR">
+     <d:extend_definition definition_ref="oval:pam:def:1"/><d:criterion test_ref="oval:tfc:tst:1"/>
+   </d:criteria></d:definition>
+   <d:definition id="oval:pam:def:1"><d:criteria>
+     <d:criterion test_ref="oval:dpkg:tst:1"/></d:criteria></d:definition>
+   <d:definition id="oval:os:def:1"><d:criteria>
+     <d:criterion test_ref="oval:tfc:tst:1"/></d:criteria></d:definition>
+  </d:definitions>
+  <d:tests>
+   <ind:textfilecontent54_test id="oval:tfc:tst:1"/>
+   <lin:dpkginfo_test id="oval:dpkg:tst:1"/>
+  </d:tests>
+ </d:oval_definitions></ds:component>
+</ds:data-stream-collection>
+""".replace("{p}", PREFIX)
+
+
+@pytest.fixture
+def content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "content"
+    d.mkdir()
+    (d / "ssg-ubuntu2204-ds.xml").write_text(DS)
+    monkeypatch.setenv(openscap.ENV_CONTENT, str(d))
+    return d
+
+
+def test_content_info_reads_the_benchmark_version(content: Path) -> None:
+    info = openscap.content_info("ubuntu")
+    assert info == ContentInfo("ubuntu", content / "ssg-ubuntu2204-ds.xml",
+                               "xccdf_org.ssgproject.content_profile_cis_level1_server", "0.1.99")
+    assert info.describe() == ("ssg-ubuntu2204-ds.xml (SSG 0.1.99) profile "
+                               "xccdf_org.ssgproject.content_profile_cis_level1_server")
+    assert openscap.no_content_reason("ubuntu") is None
+
+
+def test_content_info_without_content(content: Path) -> None:
+    assert openscap.content_info("debian") is None
+    assert "no Debian 12 product" in str(openscap.no_content_reason("debian"))
+    assert openscap.content_info("sle-micro") is None  # ssg-sle15-ds.xml is not in the directory
+    assert "ssg-sle15-ds.xml not found" in str(openscap.no_content_reason("sle-micro"))
+    with pytest.raises(UserError, match="unknown OS family"):
+        openscap.content_info("plan9")
+
+
+def test_offline_probes_follow_checks_and_platforms(content: Path) -> None:
+    probes = openscap.offline_probes(content / "ssg-ubuntu2204-ds.xml")
+    # file_only: textfilecontent only; the profile's platform does not leak into rules
+    assert probes == {PREFIX + "needs_package": frozenset({"dpkginfo"}),  # via extend_definition
+                      PREFIX + "in_pam_group": frozenset({"dpkginfo"})}  # via the group's platform
+
+
+def _fake_oscap(bin_dir: Path, body: str) -> None:
+    tool = bin_dir / "oscap"
+    tool.write_text("#!/bin/sh\n" + body)
+    tool.chmod(0o755)
+
+
+def test_scanner_info(fake_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_oscap(fake_bin, 'echo "OpenSCAP command line tool (oscap) 1.3.7"\necho "Copyright ..."\n')
+    assert openscap.scanner_info() == ScannerVersion("1.3.7")
+    assert str(openscap.scanner_info()) == "OpenSCAP 1.3.7"
+    _fake_oscap(fake_bin, "echo nonsense\n")
+    with pytest.raises(BuildError, match="unexpected output"):
+        openscap.scanner_info()
+    monkeypatch.setenv("PATH", str(fake_bin))
+    (fake_bin / "oscap").unlink()
+    assert openscap.scanner_info() is None
+
+
+# A fake `oscap xccdf eval`: records its argv and OSCAP_PROBE_ROOT, copies $FAKE_ARF to the
+# --results-arf path, writes the --report path and exits $FAKE_RC.
+FAKE_EVAL = """\
+if [ "$1" = "--version" ]; then echo "OpenSCAP command line tool (oscap) 1.3.7"; exit 0; fi
+echo "$OSCAP_PROBE_ROOT" > "$FAKE_LOG"
+echo "$@" >> "$FAKE_LOG"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --results-arf) cp "$FAKE_ARF" "$2"; shift ;;
+    --report) echo "<html/>" > "$2"; shift ;;
+  esac
+  shift
+done
+echo "OpenSCAP Error: something broke" >&2
+exit "$FAKE_RC"
+"""
+
+
+@pytest.fixture
+def fake_eval(tmp_path: Path, fake_bin: Path, content: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    _fake_oscap(fake_bin, FAKE_EVAL)
+    arf = tmp_path / "canned-arf.xml"
+    arf.write_text(ARF)
+    monkeypatch.setenv("FAKE_ARF", str(arf))
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "oscap.log"))
+    (tmp_path / "root").mkdir()
+    return tmp_path / "oscap.log"
+
+
+def test_scan_offline_runs_oscap_on_the_root(tmp_path: Path, fake_eval: Path, content: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_RC", "2")
+    tailoring = tmp_path / "t.xml"
+    scan = openscap.scan_offline(tmp_path / "root", family="ubuntu", outdir=tmp_path / "out",
+                                 tailoring=tailoring)
+    assert scan is not None
+    probe_root, argv = fake_eval.read_text().splitlines()
+    assert probe_root == str((tmp_path / "root").resolve())
+    out = tmp_path / "out"
+    assert argv == (f"xccdf eval --profile xccdf_imagefactory_profile_tailored --tailoring-file {tailoring} "
+                    f"--results-arf {out}/openscap-arf.xml --report {out}/openscap-report.html "
+                    f"{content}/ssg-ubuntu2204-ds.xml")
+    assert scan.returncode == 2 and scan.profile == openscap.TAILORED_PROFILE
+    assert scan.results[PREFIX + "b"] == "fail" and scan.counts["fail"] == 1
+    assert scan.check_outcomes == {PREFIX + "waived": "fail", PREFIX + "negated": "fail"}
+    assert scan.summary()["counts"] == scan.counts and scan.scanner_version == "OpenSCAP 1.3.7"
+
+
+def test_scan_offline_untailored_uses_the_family_profile(tmp_path: Path, fake_eval: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_RC", "0")
+    scan = openscap.scan_offline(tmp_path / "root", family="ubuntu", outdir=tmp_path / "out")
+    assert scan is not None and scan.tailoring is None
+    argv = fake_eval.read_text()
+    assert "--profile xccdf_org.ssgproject.content_profile_cis_level1_server --results-arf" in argv
+
+
+@pytest.mark.parametrize("rc", ["1", "3"])
+def test_scan_offline_errors(tmp_path: Path, fake_eval: Path, monkeypatch: pytest.MonkeyPatch,
+                             rc: str) -> None:
+    monkeypatch.setenv("FAKE_RC", rc)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "openscap-arf.xml").write_text("stale")
+    with pytest.raises(BuildError, match=f"exit code {rc}:\nOpenSCAP Error: something broke"):
+        openscap.scan_offline(tmp_path / "root", family="ubuntu", outdir=out)
+
+
+def test_scan_offline_without_results_is_an_error(tmp_path: Path, fake_eval: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale ARF from an earlier run must not be read as this run's results."""
+    monkeypatch.setenv("FAKE_RC", "0")
+    monkeypatch.setenv("FAKE_ARF", str(tmp_path / "nothing-here"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "openscap-arf.xml").write_text(ARF)
+    with pytest.raises(BuildError, match="wrote no results"):
+        openscap.scan_offline(tmp_path / "root", family="ubuntu", outdir=out)
+
+
+def test_scan_offline_without_content_or_root(tmp_path: Path, fake_eval: Path) -> None:
+    assert openscap.scan_offline(tmp_path / "root", family="debian", outdir=tmp_path / "out") is None
+    with pytest.raises(UserError, match="not a directory"):
+        openscap.scan_offline(tmp_path / "missing", family="ubuntu", outdir=tmp_path / "out")
+
+
+def test_scan_offline_without_oscap(tmp_path: Path, fake_bin: Path, content: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagefactory.errors import CommandNotFound
+
+    monkeypatch.setenv("PATH", str(fake_bin))
+    with pytest.raises(CommandNotFound, match="oscap not found"):
+        openscap.scan_offline(tmp_path, family="ubuntu", outdir=tmp_path / "out")
