@@ -62,6 +62,7 @@ class BuildContext:
     skip_tests: bool = False
     lock_entry: dict[str, Any] = field(default_factory=dict)
     locked: list[Artifact] = field(default_factory=list)
+    kernel_args: list[str] = field(default_factory=list)  # added by steps (STIG), after the recipe's
 
     @property
     def recipe(self) -> Recipe:
@@ -118,19 +119,33 @@ def checksum(ctx: BuildContext) -> None:
 
 
 def boot_test(ctx: BuildContext) -> None:
+    from .steps import stig
+
     if ctx.skip_tests:
         ctx.manifest["tests"] = {"ok": None, "skipped": "--skip-tests"}
         return
-    results = run_suites(ctx.image, ctx.recipe, ctx.out_dir / "junit.xml", ctx.scratch, ctx.scratch)
+    results = run_suites(ctx.image, ctx.recipe, ctx.out_dir / "junit.xml", ctx.scratch, ctx.scratch,
+                         stig_results=ctx.out_dir / stig.BOOTED_RESULTS)
     for console in sorted(ctx.scratch.glob("console-*.log")):
         log.debug("serial console of clone %s:\n%s", console.stem, console.read_text(errors="replace"))
     ctx.manifest["tests"] = results.as_dict() | {"junit": "junit.xml"}
+    problems: list[str] = []
     if not results.ok:
-        raise BuildError(
-            f"boot test failed: {results.failed} failed, {results.errors} errors, "
-            f"{results.passed} passed\n  " + "\n  ".join(results.failures),
-            hint="see junit.xml and the serial console in the failed build log",
-        )
+        problems.append(f"boot test failed: {results.failed} failed, {results.errors} errors, "
+                        f"{results.passed} passed\n  " + "\n  ".join(results.failures))
+    if ctx.recipe.stig is not None and (ctx.out_dir / stig.BOOTED_RESULTS).is_file():
+        # The report is written even when tests failed: it is the evidence for what failed.
+        report, gate = stig.report(ctx.recipe, ctx.loaded.directory, ctx.manifest,
+                                   stig.load_scans(ctx.out_dir), ctx.out_dir)
+        ctx.manifest.setdefault("stig", {})["report"] = report.summary()
+        if not gate.passed:
+            problems.append(str(stig.gate_error(gate)))
+    elif ctx.recipe.stig is not None:
+        problems.append("the stig suite wrote no results")
+    if problems:
+        raise BuildError("\n".join(problems),
+                         hint="see junit.xml, stig-report.html and the serial console in the failed "
+                              "build log")
 
 
 def common_tail() -> list[Step]:

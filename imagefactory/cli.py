@@ -117,6 +117,10 @@ def cmd_build(app: App) -> int:
 
 
 def cmd_test(app: App) -> int:
+    import datetime as dt
+
+    from .cli_stig import TEST_RECORD, test_stig
+    from .fsutil import write_json
     from .recipes.model import Recipe
     from .testing.harness import run_suites
 
@@ -130,10 +134,19 @@ def cmd_test(app: App) -> int:
         raise UserError(f"{image}: no manifest.json next to it", hint="pass --recipe NAME")
     scratch = app.workdir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    junit = Path(app.args.junit) if app.args.junit else scratch / f"junit-{os.getpid()}.xml"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d.%H%M%S")
+    out = Path(app.args.output) if app.args.output else app.workdir / "tests" / f"{image.stem}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    junit = Path(app.args.junit) if app.args.junit else out / "junit.xml"
     with app.err.status(f"booting {recipe.tests.clones} clone(s) of {image.name} and testing"):
-        results = run_suites(image, recipe, junit, scratch, scratch)
-    data = results.as_dict() | {"image": str(image), "junit": str(junit)}
+        results = run_suites(image, recipe, junit, scratch, scratch, stig_results=out / "stig-results.json")
+    data = results.as_dict() | {"image": str(image), "junit": str(junit), "output": str(out)}
+    write_json(out / TEST_RECORD, {"image": {"path": str(image), "file": image.name},
+                                   "recipe": {"merged": recipe.model_dump(mode="json")}, "tests": data})
+    stig = test_stig(app, recipe, image, out)
+    if stig is not None:
+        data["stig"] = stig
+    ok = results.ok and (stig is None or stig["gate"]["passed"])
 
     def human() -> None:
         colour = "green" if results.ok else "red"
@@ -142,9 +155,15 @@ def cmd_test(app: App) -> int:
                       f"(boot {results.boot_seconds:.0f} s, tests {results.test_seconds:.0f} s)")
         for name in results.failures:
             app.out.print(f"  failed: {name}")
+        if stig is not None:
+            gate = stig["gate"]
+            app.out.print(f"STIG gate {'[bold green]passed[/]' if gate['passed'] else '[bold red]FAILED[/]'}"
+                          f" (report: {out}/stig-report.html)")
+            for reason in gate["reasons"]:
+                app.out.print(f"  {reason}", markup=False)
 
     app.emit(data, human)
-    return 0 if results.ok else 1
+    return 0 if ok else 1
 
 
 def cmd_recipes_list(app: App) -> int:
@@ -407,7 +426,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("test", help="boot an image under libvirt and run its test suites")
     t.add_argument("image", help="store reference (name or name:version), build dir or image file")
     t.add_argument("--recipe", help="recipe whose tests to run (default: the image's own)")
-    t.add_argument("--junit", help="write JUnit XML here")
+    t.add_argument("--junit", help="write JUnit XML here (default: in the output directory)")
+    t.add_argument("-o", "--output", help="results directory (default WORKDIR/tests/IMAGE-TIME): junit.xml, "
+                   "test.json, STIG results, report and checklists")
     t.set_defaults(func=cmd_test)
 
     r = sub.add_parser("recipes", help="list, show, render and validate recipes")
@@ -453,6 +474,9 @@ def parser() -> argparse.ArgumentParser:
     s = sts.add_parser("show", help="one rule: DISA text plus the catalogue entry")
     s.add_argument("id", help="STIG id, e.g. UBTU-22-255040")
     s.set_defaults(func=cmd_stig_show)
+    from .cli_stig import add_parsers
+
+    add_parsers(sts, lambda parser, func: parser.set_defaults(func=func))
 
     i = sub.add_parser("images", help="images in the local store")
     isub = i.add_subparsers(dest="images_command", required=True, metavar="ACTION")

@@ -55,7 +55,11 @@ def check_mirror(ctx: BuildContext) -> None:
 
 def bootstrap(ctx: BuildContext) -> None:
     src = _source(ctx)
-    packages = sorted({*ctx.distro.base_packages, *ctx.recipe.packages.install})
+    from ..steps import stig
+
+    # Packages the STIG controls need (auditd, aide, ...) come with the bootstrap: one apt run.
+    packages = sorted({*ctx.distro.base_packages, *ctx.recipe.packages.install,
+                       *stig.packages(ctx.recipe)[1]})
     argv = [
         "mmdebstrap", "--mode=root", f"--variant={src.variant}",
         f"--components={','.join(src.components)}",
@@ -173,7 +177,9 @@ def make_disk(ctx: BuildContext) -> None:
     layout = disk.new_layout(ctx.recipe.disk.size)
     kernel, initrd = ctx.distro.kernel_paths(ctx.root)
     disk.write_fstab(ctx.root, layout)
-    disk.write_grub_cfg(ctx.root, layout, kernel, initrd, " ".join(ctx.recipe.kernel.cmdline),
+    cmdline = [*ctx.recipe.kernel.cmdline,
+               *(a for a in ctx.kernel_args if a not in ctx.recipe.kernel.cmdline)]
+    disk.write_grub_cfg(ctx.root, layout, kernel, initrd, " ".join(cmdline),
                         ctx.recipe.description or ctx.recipe.name)
     disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch)
     ctx.manifest["root_bytes"] = used
@@ -187,7 +193,7 @@ def convert_image(ctx: BuildContext) -> None:
 
 def steps(recipe: Recipe) -> list[Step]:
     from ..build import Step
-    from ..steps import rke2
+    from ..steps import rke2, stig
 
     return [
         Step("check-mirror", check_mirror),
@@ -199,10 +205,12 @@ def steps(recipe: Recipe) -> list[Step]:
         Step("write-files", write_files),
         Step("configure-services", configure_services),
         *rke2.steps(recipe),
+        *stig.steps_before_leaving_chroot(recipe),
         Step("leave-chroot", leave_chroot),
         Step("record-packages", record_packages),
         Step("seal", seal),
         Step("check-seal", check_seal),
         Step("make-disk", make_disk),
+        *stig.steps_after_disk(recipe),
         Step("convert-image", convert_image),
     ]

@@ -234,6 +234,45 @@ class Zarf(Strict):
         return v
 
 
+STIG_BENCHMARKS = ("ubuntu2204", "slmicro5", "rke2")  # the benchmarks with a catalogue in stig/
+
+
+class StigTailoring(Strict):
+    disable: dict[str, str] = Field(
+        default_factory=dict, description="STIG id -> reason: do not apply this fix (the check still runs "
+        "and a failure needs a waiver)")
+    enable: tuple[str, ...] = Field((), description="waive-by-default STIG ids to apply anyway")
+    values: dict[str, str] = Field(default_factory=dict, description="placeholder values, e.g. banner_text")
+
+    @field_validator("disable")
+    @classmethod
+    def _reasons(cls, v: dict[str, str]) -> dict[str, str]:
+        empty = [k for k, r in v.items() if not str(r or "").strip()]
+        if empty:
+            raise ValueError(f"a reason is required to disable {', '.join(empty)}")
+        return v
+
+
+class StigGate(Strict):
+    # An open (unwaived) CAT I always fails the build; CAT II/III limits are a site choice.
+    cat2_max_open: int | None = Field(None, ge=0, description="open CAT II findings allowed (null: any)")
+    cat3_max_open: int | None = Field(None, ge=0, description="open CAT III findings allowed (null: any)")
+
+
+class Stig(Strict):
+    benchmarks: tuple[Literal["ubuntu2204", "slmicro5", "rke2"], ...] = Field(
+        min_length=1, description="STIG catalogues to apply: the OS one (ubuntu2204 also covers Debian's "
+        "family-generic controls; slmicro5 for SLE Micro) and rke2 for RKE2 nodes")
+    tailoring: StigTailoring = StigTailoring()
+    waivers: tuple[str, ...] = Field(
+        (), description="waiver files: a shipped set by name (stig/waivers/<name>.yaml, e.g. rke2-node) "
+        "or a path relative to the recipe directory")
+    gate: StigGate = StigGate()
+    rke2_role: Literal["server", "agent"] = Field(
+        "server", description="RKE2 role the image is reported for (server covers the agent controls)")
+    openscap: bool = Field(True, description="also scan offline with OpenSCAP where SSG content exists")
+
+
 class Recipe(Strict):
     """A merged, validated recipe."""
 
@@ -252,6 +291,7 @@ class Recipe(Strict):
     tests: Tests = Tests()
     rke2: Rke2 | None = None
     zarf: Zarf | None = None
+    stig: Stig | None = None
 
     def effective_accelerator(self) -> Literal["auto", "kvm", "tcg"]:
         """The recipe's accelerator unless `IMAGEFACTORY_ACCELERATOR` overrides it."""

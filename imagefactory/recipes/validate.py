@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import distros
-from ..errors import Problem
+from ..errors import Problem, ValidationError
 
 if TYPE_CHECKING:
     from .load import LoadedRecipe, Path_
@@ -91,9 +92,61 @@ def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]])
                 add(("zarf", "packages", i), f"{pkg} does not match the Zarf binary {r.zarf.version}",
                     f"zarf init needs exactly zarf-init-{arch}-{r.zarf.version}.tar.zst "
                     "(zarf.init_package bakes it)")
+    if r.stig is not None:
+        problems += _stig_problems(loaded, add)
     if "rke2" in r.tests.suites and r.rke2 is None:
         add(("tests", "suites"), "the rke2 suite needs an rke2 section", "remove 'rke2' from tests.suites")
     if "hygiene" in r.tests.suites and r.tests.clones < 2:
         add(("tests", "clones"), "the hygiene suite needs 2 clones (it compares their identities)",
             "set tests.clones: 2")
+    return problems
+
+
+# OS family/release -> the catalogue that covers it (Debian: the family-generic Ubuntu 22.04 controls).
+OS_BENCHMARK = {("ubuntu", "22.04"): "ubuntu2204", ("debian", "12"): "ubuntu2204",
+                ("sle-micro", "5.5"): "slmicro5"}
+
+
+def _stig_problems(loaded: LoadedRecipe, add: Callable[..., None]) -> list[Problem]:
+    from ..stig.catalogue import load_catalogue
+    from ..stig.selection import resolve_waiver_path
+    from ..stig.waivers import load_waivers, validate_waivers
+
+    r = loaded.recipe
+    assert r.stig is not None
+    s = r.stig
+    want = OS_BENCHMARK.get((r.os.family, r.os.release))
+    os_marks = [b for b in s.benchmarks if b != "rke2"]
+    if want is None:
+        add(("stig", "benchmarks"), f"no STIG catalogue covers {r.os.family} {r.os.release} yet",
+            "remove the stig section (the image is then reported as not hardened)")
+    elif os_marks != [want]:
+        add(("stig", "benchmarks"), f"{r.os.family} {r.os.release} takes exactly one OS benchmark: {want}",
+            f"use benchmarks: [{want}{', rke2' if r.rke2 else ''}]")
+    if "rke2" in s.benchmarks and r.rke2 is None:
+        add(("stig", "benchmarks"), "the rke2 benchmark needs an rke2 section", "remove rke2 from benchmarks")
+    problems: list[Problem] = []
+    catalogues = [load_catalogue(b) for b in dict.fromkeys(s.benchmarks)]
+    known = {c.id: c for cat in catalogues for c in cat}
+    for sid in s.tailoring.disable:
+        if sid not in known:
+            add(("stig", "tailoring", "disable", sid), "not a control of the selected catalogues",
+                "see 'imagefactory stig list --benchmark NAME'")
+    for i, sid in enumerate(s.tailoring.enable):
+        if sid not in known:
+            add(("stig", "tailoring", "enable", i), f"{sid} is not a control of the selected catalogues",
+                "see 'imagefactory stig list --benchmark NAME'")
+        elif known[sid].phase != "waive-by-default":
+            add(("stig", "tailoring", "enable", i), f"{sid} is applied anyway (phase {known[sid].phase})",
+                "enable lists only waive-by-default controls")
+    for i, name in enumerate(s.waivers):
+        path = resolve_waiver_path(name, loaded.directory)
+        if not path.is_file():
+            add(("stig", "waivers", i), f"waiver file '{name}' not found ({path})",
+                "a shipped set by name (stig/waivers/NAME.yaml) or a path relative to the recipe")
+            continue
+        try:
+            validate_waivers(load_waivers(path), catalogues)
+        except ValidationError as e:
+            problems += e.problems
     return problems

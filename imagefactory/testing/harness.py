@@ -77,9 +77,12 @@ def parse_junit(path: Path) -> tuple[int, int, int, int, list[str]]:
     return tests - failures - errors - skipped, failures, errors, skipped, failed_names
 
 
-def run_suites(image: Path, recipe: Recipe, junit: Path, scratch: Path, log_dir: Path) -> TestResults:
-    """Boot `recipe.tests.clones` clones of `image`, run the suites, write `junit`."""
+def run_suites(image: Path, recipe: Recipe, junit: Path, scratch: Path, log_dir: Path,
+               stig_results: Path | None = None) -> TestResults:
+    """Boot `recipe.tests.clones` clones of `image`, run the suites, write `junit`. A recipe with
+    a `stig` section also runs the `stig` suite, which writes its results to `stig_results`."""
     from ..distros import get as distro
+    from ..stig.selection import selections
 
     t = recipe.tests
     accel = lv.resolve_accelerator(recipe.effective_accelerator())
@@ -106,9 +109,14 @@ def run_suites(image: Path, recipe: Recipe, junit: Path, scratch: Path, log_dir:
                        "zarf_dir": distro(recipe.os.family).zarf_dir},
             "build_host": build_host_facts(),
         }
+        suites: list[str] = list(t.suites)
+        if recipe.stig is not None:
+            suites.append("stig")
+            target["stig"] = {"selections": [sel.to_json() for sel in selections(recipe)],
+                              "results": str(stig_results or booted.directory / "stig-results.json")}
         target_file = booted.directory / "target.json"
         atomic_write(target_file, json.dumps(target), mode=0o600)
-        files = [str(SUITES / f"test_{s}.py") for s in t.suites]
+        files = [str(SUITES / f"test_{s}.py") for s in suites]
         tstart = time.monotonic()
         result = run(
             [sys.executable, "-m", "pytest", "-c", str(SUITES / "pytest.ini"),
@@ -122,5 +130,5 @@ def run_suites(image: Path, recipe: Recipe, junit: Path, scratch: Path, log_dir:
                          f"{result.stdout[-2000:]}")
     passed, failed, errors, skipped, names = parse_junit(junit)
     os.chmod(junit, 0o644)
-    return TestResults(passed, failed, errors, skipped, boot_seconds, test_seconds, t.suites,
+    return TestResults(passed, failed, errors, skipped, boot_seconds, test_seconds, tuple(suites),
                        accel, tuple(names))
