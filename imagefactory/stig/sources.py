@@ -210,24 +210,31 @@ class HostSource:
 
     def __init__(self, host: Any) -> None:
         self.host = host
+        # Every command is an SSH round trip (slow under TCG) and many controls read the same
+        # files (sshd_config, login.defs, common-*): checks only read, so cache per source.
+        self._reads: dict[str, str | None] = {}
+        self._globs: dict[str, list[str]] = {}
 
     def run(self, cmd: str) -> tuple[int, str]:
         r = self.host.run(cmd)
         return int(r.rc), str(r.stdout)
 
     def read(self, path: str) -> str | None:
-        f = self.host.file(path)
-        try:
-            return str(f.content_string) if f.exists else None
-        except Exception:  # unreadable (permissions) counts as missing; the caller says so
-            return None
+        if path not in self._reads:
+            # One round trip instead of testinfra's exists + cat; a missing or unreadable file is
+            # None and the caller says so.
+            r = self.host.run(f"cat -- {shlex.quote(path)}")
+            self._reads[path] = str(r.stdout) if int(r.rc) == 0 else None
+        return self._reads[path]
 
     def glob(self, pattern: str) -> list[str]:
         if not SAFE_PATTERN.match(pattern):
             raise BuildError(f"unsafe path pattern for a host check: {pattern!r}")
-        _rc, out = self.run(f"for f in {pattern}; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
-                           f"printf '%s\\n' \"$f\"; fi; done")
-        return sorted(line for line in out.splitlines() if line)
+        if pattern not in self._globs:
+            _rc, out = self.run(f"for f in {pattern}; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
+                               f"printf '%s\\n' \"$f\"; fi; done")
+            self._globs[pattern] = sorted(line for line in out.splitlines() if line)
+        return list(self._globs[pattern])
 
     def _parse(self, out: str) -> list[Stat]:
         kinds = {"f": "file", "d": "dir", "l": "link"}

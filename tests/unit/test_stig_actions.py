@@ -5,6 +5,7 @@ that nothing is ever written outside the root."""
 from __future__ import annotations
 
 import fnmatch
+import shlex
 import os
 import re
 import sqlite3
@@ -169,6 +170,9 @@ class FakeHost:
             pats = cmd[len("for f in "):cmd.index("; do")].split()
             hits = [p for p in sorted(self.files) if any(fnmatch.fnmatch(p, x) for x in pats)]
             return _Result(0, "".join(f"{p}\n" for p in hits))
+        if cmd.startswith("cat -- "):
+            content = self.files.get(shlex.split(cmd)[2])
+            return _Result(0, content) if content is not None else _Result(1, "")
         for prefix, out in self.commands.items():
             if cmd.startswith(prefix):
                 return _Result(0, out)
@@ -708,3 +712,14 @@ def test_shadow_kinds_lock_accounts(tmp_path: Path) -> None:
     assert (root / "etc/shadow").read_text() == expected
     assert locked.evaluate(RootSource(root), ctx).status == "pass"
     assert empty.evaluate(RootSource(root), ctx).status == "pass"
+
+
+def test_host_source_reads_each_file_once() -> None:
+    # Each command is an SSH round trip on the booted VM: repeated reads must come from the cache.
+    from imagefactory.stig.sources import HostSource
+
+    host = FakeHost(files={"/etc/login.defs": "UMASK 077\n"})
+    src = HostSource(host)
+    assert src.read("/etc/login.defs") == src.read("/etc/login.defs") == "UMASK 077\n"
+    assert src.read("/etc/missing") is None and src.read("/etc/missing") is None
+    assert host.ran == ["cat -- /etc/login.defs", "cat -- /etc/missing"]
