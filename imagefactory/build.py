@@ -231,6 +231,9 @@ def build(
                 failed_log = builds / f"{build_id}.failed.log"
                 with contextlib.suppress(OSError):
                     shutil.move(str(partial / "build.log"), failed_log)
+                for report in ("stig-report.json", "stig-report.html"):  # the evidence of a failed gate
+                    if (partial / report).is_file():
+                        shutil.move(str(partial / report), builds / f"{build_id}.failed.{report}")
                 shutil.rmtree(partial, ignore_errors=True)
         os.rename(partial, final)
     manifest = ctx.manifest

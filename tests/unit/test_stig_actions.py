@@ -5,9 +5,9 @@ that nothing is ever written outside the root."""
 from __future__ import annotations
 
 import fnmatch
-import shlex
 import os
 import re
+import shlex
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
