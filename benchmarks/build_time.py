@@ -28,6 +28,7 @@ from imagefactory import distros  # noqa: E402
 from imagefactory.build import build  # noqa: E402
 from imagefactory.recipes import RecipeBook  # noqa: E402
 from imagefactory.recipes.model import MmdebstrapSource  # noqa: E402
+from imagefactory.steps import stig  # noqa: E402
 from imagefactory.testing import libvirt as lv  # noqa: E402
 from imagefactory.testing.harness import run_suites  # noqa: E402
 
@@ -36,7 +37,8 @@ def bare_mmdebstrap(workdir: Path, recipe_name: str) -> float:
     r = RecipeBook(REPO / "recipes").load(recipe_name).recipe
     src = r.source
     assert isinstance(src, MmdebstrapSource)
-    pkgs = sorted({*distros.get(r.os.family).base_packages, *r.packages.install})
+    # The same package set the build installs, the STIG controls' packages (auditd, aide, ...) included.
+    pkgs = sorted({*distros.get(r.os.family).base_packages, *r.packages.install, *stig.packages(r)[1]})
     target = workdir / "bare-root"
     argv = ["mmdebstrap", "--mode=root", f"--variant={src.variant}",
             f"--components={','.join(src.components)}", f"--include={','.join(pkgs)}",

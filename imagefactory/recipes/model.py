@@ -261,7 +261,7 @@ class StigGate(Strict):
 
 class Stig(Strict):
     benchmarks: tuple[Literal["ubuntu2204", "slmicro5", "rke2"], ...] = Field(
-        min_length=1, description="STIG catalogues to apply: the OS one (ubuntu2204 also covers Debian's "
+        description="STIG catalogues to apply: the OS one (ubuntu2204 also covers Debian's "
         "family-generic controls; slmicro5 for SLE Micro) and rke2 for RKE2 nodes")
     tailoring: StigTailoring = StigTailoring()
     waivers: tuple[str, ...] = Field(
@@ -271,6 +271,13 @@ class Stig(Strict):
     rke2_role: Literal["server", "agent"] = Field(
         "server", description="RKE2 role the image is reported for (server covers the agent controls)")
     openscap: bool = Field(True, description="also scan offline with OpenSCAP where SSG content exists")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _some(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("name at least one benchmark (or remove the stig section)")
+        return v
 
 
 class Recipe(Strict):

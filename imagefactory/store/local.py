@@ -40,11 +40,7 @@ class LocalStore:
         tmp = self.root / name / f".{version}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for f in build_dir.iterdir():
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copy2(f, tmp / f.name)
+        _link_tree(build_dir, tmp)
         os.chmod(tmp, 0o755)
         with exclusive_lock(self.root / ".lock", "a store update", wait=True):
             if dest.exists():  # the same build added twice: keep the first copy
@@ -89,3 +85,18 @@ class LocalStore:
             raise UserError(f"{ref}: no version '{version}' of {name}",
                             hint="versions: " + ", ".join(v["version"] for v in versions))
         return Path(chosen["path"]) / str(chosen["image"])
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """Hard-link every file of `src` into `dest` (copy across filesystems), subdirectories too
+    (e.g. the STIG checklists)."""
+    for f in src.iterdir():
+        if f.is_dir():
+            (dest / f.name).mkdir()
+            os.chmod(dest / f.name, 0o755)
+            _link_tree(f, dest / f.name)
+            continue
+        try:
+            os.link(f, dest / f.name)
+        except OSError:
+            shutil.copy2(f, dest / f.name)

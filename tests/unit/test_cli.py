@@ -101,3 +101,46 @@ def test_stig_list_and_show() -> None:
     assert shown["catalogue"]["phase"] == "bake"
     missing = cli("stig", "show", "UBTU-22-999999")
     assert missing.returncode == 2 and "no such STIG id" in missing.stderr
+
+
+def _tested_dir(d: Path, results: dict[str, str]) -> Path:
+    """What `imagefactory test -o d` leaves for a debian-12-base image: the record and results."""
+    from imagefactory.recipes import RecipeBook
+    from imagefactory.stig.results import RuleResult, ScanResults, write_scans
+
+    d.mkdir(parents=True)
+    recipe = RecipeBook(RECIPES).load("debian-12-base").recipe
+    (d / "test.json").write_text(json.dumps({"image": {"path": "/x/image.qcow2", "file": "image.qcow2"},
+                                             "recipe": {"merged": recipe.model_dump(mode="json")}}))
+    write_scans(d / "stig-results.json", [ScanResults(
+        "ubuntu2204", "debian", "booted",
+        {k: RuleResult(v, f"evidence for {k}", "booted") for k, v in results.items()})])  # type: ignore[arg-type]
+    return d
+
+
+def test_stig_report_and_diff(tmp_path: Path) -> None:
+    good = _tested_dir(tmp_path / "good", {"UBTU-22-255040": "pass", "UBTU-22-432011": "fail"})
+    bad = _tested_dir(tmp_path / "bad", {"UBTU-22-255040": "fail", "UBTU-22-432011": "fail"})
+    common = ("--json", "--recipes", str(RECIPES), "--workdir", str(tmp_path / "w"), "stig", "report")
+    r = cli(*common, str(good), "-o", str(good))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gate"]["passed"] is True
+    assert (good / "stig-report.html").is_file() and (good / "checklists/ubuntu2204-debian.cklb").is_file()
+    r = cli(*common, str(bad), "-o", str(bad))
+    assert r.returncode == 1, r.stderr
+    gate = json.loads(r.stdout)["gate"]
+    assert gate["open_by_cat"]["1"] == 1 and "UBTU-22-255040" in " ".join(gate["reasons"])
+    r = cli("--json", "--workdir", str(tmp_path / "w"), "stig", "diff", str(good), str(bad))
+    assert r.returncode == 0, r.stderr
+    changed = json.loads(r.stdout)["changed"]
+    assert [(c["stig_id"], c["before"], c["after"]) for c in changed] == [
+        ("UBTU-22-255040", "pass/NotAFinding", "fail/Open")], changed
+
+
+def test_stig_report_errors(tmp_path: Path) -> None:
+    r = cli("--workdir", str(tmp_path / "w"), "stig", "report", str(tmp_path))
+    assert r.returncode == 2 and "neither a build directory" in r.stderr and "Traceback" not in r.stderr
+    d = _tested_dir(tmp_path / "t", {"UBTU-22-255040": "pass"})
+    r = cli("--recipes", str(RECIPES), "--workdir", str(tmp_path / "w"), "stig", "report", str(d),
+            "--waivers", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml: waiver file not found" in r.stderr

@@ -270,3 +270,48 @@ def test_rke2_needs_version_or_channel(recipe_dir: Path) -> None:
 def test_zarf_needs_rke2(recipe_dir: Path) -> None:
     write(recipe_dir, "r", MINIMAL + "zarf: {version: v0.84.0}\n")
     assert "zarf: Zarf needs RKE2 in the same image" in problems(RecipeBook(recipe_dir), "r")[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("stig: {benchmarks: [slmicro5]}\n",
+         "stig.benchmarks: debian 12 takes exactly one OS benchmark: ubuntu2204"),
+        ("stig: {benchmarks: [ubuntu2204, rke2]}\n",
+         "stig.benchmarks: the rke2 benchmark needs an rke2 section"),
+        ("stig: {benchmarks: [ubuntu2204], tailoring: {disable: {UBTU-22-999999: because}}}\n",
+         "stig.tailoring.disable.UBTU-22-999999: not a control of the selected catalogues"),
+        ("stig: {benchmarks: [ubuntu2204], tailoring: {enable: [UBTU-22-255040]}}\n",
+         "stig.tailoring.enable[0]: UBTU-22-255040 is applied anyway (phase bake)"),
+        ("stig: {benchmarks: [ubuntu2204], waivers: [no-such-set]}\n",
+         "stig.waivers[0]: waiver file 'no-such-set' not found"),
+    ],
+)
+def test_stig_semantics(recipe_dir: Path, extra: str, expected: str) -> None:
+    p = write(recipe_dir, "r", MINIMAL + extra)
+    found = problems(RecipeBook(recipe_dir), "r")
+    assert len(found) == 1 and found[0].startswith(f"{p}:3: {expected}"), found
+
+
+def test_stig_schema_errors(recipe_dir: Path) -> None:
+    p = write(recipe_dir, "r", MINIMAL + """\
+stig:
+  benchmarks: [ubuntu2004]
+  tailoring: {disable: {UBTU-22-255040: ""}}
+  gate: {cat2_max_open: -1}
+""")
+    found = problems(RecipeBook(recipe_dir), "r")
+    assert any(f.startswith(f"{p}:4: stig.benchmarks[0]") for f in found), found
+    assert any(f.startswith(f"{p}:5: stig.tailoring.disable: a reason is required") for f in found), found
+    assert len(found) == 3, found
+    assert any(f.startswith(f"{p}:6: stig.gate.cat2_max_open") for f in found), found
+
+
+def test_stig_waiver_file_problems_name_the_waiver_file(recipe_dir: Path) -> None:
+    (recipe_dir / "w.yaml").write_text("waivers:\n  - id: W-1\n    stig_ids: [UBTU-22-255040]\n"
+                                       "    type: risk-accepted\n    justification: legacy X11 tool\n")
+    write(recipe_dir, "r", MINIMAL + "stig: {benchmarks: [ubuntu2204], waivers: [w.yaml]}\n")
+    found = problems(RecipeBook(recipe_dir), "r")
+    # UBTU-22-255040 is CAT I: a waiver for it needs an approver
+    assert len(found) == 1 and found[0].startswith(f"{recipe_dir / 'w.yaml'}:2: W-1"), found
+    assert "approver" in found[0]
