@@ -26,7 +26,7 @@ from .artifacts import Artifact, Cache, Fetcher
 from .chroot import Chroot, unmount_all
 from .config import FactoryConfig
 from .distros.base import Distro
-from .errors import BuildError, UserError
+from .errors import BuildError
 from .fsutil import digests, exclusive_lock, write_json
 from .lock import LockFile, check_entry, needs_lock
 from .recipes.load import LoadedRecipe
@@ -63,6 +63,11 @@ class BuildContext:
     lock_entry: dict[str, Any] = field(default_factory=dict)
     locked: list[Artifact] = field(default_factory=list)
     kernel_args: list[str] = field(default_factory=list)  # added by steps (STIG), after the recipe's
+    # Packer builder state (builders/packer.py)
+    packer_source: tuple[Path, str] = (Path(), "")  # verified base image, its sha256
+    packer: Any = None  # (Packer, Rendered)
+    packer_output: Path = Path()
+    disk_handle: Any = None  # builders.disk.OpenedImage
 
     @property
     def recipe(self) -> Recipe:
@@ -98,8 +103,9 @@ def builder_steps(recipe: Recipe) -> list[Step]:
         from .builders import rootfs
 
         return rootfs.steps(recipe)
-    raise UserError(f"builder '{recipe.builder}' is not available yet",
-                    hint="recipes with builder: packer validate now and build once the Packer builder lands")
+    from .builders import packer
+
+    return packer.steps(recipe)
 
 
 def checksum(ctx: BuildContext) -> None:
@@ -226,6 +232,10 @@ def build(
             logging.getLogger("imagefactory").removeHandler(handler)
             handler.close()
             unmount_all(scratch)  # belt and braces: nothing may stay mounted
+            if recipe.builder == "packer":
+                from .builders.disk import detach_loops
+
+                detach_loops(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
             if not ok:
                 failed_log = builds / f"{build_id}.failed.log"

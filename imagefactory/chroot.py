@@ -28,21 +28,21 @@ CHROOT_ENV = {
 }
 
 
-def mounts_under(root: Path) -> list[str]:
+def mounts_under(root: Path, *, include_root: bool = True) -> list[str]:
     """Mount points at or below `root` (deepest first), from /proc/self/mountinfo."""
     prefix = os.path.realpath(root)
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
+            if (include_root and point == prefix) or point.startswith(prefix + "/"):
                 found.append(point)
     return sorted(found, key=len, reverse=True)
 
 
-def unmount_all(root: Path) -> None:
+def unmount_all(root: Path, *, include_root: bool = True) -> None:
     """Unmount everything under `root`; lazily if a mount is busy (it must not outlive us)."""
-    for point in mounts_under(root):
+    for point in mounts_under(root, include_root=include_root):
         if run(["umount", point], check=False).returncode != 0:
             run(["umount", "-l", point], check=False)
 
@@ -76,7 +76,8 @@ class Chroot:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         (self.root / POLICY_RC_D).unlink(missing_ok=True)
-        unmount_all(self.root)
+        # only what we mounted: the root itself may be a mounted disk (Packer builder)
+        unmount_all(self.root, include_root=False)
 
     def run(self, argv: Sequence[str], *, check: bool = True, quiet: bool = False,
             env: dict[str, str] | None = None) -> Result:

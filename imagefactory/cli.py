@@ -208,23 +208,36 @@ def cmd_recipes_render(app: App) -> int:
 
 
 def cmd_recipes_validate(app: App) -> int:
+    import tempfile
+
     book = app.book()
     names = app.args.names or book.names()
-    results = []
-    for name in names:
-        try:
-            loaded = book.load(name)
-            results.append({"name": name, "valid": True, "digest": loaded.digest, "problems": []})
-        except ValidationError as e:
-            results.append({"name": name, "valid": False, "problems": [str(p) for p in e.problems]})
-        except UserError as e:
-            results.append({"name": name, "valid": False, "problems": [str(e)]})
+    packer = bool(getattr(app.args, "packer", False))
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="imagefactory-validate-") as tmp:
+        for name in names:
+            try:
+                loaded = book.load(name)
+                entry: dict[str, Any] = {"name": name, "valid": True, "digest": loaded.digest, "problems": []}
+                if packer and loaded.recipe.builder == "packer":
+                    from .builders.packer import validate_recipe
+
+                    # The twin of a build's packer-template step: the same rendering, packer validate.
+                    entry["problems"] = validate_recipe(loaded.recipe, Path(tmp))
+                    entry["packer"] = "valid" if not entry["problems"] else "invalid"
+                    entry["valid"] = not entry["problems"]
+                results.append(entry)
+            except ValidationError as e:
+                results.append({"name": name, "valid": False, "problems": [str(p) for p in e.problems]})
+            except UserError as e:
+                results.append({"name": name, "valid": False, "problems": [str(e)]})
     bad = [r for r in results if not r["valid"]]
 
     def human() -> None:
         for r in results:
             if r["valid"]:
-                app.out.print(f"[green]ok[/]      {r['name']}")
+                note = " (packer validate: ok)" if r.get("packer") else ""
+                app.out.print(f"[green]ok[/]      {r['name']}{note}")
             else:
                 app.out.print(f"[red]invalid[/] {r['name']}")
                 for p in r["problems"]:
@@ -442,7 +455,13 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_recipes_render)
     s = rs.add_parser("validate", help="validate recipes (all by default); exit 2 if any is invalid")
     s.add_argument("names", nargs="*")
+    s.add_argument("--packer", action="store_true",
+                   help="also render the Packer template of packer-built recipes and run 'packer validate'")
     s.set_defaults(func=cmd_recipes_validate)
+    v = sub.add_parser("validate",
+                       help="validate recipes and run 'packer validate' on every packer-built one")
+    v.add_argument("names", nargs="*")
+    v.set_defaults(func=cmd_recipes_validate, packer=True)
 
     sub.add_parser("schema", help="JSON Schema of the recipe format").set_defaults(func=cmd_schema)
 

@@ -14,7 +14,8 @@ import shlex
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +48,14 @@ class Result:
     stderr: str
 
 
-def _pump(stream: object, sink: list[str], echo: bool) -> None:
+def _pump(stream: object, sink: list[str], echo: bool, on_line: Callable[[str], None] | None = None) -> None:
     for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
         line = raw.decode("utf-8", "replace").rstrip("\n")
         sink.append(line)
         if echo:
             log.debug("  %s", line)
+        if on_line is not None:
+            on_line(line)
 
 
 def run(
@@ -64,12 +67,18 @@ def run(
     cwd: str | Path | None = None,
     timeout: float | None = None,
     quiet: bool = False,
+    on_line: Callable[[str], None] | None = None,
+    own_group: bool = False,
+    grace: float = 10.0,
 ) -> Result:
     """Run `argv`, log it and its output, and return its captured output.
 
     `env` is *added* to the current environment. Output goes to the build log (DEBUG): the
     console shows the command lines, and a failure carries the tail of stderr. `quiet`
     keeps stdout out of the log (for commands whose output is data, e.g. `qemu-img info`).
+    `on_line` sees each stdout line as it arrives (progress parsing). `own_group` starts the
+    command in its own process group, so that on Ctrl-C or timeout SIGINT reaches it and all its
+    children (packer and its qemu), followed by SIGKILL to the group after `grace` seconds.
     """
     args = [os.fspath(a) for a in argv]
     log.info("+ %s", shlex.join(args))
@@ -84,6 +93,7 @@ def run(
             stderr=subprocess.PIPE,
             env=full_env,
             cwd=cwd,
+            start_new_session=own_group,
         )
     except FileNotFoundError:
         pkg = PACKAGES.get(Path(args[0]).name)
@@ -92,7 +102,7 @@ def run(
     out: list[str] = []
     err: list[str] = []
     threads = [
-        threading.Thread(target=_pump, args=(proc.stdout, out, not quiet), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stdout, out, not quiet, on_line), daemon=True),
         threading.Thread(target=_pump, args=(proc.stderr, err, True), daemon=True),
     ]
     for t in threads:
@@ -104,12 +114,13 @@ def run(
             proc.stdin.close()
         returncode = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _stop(proc)
+        _stop(proc, grace, own_group)
         raise CommandFailed(args, -1, f"timed out after {timeout:.0f} s") from None
     except BaseException:
-        # Ctrl-C or timeout: the child shares our process group and got SIGINT too; give it a
-        # moment to clean up, then make sure it is gone before the caller's cleanup runs.
-        _stop(proc)
+        # Ctrl-C or timeout: the child shares our process group and got SIGINT too (or, in its
+        # own group, gets it now); give it a moment to clean up, then make sure it is gone
+        # before the caller's cleanup runs.
+        _stop(proc, grace, own_group)
         raise
     finally:
         for t in threads:
@@ -120,12 +131,25 @@ def run(
     return result
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is not None:
+def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0, group: bool = False) -> None:
+    def signal_all(sig: int) -> None:
+        try:
+            if group:
+                os.killpg(proc.pid, sig)  # the child leads its own group: reach its children too
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    if proc.poll() is not None and not group:
         return
+    signal_all(signal.SIGINT)
     try:
-        proc.send_signal(signal.SIGINT)
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        signal_all(signal.SIGKILL)
         proc.wait()
+    if group:
+        # packer may exit before the qemu it started: nothing of the group may outlive us
+        time.sleep(0.2)
+        signal_all(signal.SIGKILL)

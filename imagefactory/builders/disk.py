@@ -135,3 +135,109 @@ def virtual_size(image: Path) -> int:
 
     info = json.loads(run(["qemu-img", "info", "--output=json", str(image)], quiet=True).stdout)
     return int(info["virtual-size"])
+
+
+# --- an existing disk image, opened for offline steps (Packer builder) ------------------------
+
+LINUX_TYPES = {"83", "0fc63daf-8483-4772-8e79-3d69d8477de4"}
+
+
+def root_partition(raw: Path) -> tuple[int, int]:
+    """(offset, size) in bytes of the root filesystem: the largest Linux partition."""
+    import json
+
+    table = json.loads(run(["sfdisk", "--json", str(raw)], quiet=True).stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", SECTOR))
+    parts = [p for p in table.get("partitions", []) if str(p.get("type", "")).lower() in LINUX_TYPES]
+    if not parts:
+        raise BuildError(f"{raw}: no Linux partition in the image", hint="is the source a cloud image?")
+    best = max(parts, key=lambda p: int(p["size"]))
+    return int(best["start"]) * sector, int(best["size"]) * sector
+
+
+class OpenedImage:
+    """`image` converted to the raw file `raw`, its root partition on a loop device mounted at
+    `mountpoint`. `close()` (or leaving the `with`) unmounts and detaches, also on errors and
+    Ctrl-C; the raw file stays for the caller to convert."""
+
+    def __init__(self, image: Path, raw: Path, mountpoint: Path) -> None:
+        self.image, self.raw, self.mountpoint = image, raw, mountpoint
+        self.loop: str | None = None
+        self.mounted = False
+
+    def __enter__(self) -> OpenedImage:
+        try:
+            run(["qemu-img", "convert", "-O", "raw", str(self.image), str(self.raw)])
+            offset, size = root_partition(self.raw)
+            self.loop = run(["losetup", "--find", "--show", "-o", str(offset), "--sizelimit", str(size),
+                             str(self.raw)], quiet=True).stdout.strip()
+            self.mountpoint.mkdir(parents=True, exist_ok=True)
+            run(["mount", self.loop, str(self.mountpoint)])
+            self.mounted = True
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        from ..chroot import unmount_all
+
+        try:
+            if self.mounted:
+                # Free blocks the build VM and the steps wrote and deleted become holes in the raw
+                # file (loop devices pass discards through), so the qcow2 does not carry them.
+                run(["fstrim", str(self.mountpoint)], check=False)
+                unmount_all(self.mountpoint)  # with anything a failed step left mounted below it
+                self.mounted = False
+        finally:
+            if self.loop:
+                run(["losetup", "-d", self.loop], check=False)
+                self.loop = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def add_kernel_args(root: Path, args: list[str]) -> None:
+    """Append `args` to every `linux` line of the image's grub.cfg and to GRUB_CMDLINE_LINUX in
+    /etc/default/grub (so that the next update-grub inside the guest keeps them)."""
+    import re
+
+    found = False
+    for cfg in (root / "boot/grub/grub.cfg", root / "boot/grub2/grub.cfg"):
+        if not cfg.is_file():
+            continue
+        found = True
+        lines = []
+        for line in cfg.read_text().splitlines(keepends=True):
+            if re.match(r"^\s*linux(efi)?\s", line):
+                words = line.rstrip("\n").split()
+                line = line.rstrip("\n") + "".join(f" {a}" for a in args if a not in words) + "\n"
+            lines.append(line)
+        cfg.write_text("".join(lines))
+    default = root / "etc/default/grub"
+    if default.is_file():
+        text = default.read_text()
+        m = re.search(r'^GRUB_CMDLINE_LINUX="([^"]*)"', text, re.M)
+        if m:
+            words = m[1].split()
+            new = " ".join([*words, *(a for a in args if a not in words)])
+            text = text[:m.start()] + f'GRUB_CMDLINE_LINUX="{new}"' + text[m.end():]
+        else:
+            text += f'GRUB_CMDLINE_LINUX="{" ".join(args)}"\n'
+        default.write_text(text)
+    if not found:
+        raise BuildError("no grub.cfg in the image: cannot add kernel arguments " + " ".join(args),
+                         hint="the Packer builder supports GRUB-booted (BIOS) cloud images")
+
+
+def detach_loops(directory: Path) -> None:
+    """Detach loop devices whose backing file lies under `directory` (cleanup of last resort)."""
+    import json
+
+    out = run(["losetup", "--json", "--list"], check=False, quiet=True).stdout
+    devices = json.loads(out).get("loopdevices", []) if out.strip() else []
+    prefix = str(directory.resolve()) + "/"
+    for d in devices:
+        if str(d.get("back-file", "")).split(" (deleted)")[0].startswith(prefix):
+            run(["losetup", "-d", d["name"]], check=False)

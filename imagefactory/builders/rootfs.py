@@ -75,10 +75,13 @@ def enter_chroot(ctx: BuildContext) -> None:
     ctx.chroot = ctx.stack.enter_context(Chroot(ctx.root))
 
 
-def remove_packages(ctx: BuildContext) -> None:
-    pkgs = list(ctx.recipe.packages.remove)
-    if pkgs:
-        ctx.in_root(["apt-get", "purge", "-y", "--auto-remove", *pkgs])
+def packages(ctx: BuildContext) -> None:
+    """The shared `packages` step script (the Packer builder runs it in its build VM); here the
+    installs came with the bootstrap, so it purges what the recipe removes."""
+    from ..steps import scripts
+
+    script = scripts.packages_script(ctx.recipe, install=[], remove=list(ctx.recipe.packages.remove))
+    ctx.in_root(["bash", "-c", script.text], env={"IMAGEFACTORY_UPDATE": "0"})
 
 
 def distro_config(ctx: BuildContext) -> None:
@@ -200,7 +203,7 @@ def steps(recipe: Recipe) -> list[Step]:
         *([Step("fetch-inputs", rke2.fetch_inputs)] if recipe.rke2 or recipe.zarf else []),
         Step("bootstrap", bootstrap),
         Step("enter-chroot", enter_chroot),
-        Step("remove-packages", remove_packages),
+        Step("packages", packages),
         Step("distro-config", distro_config),
         Step("write-files", write_files),
         Step("configure-services", configure_services),

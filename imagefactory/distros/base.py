@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from ..build import BuildContext
+    from ..recipes.model import Recipe
 
 
 class Distro:
@@ -29,6 +30,20 @@ class Distro:
     zarf_dir: ClassVar[str] = "/usr/local/bin"
     # apt/zypper state that must not ship in an image (relative to the root)
     package_caches: ClassVar[tuple[str, ...]] = ()
+    # where a build VM may fetch packages through the host's allow-list proxy (URL prefixes)
+    default_package_mirrors: ClassVar[tuple[str, ...]] = ()
+    # the package manager the step scripts use (steps/scripts.py)
+    package_manager: ClassVar[str] = "apt"
+
+    def package_mirrors(self, recipe: Recipe) -> tuple[str, ...]:
+        if recipe.packer.package_mirrors is not None:
+            return recipe.packer.package_mirrors
+        mirrors = self.default_package_mirrors
+        from ..recipes.model import MmdebstrapSource
+
+        if isinstance(recipe.source, MmdebstrapSource):
+            mirrors = (recipe.source.mirror, *mirrors)
+        return mirrors
 
     def codename(self, release: str) -> str:
         return self.releases[release]

@@ -39,9 +39,12 @@ class Debian(Distro):
     )
     builders: ClassVar[dict[str, tuple[str, ...]]] = {
         "rootfs": ("mmdebstrap",),
-        "packer": ("cloud-image",),
+        "packer": ("cloud-image", "local-image"),
     }
     default_user = "debian"
+    default_package_mirrors: ClassVar[tuple[str, ...]] = (
+        "http://deb.debian.org/debian", "http://deb.debian.org/debian-security",
+        "http://security.debian.org/")
     package_caches: ClassVar[tuple[str, ...]] = (
         "var/lib/apt/lists",
         "var/cache/apt",

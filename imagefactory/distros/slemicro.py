@@ -18,6 +18,10 @@ class SLEMicro(Distro):
     zarf_dir = "/opt/zarf"
     min_disk = 20 * 1024**3
     package_caches: ClassVar[tuple[str, ...]] = ("var/cache/zypp",)
+    package_manager = "transactional-update"
+    # SUSE Customer Center / an RMT server over HTTPS (CONNECT through the proxy)
+    default_package_mirrors: ClassVar[tuple[str, ...]] = (
+        "https://updates.suse.com/", "https://scc.suse.com/")
 
     def installed_packages(self, root: Path) -> list[tuple[str, str]]:
         raise NotImplementedError("SLE Micro package lists come from the Packer builder (rpm -qa)")

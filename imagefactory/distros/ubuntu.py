@@ -17,4 +17,6 @@ class Ubuntu(Debian):
         "netplan.io",
     )
     default_user = "ubuntu"
+    default_package_mirrors: ClassVar[tuple[str, ...]] = (
+        "http://archive.ubuntu.com/ubuntu", "http://security.ubuntu.com/ubuntu")
     min_disk = 4 * 1024**3

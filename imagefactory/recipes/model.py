@@ -82,7 +82,21 @@ class CloudImageSource(Strict):
         return self
 
 
-Source = Annotated[MmdebstrapSource | CloudImageSource, Field(discriminator="type")]
+class LocalImageSource(Strict):
+    """An image from the local store as the base (e.g. debian-12-base for debian-12-packer)."""
+
+    type: Literal["local-image"]
+    image: str = Field(description="store reference: NAME (latest) or NAME:VERSION")
+
+    @field_validator("image")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9.-]*(:[0-9A-Za-z.-]+)?$", v):
+            raise ValueError("must be NAME or NAME:VERSION of a stored image")
+        return v
+
+
+Source = Annotated[MmdebstrapSource | CloudImageSource | LocalImageSource, Field(discriminator="type")]
 
 
 class Packages(Strict):
@@ -259,6 +273,13 @@ class StigGate(Strict):
     cat3_max_open: int | None = Field(None, ge=0, description="open CAT III findings allowed (null: any)")
 
 
+class PackerOptions(Strict):
+    package_mirrors: tuple[str, ...] | None = Field(
+        None, description="URL prefixes the build VM may fetch packages from through the host's "
+        "allow-list proxy (default: the distro's public mirrors)")
+    update: bool = Field(True, description="apply all available package updates in the build VM")
+
+
 class Stig(Strict):
     benchmarks: tuple[Literal["ubuntu2204", "slmicro5", "rke2"], ...] = Field(
         description="STIG catalogues to apply: the OS one (ubuntu2204 also covers Debian's "
@@ -299,6 +320,7 @@ class Recipe(Strict):
     rke2: Rke2 | None = None
     zarf: Zarf | None = None
     stig: Stig | None = None
+    packer: PackerOptions = PackerOptions()
 
     def effective_accelerator(self) -> Literal["auto", "kvm", "tcg"]:
         """The recipe's accelerator unless `IMAGEFACTORY_ACCELERATOR` overrides it."""

@@ -278,6 +278,66 @@ def check_rke2_node_state(root: Path, caches: tuple[str, ...]) -> list[str]:
     return out
 
 
+# Login users a build VM created (cloud-init's default user in the Packer builder, with the
+# build's SSH key and a NOPASSWD sudoers file): the deployment's cloud-init creates its own.
+LOGIN_UIDS = range(1000, 60000)
+CLOUD_INIT_SUDOERS = "etc/sudoers.d/90-cloud-init-users"
+
+
+def _login_users(root: Path) -> list[tuple[str, str]]:
+    """(name, home) of regular login accounts in the image's passwd."""
+    out = []
+    passwd = root / "etc/passwd"
+    for line in (passwd.read_text().splitlines() if passwd.is_file() else []):
+        f = line.split(":")
+        if len(f) >= 6 and f[2].isdigit() and int(f[2]) in LOGIN_UIDS:
+            out.append((f[0], f[5]))
+    return out
+
+
+def _authorized_keys(root: Path) -> list[Path]:
+    return [h / ".ssh" / n for h in _homes(root) for n in ("authorized_keys", "authorized_keys2")
+            if (h / ".ssh" / n).exists()]
+
+
+def seal_build_users(root: Path, caches: tuple[str, ...]) -> None:
+    users = dict(_login_users(root))
+    if users:
+        for name in ("passwd", "shadow"):
+            f = root / "etc" / name
+            if f.is_file():
+                keep = [ln for ln in f.read_text().splitlines(keepends=True) if ln.split(":")[0] not in users]
+                f.write_text("".join(keep))
+        for name in ("group", "gshadow"):
+            f = root / "etc" / name
+            if not f.is_file():
+                continue
+            lines = []
+            for ln in f.read_text().splitlines():
+                parts = ln.split(":")
+                if parts[0] in users:  # the user's private group
+                    continue
+                if len(parts) >= 4:
+                    parts[-1] = ",".join(m for m in parts[-1].split(",") if m and m not in users)
+                lines.append(":".join(parts))
+            f.write_text("".join(ln + "\n" for ln in lines))
+        for home in users.values():
+            h = root / home.lstrip("/")
+            if home.startswith("/home/") and h.is_dir() and not h.is_symlink():
+                shutil.rmtree(h)
+    (root / CLOUD_INIT_SUDOERS).unlink(missing_ok=True)
+    for key in _authorized_keys(root):
+        key.unlink()
+
+
+def check_build_users(root: Path, caches: tuple[str, ...]) -> list[str]:
+    out = [f"login user left from the build: {name}" for name, _ in _login_users(root)]
+    if (root / CLOUD_INIT_SUDOERS).exists():
+        out.append(f"/{CLOUD_INIT_SUDOERS} left from the build")
+    out += [f"SSH authorized keys baked in: /{p.relative_to(root)}" for p in _authorized_keys(root)]
+    return out
+
+
 @dataclass(frozen=True)
 class SealStep:
     name: str
@@ -300,6 +360,7 @@ SEAL_STEPS: tuple[SealStep, ...] = (
     SealStep("policy-rc-d", seal_policy_rc_d, check_policy_rc_d),
     SealStep("tmp", seal_tmp, check_tmp),
     SealStep("rke2-node-state", seal_rke2_node_state, check_rke2_node_state),
+    SealStep("build-users", seal_build_users, check_build_users),
 )
 
 

@@ -221,3 +221,24 @@ def test_cloud_image_missing_from_sums(site: dict[str, Any]) -> None:
     _cloud_recipe(site, "{sha} *something-else.img\n")
     r = cli(site, "artifacts", "fetch", "ubuntu-22.04-base")
     assert r.returncode == 1 and "lists no ubuntu-22.04-server-cloudimg-amd64.img" in r.stderr
+
+
+def test_build_rke2_node_fails_early_when_the_cloud_image_is_unreachable(site: dict[str, Any]) -> None:
+    """The documented Packer path (`build rke2-node`, Ubuntu 22.04): with the inputs locked, an
+    unreachable cloud image stops the build at its first step, naming the URL and how to pre-stage."""
+    assert cli(site, "lock", "update", "rke2-node").returncode == 0
+    base = f"{site['mirror'].url}/releases/22.04/release"  # the stand-in serves no such image
+    recipe = site["recipes"] / "ubuntu-22.04-base.yaml"
+    recipe.write_text(recipe.read_text().replace("https://cloud-images.ubuntu.com/releases/22.04/release",
+                                                 base))
+    r = cli(site, "build", "rke2-node", "--skip-tests")
+    assert r.returncode == 1, r.stderr
+    assert f"error: cannot get the cloud image {base}/ubuntu-22.04-server-cloudimg-amd64.img" in r.stderr
+    assert "pre-stage it: pin 'source.checksum" in r.stderr and "<mirror>/sha256/<hex>" in r.stderr
+    log = next((site["work"] / "builds/rke2-node").glob("*.failed.log")).read_text()
+    assert "==> fetch-source" in log and "==> packer-template" not in log  # nothing ran after it
+    assert "Traceback" not in r.stderr
+    offline = site["tmp"] / "offline.yaml"
+    offline.write_text(yaml.safe_dump({"upstream": upstream_bases(site["mirror"].url), "offline": True}))
+    r = cli(site, "build", "rke2-node", "--skip-tests", config=offline)
+    assert r.returncode == 2 and "offline: cannot read" in r.stderr and "SHA256SUMS" in r.stderr

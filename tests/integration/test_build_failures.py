@@ -95,7 +95,7 @@ def assert_nothing_left(workdir: Path) -> None:
 
 def test_failing_step_with_mounts_active(recipe_dir: Path, tmp_path: Path, mirror: str,
                                          env: dict[str, str]) -> None:
-    # remove-packages runs apt-get in the chroot; the fake root has none, so the step fails
+    # the packages step runs bash/apt-get in the chroot; the fake root has none, so it fails
     # while proc, sys and dev are mounted in it.
     recipe(recipe_dir, mirror, "packages: {remove: [nano]}\n")
     p = build(recipe_dir, tmp_path / "w", env)
@@ -104,7 +104,7 @@ def test_failing_step_with_mounts_active(recipe_dir: Path, tmp_path: Path, mirro
     assert "error: command failed with exit code" in err
     assert "Traceback" not in err
     log = next((tmp_path / "w/builds/r").glob("*.failed.log")).read_text()
-    assert "==> enter-chroot" in log and "step remove-packages failed" in log
+    assert "==> enter-chroot" in log and "step packages failed" in log
     assert_nothing_left(tmp_path / "w")
 
 

@@ -41,6 +41,12 @@ def dirty_root(root: Path) -> Path:
         "var/lib/rancher/rke2/agent/images/.cache.json": '{"a": 1}',
         "etc/rancher/rke2/config.yaml.d/50-join.yaml": "token: s",
         "etc/rancher/rke2/config.yaml": "profile: cis\n",
+        "etc/passwd": "root:x:0:0:root:/root:/bin/bash\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n"
+                      "debian:x:1000:1000:Debian:/home/debian:/bin/bash\n",
+        "etc/shadow": "root:*:19000:0:99999:7:::\ndebian:!:19000:0:99999:7:::\n",
+        "etc/group": "root:x:0:\nsudo:x:27:debian\nadm:x:4:syslog,debian\ndebian:x:1000:\n",
+        "etc/sudoers.d/90-cloud-init-users": "debian ALL=(ALL) NOPASSWD:ALL\n",
+        "home/debian/.ssh/authorized_keys": "ssh-ed25519 PACKER-BUILD-KEY\n",
     }
     for rel, text in files.items():
         p = root / rel
@@ -70,6 +76,11 @@ def test_seal_leaves_a_clean_root_and_keeps_what_matters(tmp_path: Path) -> None
     assert "buildhost" not in (root / "etc/hosts").read_text()
     assert (root / "etc/rancher/rke2/config.yaml").is_file()  # static config stays
     assert (root / "var/lib/rancher/rke2/agent/images/.cache.json").read_bytes() == b""
+    # the build VM's login user is gone, system accounts and other group members stay
+    assert (root / "etc/passwd").read_text() == ("root:x:0:0:root:/root:/bin/bash\n"
+                                                 "_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n")
+    assert (root / "etc/group").read_text() == "root:x:0:\nsudo:x:27:\nadm:x:4:syslog\n"
+    assert not (root / "home/debian").exists()
 
 
 def test_resolv_conf_symlink_is_kept(tmp_path: Path) -> None:
@@ -98,6 +109,7 @@ def test_every_seal_step_has_a_booted_test() -> None:
         "policy-rc-d": "test_services_may_start",
         "tmp": "test_tmp_is_clean",
         "rke2-node-state": "test_no_rke2_node_state",
+        "build-users": "test_no_build_users",
     }
     assert set(mirror) == {s.name for s in SEAL_STEPS}
     for test in mirror.values():

@@ -143,6 +143,17 @@ def test_no_build_keys(clone: Clone, target: dict[str, Any]) -> None:
             assert "Please login as the user" in line, f"usable root key: {line[:60]}"
 
 
+def test_no_build_users(clone: Clone, target: dict[str, Any]) -> None:
+    # Login accounts are the deployment's: only the user this boot's cloud-init created exists
+    # (a Packer build VM's default user, its home and sudoers file must not survive sealing).
+    _, host = clone
+    users = [f.split(":")[0] for f in host.file("/etc/passwd").content_string.splitlines()
+             if len(f.split(":")) > 2 and f.split(":")[2].isdigit() and 1000 <= int(f.split(":")[2]) < 60000]
+    assert users == [target["user"]], users
+    homes = host.run("ls -1 /home").stdout.split()
+    assert homes == [target["user"]], homes
+
+
 def test_services_may_start(clone: Clone) -> None:
     _, host = clone
     assert not host.file("/usr/sbin/policy-rc.d").exists
