@@ -37,6 +37,9 @@ PACKAGES = {
     "virtlogd": "libvirt-daemon-system",
     "libvirtd": "libvirt-daemon-system",
     "oscap": "openscap-scanner",
+    "packer": "packer",
+    "losetup": "mount",
+    "fstrim": "util-linux",
 }
 
 
