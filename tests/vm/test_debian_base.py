@@ -14,7 +14,6 @@ from typing import Any
 import libvirt
 import pytest
 
-from imagefactory.build import build
 from imagefactory.chroot import mounts_under
 from imagefactory.fsutil import digests
 from imagefactory.recipes import RecipeBook
@@ -25,13 +24,6 @@ from imagefactory.store.local import LocalStore
 from tests.conftest import RECIPES
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
-
-
-@pytest.fixture(scope="session")
-def built(workdir: Path) -> dict[str, Any]:
-    """debian-12-base, built, boot-tested and stored once for the whole session."""
-    loaded = RecipeBook(RECIPES).load("debian-12-base")
-    return build(loaded, workdir, store=LocalStore(workdir / "store"))
 
 
 def test_build_is_tested_and_stored(built: dict[str, Any], workdir: Path) -> None:
