@@ -4,7 +4,11 @@ cloud image) under packer 1.6.6 / qemu TCG, the shared steps, and the same boot 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +56,35 @@ def test_packer_build_leaves_nothing_behind(packer_built: dict[str, Any], workdi
     assert not [line for line in ps.splitlines() if "qemu-system" in line and str(workdir) in line]
     assert list((workdir / "tmp").iterdir()) == []
     assert not list((workdir / "builds/debian-12-packer").glob("*.partial"))
+
+
+def test_ctrl_c_during_the_packer_build_leaves_nothing(built: dict[str, Any], workdir: Path) -> None:
+    """Ctrl-C while packer's qemu runs: exit 130, no qemu, no loop device, no scratch or output."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "imagefactory.cli", "--workdir", str(workdir), "--recipes", str(RECIPES),
+         "build", "debian-12-packer", "--skip-tests", "--no-store"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not _qemu_under(workdir):
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(1)
+    time.sleep(5)  # let it boot a little: the signal lands mid-build
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 130, err[-3000:]
+    assert _qemu_under(workdir) == []
+    builds = workdir / "builds/debian-12-packer"
+    assert not list(builds.glob("*.partial"))
+    before = {d.name for d in builds.iterdir() if d.is_dir()}
+    assert all(not d.endswith(".partial") for d in before)
+    assert list((workdir / "tmp").iterdir()) == []
+    loops = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True,
+                                      check=True).stdout or '{"loopdevices": []}')["loopdevices"]
+    assert [d for d in loops if str(workdir) in str(d.get("back-file"))] == []
+    assert not [x for x in Path("/tmp").glob("packer*") if x.stat().st_mtime > time.time() - 600]
+
+
+def _qemu_under(workdir: Path) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in ps.splitlines()
+            if line.startswith("/usr/bin/qemu-system") and str(workdir) in line]
