@@ -19,6 +19,8 @@ import yaml
 from imagefactory.config import load_config
 from imagefactory.firstboot import NodeSeed, render_user_data
 from imagefactory.recipes import RecipeBook
+from imagefactory.stig.catalogue import load_catalogue
+from imagefactory.stig.report import load_report
 from imagefactory.testing import libvirt as lv
 from tests.conftest import RECIPES
 from tests.standins.mirror import ReleaseMirror, upstream_bases
@@ -75,7 +77,7 @@ def rke2_build(site: dict[str, Any]) -> dict[str, Any]:
 
 def test_built_and_boot_tested(rke2_build: dict[str, Any]) -> None:
     t = rke2_build["tests"]
-    assert t["ok"] and t["suites"] == ["hygiene", "recipe", "rke2"]
+    assert t["ok"] and t["suites"] == ["hygiene", "recipe", "rke2", "stig"]
     assert t["failed"] == 0 and t["passed"] >= 50
     steps = [s["name"] for s in rke2_build["steps"]]
     assert steps.index("install-rke2") < steps.index("configure-rke2") < steps.index("install-zarf") \
@@ -86,6 +88,17 @@ def test_built_and_boot_tested(rke2_build: dict[str, Any]) -> None:
                                    "rke2-images-core.linux-amd64.tar.zst"]
     assert m["inputs"]["zarf"]["version"] == ZARF_VERSION
     assert m["zarf"]["packages"] == ["zarf-package-demo-amd64-1.0.0.tar.zst"]
+    # STIG: the OS benchmark (family-generic for Debian) and the RKE2 one, with the shipped RKE2
+    # node waivers accepting what a Kubernetes node needs (host firewall vs CNI, NOPASSWD sudo)
+    report = load_report(Path(rke2_build["path"]) / "stig-report.json")
+    assert report.gate is not None and report.gate.passed
+    rke2 = next(b for b in report.benchmarks if b.benchmark == "rke2")
+    assert rke2.target == "server" and rke2.counts.open == {1: 0, 2: 0, 3: 0}
+    assert {r.stig_id for r in rke2.rows if r.result == "pass"} == {c.id for c in load_catalogue("rke2")}
+    os_rows = next(b for b in report.benchmarks if b.benchmark == "ubuntu2204").rows
+    waived = {r.stig_id: r.waiver.waiver_id for r in os_rows if r.waiver is not None and r.result == "fail"}
+    assert waived == {"UBTU-22-251015": "W-RKE2-002", "UBTU-22-251020": "W-RKE2-002",
+                      "UBTU-22-432011": "W-RKE2-005"}, waived
 
 
 def test_bootstrap_server_reaches_ready_and_inits_zarf(rke2_build: dict[str, Any],
