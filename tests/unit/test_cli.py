@@ -73,10 +73,16 @@ def test_schema_is_json() -> None:
     assert json.loads(r.stdout)["title"] == "imagefactory recipe"
 
 
-def test_packer_recipes_are_refused_clearly(tmp_path: Path) -> None:
-    r = cli("--recipes", str(RECIPES), "--workdir", str(tmp_path), "build", "ubuntu-22.04-base")
-    assert r.returncode == 2
-    assert "builder 'packer' is not available yet" in r.stderr
+def test_packer_build_offline_without_a_pinned_image_is_refused_clearly(tmp_path: Path) -> None:
+    # offline: no network attempt at all (a SHA256SUMS download would be one)
+    cfg = tmp_path / "offline.yaml"
+    cfg.write_text("offline: true\n")
+    r = cli("--recipes", str(RECIPES), "--workdir", str(tmp_path / "w"), "--config", str(cfg),
+            "build", "ubuntu-22.04-base")
+    assert r.returncode == 2, r.stderr
+    sums = "https://cloud-images.ubuntu.com/releases/22.04/release/SHA256SUMS"
+    assert f"offline: cannot read {sums}" in r.stderr
+    assert "pre-stage it" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_images_list_empty_store(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ def test_builder_source_mismatch_points_at_the_source(recipe_dir: Path) -> None:
     write(recipe_dir, "r", "extends: base\nbuilder: packer\n")
     assert problems(RecipeBook(recipe_dir), "r") == [
         f"{base}:2: source.type: builder 'packer' cannot build from a 'mmdebstrap' source "
-        "(hint: builder 'packer' takes: cloud-image)"]
+        "(hint: builder 'packer' takes: cloud-image, local-image)"]
 
 
 def test_cloud_image_needs_exactly_one_checksum(recipe_dir: Path) -> None:
