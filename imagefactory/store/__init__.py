@@ -1,1 +1,2 @@
-"""Image stores: the local directory store now; S3/MinIO comes with publishing."""
+"""The local build store (`WORKDIR/store`): finished builds on the build host. Publishing to a
+catalogue (a directory or S3/MinIO) is `imagefactory.catalogue`."""
