@@ -254,21 +254,6 @@ def cmd_schema(app: App) -> int:
     return 0
 
 
-def cmd_images_list(app: App) -> int:
-    rows = app.store().list()
-
-    def human() -> None:
-        t = Table("name", "version", "os", "size (MiB)", "tests", "sha256")
-        for r in rows:
-            t.add_row(r["name"], r["version"], f"{r['os']['family']} {r['os']['release']}",
-                      f"{r['size'] / 1024**2:.0f}", "ok" if r["tests_ok"] else str(r["tests_ok"]),
-                      r["sha256"][:16])
-        app.out.print(t)
-
-    app.emit(rows, human)
-    return 0
-
-
 def cmd_lock_update(app: App) -> int:
     from .lock import diff, needs_lock, resolve
 
@@ -497,9 +482,9 @@ def parser() -> argparse.ArgumentParser:
 
     add_parsers(sts, lambda parser, func: parser.set_defaults(func=func))
 
-    i = sub.add_parser("images", help="images in the local store")
-    isub = i.add_subparsers(dest="images_command", required=True, metavar="ACTION")
-    isub.add_parser("list", help="stored images").set_defaults(func=cmd_images_list)
+    from .cli_images import add_parsers as add_image_parsers
+
+    add_image_parsers(sub)  # publish, keys, images
     return p
 
 
