@@ -4,6 +4,7 @@ tailoring file, the offline-probe analysis of a datastream, and `scan_offline` a
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from datetime import date
 from pathlib import Path
@@ -451,3 +452,21 @@ def test_scan_offline_without_oscap(tmp_path: Path, fake_bin: Path, content: Pat
     monkeypatch.setenv("PATH", str(fake_bin))
     with pytest.raises(CommandNotFound, match="oscap not found"):
         openscap.scan_offline(tmp_path, family="ubuntu", outdir=tmp_path / "out")
+
+
+def test_a_hanging_oscap_is_stopped_and_retried(content: Path, fake_bin: Path, tmp_path: Path) -> None:
+    # oscap 1.3.7 sometimes deadlocks (all threads in futex waits): the scan must not hang a build.
+    calls = tmp_path / "calls"
+    (fake_bin / "oscap").write_text(f"""#!/bin/bash
+if [ "$1" = --version ]; then echo "OpenSCAP command line tool (oscap) 1.3.7"; exit 0; fi
+echo run >> {calls}
+exec sleep 300
+""")
+    (fake_bin / "oscap").chmod(0o755)
+    root = tmp_path / "root"
+    root.mkdir()
+    start = time.monotonic()
+    with pytest.raises(BuildError, match="hung 2 times"):
+        openscap.scan_offline(root, family="ubuntu", outdir=tmp_path / "out", timeout=1, attempts=2)
+    assert calls.read_text().split() == ["run", "run"]
+    assert time.monotonic() - start < 60
