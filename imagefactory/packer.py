@@ -129,11 +129,13 @@ def validate(packer: Packer, template_dir: Path, *, var_file: Path | None = None
 
 
 def build(packer: Packer, template_dir: Path, *, var_file: Path | None = None, timeout: float | None = None,
-          on_event: Callable[[Event], None] | None = None, scratch: Path | None = None) -> BuildOutcome:
+          on_event: Callable[[Event], None] | None = None) -> BuildOutcome:
     """`packer build` with machine-readable output; raises BuildError with packer's errors and the
-    last lines of output when it fails. A private TMPDIR under `scratch` is removed afterwards."""
+    last lines of output when it fails. A private TMPDIR is removed afterwards."""
     outcome = BuildOutcome()
-    tmp = Path(tempfile.mkdtemp(prefix="packer-tmp-", dir=scratch))
+    # Short and in /tmp, not under the build's scratch: packer's plugins listen on unix sockets in
+    # TMPDIR, and a socket path over 107 bytes fails with "bind: invalid argument".
+    tmp = Path(tempfile.mkdtemp(prefix="ifpk-"))
 
     def handle(line: str) -> None:
         ev = parse_line(line)

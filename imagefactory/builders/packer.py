@@ -186,8 +186,7 @@ def packer_template(ctx: BuildContext) -> None:
 def packer_build(ctx: BuildContext) -> None:
     packer, rendered = ctx.packer
     outcome = pk.build(packer, rendered.directory, var_file=rendered.var_file,
-                       timeout=ctx.recipe.tests.boot_timeout + ctx.recipe.tests.timeout + 1800,
-                       scratch=ctx.scratch)
+                       timeout=ctx.recipe.tests.boot_timeout + ctx.recipe.tests.timeout + 1800)
     console = ctx.scratch / "console-packer.log"
     if console.is_file():
         log.debug("serial console of the Packer build VM:\n%s", console.read_text(errors="replace"))

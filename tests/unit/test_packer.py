@@ -68,22 +68,26 @@ BUILD_OK = r"""
 [ "$1" = build ] || exit 9
 case "$*" in *-machine-readable*) ;; *) exit 8;; esac
 [ -n "$TMPDIR" ] && [ -d "$TMPDIR" ] && [ "$CHECKPOINT_DISABLE" = 1 ] || exit 7
-echo "$TMPDIR" > "$TMPDIR/../tmpdir-seen"
+echo "$TMPDIR" > "$SEEN"
 echo "1700000000,,ui,say,Build 'qemu.image' starting%!(PACKER_COMMA) please wait"
 echo "1700000001,qemu.image,ui,message,    qemu.image: provisioner output"
 echo "1700000002,qemu.image,artifact,0,file,0,/out/image.qcow2"
 """
 
 
-def test_build_collects_artifacts_and_removes_tmpdir(fake_bin: Path, tmp_path: Path) -> None:
+def test_build_collects_artifacts_and_removes_tmpdir(fake_bin: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     fake(fake_bin, BUILD_OK)
+    monkeypatch.setenv("SEEN", str(tmp_path / "tmpdir-seen"))
     seen: list[pk.Event] = []
-    out = pk.build(pk.find_packer(), tmp_path, scratch=tmp_path, on_event=seen.append)
+    out = pk.build(pk.find_packer(), tmp_path, on_event=seen.append)
     assert out.artifacts == ["/out/image.qcow2"]
     assert "Build 'qemu.image' starting, please wait" in out.ui
     assert [e.type for e in seen] == ["ui", "ui", "artifact"]
     tmpdir = Path((tmp_path / "tmpdir-seen").read_text().strip())
     assert not tmpdir.exists()  # packer's private TMPDIR is gone
+    # packer's plugins listen on unix sockets in TMPDIR: their paths must stay under 108 bytes
+    assert len(str(tmpdir / "packer-plugin1234567890")) < 100
 
 
 def test_failed_build_names_the_error_and_last_output(fake_bin: Path, tmp_path: Path) -> None:
@@ -94,7 +98,7 @@ echo "1700000003,qemu.image,error,Script exited with non-zero exit status: 100"
 exit 1
 """)
     with pytest.raises(BuildError) as e:
-        pk.build(pk.find_packer(), tmp_path, scratch=tmp_path)
+        pk.build(pk.find_packer(), tmp_path)
     msg = str(e.value)
     assert "exit status: 100" in msg and "00-packages.sh" in msg and "nosuchpkg" in msg
 
@@ -104,19 +108,20 @@ def test_timeout_stops_packer_and_its_children(fake_bin: Path, tmp_path: Path) -
     # in for a qemu it failed to stop) behind: the SIGKILL to the process group must get it.
     pids = tmp_path / "pids"
     fake(fake_bin, f"""
+echo "$TMPDIR" > {tmp_path}/tmpdir-seen
 sleep 300 & echo $! > {pids}
 trap 'echo cleaned > {tmp_path}/cleaned; exit 130' INT
 while true; do sleep 0.1; done
 """)
     start = time.monotonic()
     with pytest.raises(BuildError, match="timed out"):
-        pk.build(pk.find_packer(), tmp_path, scratch=tmp_path, timeout=2)
+        pk.build(pk.find_packer(), tmp_path, timeout=2)
     assert time.monotonic() - start < 20
     assert (tmp_path / "cleaned").read_text().strip() == "cleaned"  # SIGINT reached packer
     child = int(pids.read_text())
     time.sleep(0.3)
     assert not alive(child), f"pid {child} outlived the build"
-    assert not list(tmp_path.glob("packer-tmp-*"))
+    assert not Path((tmp_path / "tmpdir-seen").read_text().strip()).exists()
 
 
 def test_template_is_loopback_only_and_runs_the_shared_scripts(tmp_path: Path) -> None:

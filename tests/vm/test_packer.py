@@ -81,7 +81,7 @@ def test_ctrl_c_during_the_packer_build_leaves_nothing(built: dict[str, Any], wo
     loops = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True,
                                       check=True).stdout or '{"loopdevices": []}')["loopdevices"]
     assert [d for d in loops if str(workdir) in str(d.get("back-file"))] == []
-    assert not [x for x in Path("/tmp").glob("packer*") if x.stat().st_mtime > time.time() - 600]
+    assert not [x for x in Path("/tmp").glob("ifpk-*") if x.stat().st_mtime > time.time() - 600]
 
 
 def _qemu_under(workdir: Path) -> list[str]:
