@@ -132,14 +132,26 @@ def cmd_test(app: App) -> int:
         recipe = Recipe.model_validate(json.loads(manifest_path.read_text())["recipe"]["merged"])
     else:
         raise UserError(f"{image}: no manifest.json next to it", hint="pass --recipe NAME")
-    scratch = app.workdir / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
+    import shutil
+    import tempfile
+
+    (app.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    # libvirt's qemu user must reach the overlays: a world-traversable scratch dir of this run
+    scratch = Path(tempfile.mkdtemp(prefix="test-", dir=app.workdir / "tmp"))
+    scratch.chmod(0o755)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d.%H%M%S")
     out = Path(app.args.output) if app.args.output else app.workdir / "tests" / f"{image.stem}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     junit = Path(app.args.junit) if app.args.junit else out / "junit.xml"
     with app.err.status(f"booting {recipe.tests.clones} clone(s) of {image.name} and testing"):
-        results = run_suites(image, recipe, junit, scratch, scratch, stig_results=out / "stig-results.json")
+        try:
+            results = run_suites(image, recipe, junit, scratch, scratch,
+                                 stig_results=out / "stig-results.json")
+        finally:
+            # serial consoles go with the results (evidence of what the guests did), the rest goes
+            for console in scratch.glob("console-*.log"):
+                shutil.copyfile(console, out / console.name)
+            shutil.rmtree(scratch, ignore_errors=True)
     data = results.as_dict() | {"image": str(image), "junit": str(junit), "output": str(out)}
     write_json(out / TEST_RECORD, {"image": {"path": str(image), "file": image.name},
                                    "recipe": {"merged": recipe.model_dump(mode="json")}, "tests": data})
