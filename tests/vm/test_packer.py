@@ -51,7 +51,7 @@ def test_packer_build_leaves_nothing_behind(packer_built: dict[str, Any], workdi
     loops = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True,
                                       check=True).stdout or '{"loopdevices": []}')["loopdevices"]
     assert [d for d in loops if str(workdir) in str(d.get("back-file"))] == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert "packer build" not in ps
     assert not [line for line in ps.splitlines() if "qemu-system" in line and str(workdir) in line]
     assert list((workdir / "tmp").iterdir()) == []
@@ -85,6 +85,8 @@ def test_ctrl_c_during_the_packer_build_leaves_nothing(built: dict[str, Any], wo
 
 
 def _qemu_under(workdir: Path) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    # -ww: without it ps cuts lines at 80 columns when not on a terminal, and the disk path with
+    # the workdir in it is far beyond that
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     return [line for line in ps.splitlines()
             if line.startswith("/usr/bin/qemu-system") and str(workdir) in line]
