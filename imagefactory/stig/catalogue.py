@@ -153,8 +153,8 @@ def catalogue_dir() -> Path:
     return Path(env) if env else STIG_DIR
 
 
-def _control_lines(text: str) -> list[int]:
-    """Line number of each entry of the top-level `controls:` sequence (for error messages)."""
+def sequence_lines(text: str, key: str) -> list[int]:
+    """Line number of each entry of the top-level `key:` sequence (for error messages)."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:
@@ -162,7 +162,7 @@ def _control_lines(text: str) -> list[int]:
     if not isinstance(node, yaml.MappingNode):
         return []
     for k, v in node.value:
-        if k.value == "controls" and isinstance(v, yaml.SequenceNode):
+        if k.value == key and isinstance(v, yaml.SequenceNode):
             return [item.start_mark.line + 1 for item in v.value]
     return []
 
@@ -198,7 +198,7 @@ def parse_catalogue(path: Path, name: str | None = None) -> Catalogue:
         raise ValidationError([Problem(file, None, "", f"not valid YAML: {e}")]) from None
     if not isinstance(raw, dict):
         raise ValidationError([Problem(file, None, "", "expected a mapping with benchmark and controls")])
-    lines = _control_lines(text)
+    lines = sequence_lines(text, "controls")
     try:
         data = CatalogueFile.model_validate(raw)
     except pydantic.ValidationError as e:

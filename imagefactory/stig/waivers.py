@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..errors import Problem, UserError, ValidationError
-from .catalogue import OS_FAMILIES, RKE2_ROLES, Catalogue, catalogue_dir
+from .catalogue import OS_FAMILIES, RKE2_ROLES, Catalogue, catalogue_dir, sequence_lines
 from .results import WaiverDecision, WaiverType
 from .xccdf import STIG_DIR
 
@@ -300,20 +300,6 @@ def expired(ws: WaiverSet, today: date) -> list[Waiver]:
     return [w for w in ws.waivers if w.is_expired(today)]
 
 
-def _entry_lines(text: str) -> list[int]:
-    """Line number of each entry of the top-level `waivers:` sequence (for error messages)."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return []
-    if not isinstance(node, yaml.MappingNode):
-        return []
-    for k, v in node.value:
-        if k.value == "waivers" and isinstance(v, yaml.SequenceNode):
-            return [item.start_mark.line + 1 for item in v.value]
-    return []
-
-
 def _hint_for(keys: list[str]) -> str | None:
     # the innermost known key wins: scope.release gets the release hint, not the scope one
     return next((_HINTS[k] for k in reversed(keys) if k in _HINTS), None)
@@ -380,7 +366,7 @@ def load_waivers(path: Path) -> WaiverSet:
         raise ValidationError([Problem(file, None, "", "expected a mapping with a `waivers:` list",
                                        hint="see imagefactory/stig/waivers.py for the format")])
     entries: list[Any] = raw["waivers"] if isinstance(raw["waivers"], list) else []
-    lines = _entry_lines(text)
+    lines = sequence_lines(text, "waivers")
     problems = _duplicates(entries, file, lines)
     try:
         data = WaiverFile.model_validate(raw)
