@@ -55,3 +55,12 @@ def test_firstboot_script_is_valid_bash(tmp_path: Path) -> None:
         assert ("args=(init --confirm)" in script.read_text()) == bool(zarf)
     r = subprocess.run(["bash", str(script), "bootstrap"], capture_output=True, text=True)
     assert r.returncode == 1 and "50-join.yaml is missing" in r.stderr
+
+
+def test_firstboot_waits_for_ready_with_the_kubeconfig_each_role_has() -> None:
+    script = render_firstboot_script(prefix="/usr/local", zarf=None)
+    # agents get no rke2.yaml: they check their own Node with the kubelet's credentials
+    assert "agent) unit=rke2-agent kubeconfig=/var/lib/rancher/rke2/agent/kubelet.kubeconfig ;;" in script
+    assert "bootstrap|server) unit=rke2-server kubeconfig=/etc/rancher/rke2/rke2.yaml ;;" in script
+    wait = next(line for line in script.splitlines() if line.startswith("until "))
+    assert '$kubectl --kubeconfig "$kubeconfig" get node "$node"' in wait

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -10,11 +11,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -320,8 +322,10 @@ def test_install_sh_default_prefix_in_private_mount_namespace(rke2: Rke2Release,
 # --- rke2 / kubectl stand-ins --------------------------------------------------------------------------
 
 
-def node_root(rke2: Rke2Release, tmp_path: Path, config: str, images: bool = True) -> Path:
-    root = tmp_path / "node"
+def node_root(
+    rke2: Rke2Release, tmp_path: Path, config: str, images: bool = True, name: str = "node"
+) -> Path:
+    root = tmp_path / name
     with tarfile.open(rke2.directory / f"rke2.{SUFFIX}.tar.gz") as tar:
         tar.extractall(root / "usr/local", filter="data")
     (root / "etc/rancher/rke2").mkdir(parents=True)
@@ -338,15 +342,103 @@ def rke2_env(root: Path, **extra: str) -> dict[str, str]:
     return base_env(RKE2_STANDIN_ROOT=str(root), RKE2_STANDIN_NO_SLEEP="1", **extra)
 
 
-def kubectl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    root: Path, *args: str, kubeconfig: str = "/etc/rancher/rke2/rke2.yaml", **env: str
+) -> subprocess.CompletedProcess[str]:
     exe = root / "var/lib/rancher/rke2/bin/kubectl"
-    return run(
-        [str(exe), "--kubeconfig", "/etc/rancher/rke2/rke2.yaml", *args],
-        base_env(RKE2_STANDIN_ROOT=str(root)),
-    )
+    return run([str(exe), "--kubeconfig", kubeconfig, *args], base_env(RKE2_STANDIN_ROOT=str(root), **env))
 
 
+KUBELET_KUBECONFIG = "/var/lib/rancher/rke2/agent/kubelet.kubeconfig"
 READY_JSONPATH = 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'
+IP_JSONPATH = 'jsonpath={.status.addresses[?(@.type=="InternalIP")].address}'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own session, and everything in its process group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+Spawn = Callable[[list[str], dict[str, str], Path], subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start long-running stand-ins in their own process groups; all of them are stopped afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as f:
+            proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True
+            )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        stop_group(proc)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 10, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}" + (f"\n{log.read_text()}" if log else ""))
+        time.sleep(0.1)
+
+
+def running_pid(root: Path) -> str:
+    """The PID in standin/ready, once a long-running stand-in is up ("" before)."""
+    ready = root / "var/lib/rancher/rke2/standin/ready"
+    parts = ready.read_text().split() if ready.exists() else []
+    return parts[1] if len(parts) == 2 and parts[1].isdigit() else ""
+
+
+def start_server(
+    spawn: Spawn, rke2: Rke2Release, tmp_path: Path, config: str, name: str = "server", **env: str
+) -> tuple[Path, subprocess.Popen[bytes], str]:
+    """A stand-in rke2 server serving its supervisor on 127.0.0.1 (free port): (root, process, URL)."""
+    root = node_root(rke2, tmp_path, config, name=name)
+    port = free_port()
+    log = tmp_path / f"{name}.log"
+    proc = spawn(
+        [str(root / "usr/local/bin/rke2"), "server"],
+        base_env(
+            RKE2_STANDIN_ROOT=str(root),
+            RKE2_STANDIN_BIND="127.0.0.1",
+            RKE2_STANDIN_SUPERVISOR_PORT=str(port),
+            **env,
+        ),
+        log,
+    )
+    wait_for(f"{name} to be up", lambda: proc.poll() is None and running_pid(root) == str(proc.pid), log=log)
+    return root, proc, f"https://127.0.0.1:{port}"
+
+
+def node_token(root: Path) -> str:
+    return (root / "var/lib/rancher/rke2/server/node-token").read_text().strip()
+
+
+def table(out: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
+    """`kubectl get nodes` output as {name: [status, roles, age, version, ...]}."""
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:5] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"], out.stdout
+    return {line.split()[0]: line.split()[1:] for line in lines[1:]}
 
 
 def test_rke2_version(rke2: Rke2Release) -> None:
@@ -401,27 +493,39 @@ def test_kubectl_refused_when_rke2_not_running(rke2: Rke2Release, tmp_path: Path
 
 
 def test_rke2_server_stays_up_and_notifies(rke2: Rke2Release, tmp_path: Path) -> None:
-    assert shutil.which("systemd-notify"), "systemd-notify (package systemd) is needed"
     root = node_root(rke2, tmp_path, "node-name: n1\n")
     sock_path = tmp_path / "notify"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     sock.settimeout(10)
-    env = base_env(RKE2_STANDIN_ROOT=str(root), NOTIFY_SOCKET=str(sock_path))
-    proc = subprocess.Popen([str(root / "usr/local/bin/rke2"), "server"], env=env, stderr=subprocess.DEVNULL)
+    port = free_port()
+    env = base_env(
+        RKE2_STANDIN_ROOT=str(root),
+        NOTIFY_SOCKET=str(sock_path),
+        RKE2_STANDIN_BIND="127.0.0.1",
+        RKE2_STANDIN_SUPERVISOR_PORT=str(port),
+    )
+    proc = subprocess.Popen(
+        [str(root / "usr/local/bin/rke2"), "server"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
         assert msg == b"READY=1"
         sender_pid = int.from_bytes(anc[0][2][:4], "little")
         assert sender_pid == proc.pid  # sent on behalf of the main PID, as NotifyAccess=main needs
         time.sleep(0.2)
-        assert proc.poll() is None  # still running (exec sleep infinity keeps the PID)
+        assert proc.poll() is None  # still running (python is exec'd: same PID)
+        assert running_pid(root) == str(proc.pid)
         out = kubectl(root, "get", "node", "n1", "-o", READY_JSONPATH)
         assert (out.returncode, out.stdout) == (0, "True")
+        # READY=1 comes after the supervisor listens
+        assert request(f"http://127.0.0.1:{port}", "/ping")[2] == b"pong"
     finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+        stop_group(proc)
         sock.close()
     out = kubectl(root, "get", "node", "n1", "-o", READY_JSONPATH)
     assert out.returncode == 1 and "refused" in out.stderr
@@ -434,7 +538,7 @@ def write_proc_sys(root: Path, values: dict[str, str]) -> None:
         p.write_text(f"{value}\n")
 
 
-def test_rke2_cis_profile_prerequisites(rke2: Rke2Release, tmp_path: Path) -> None:
+def test_rke2_cis_profile_prerequisites(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
     root = node_root(rke2, tmp_path, "profile: cis\nnode-name: n1\n")
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\n")
@@ -447,9 +551,11 @@ def test_rke2_cis_profile_prerequisites(rke2: Rke2Release, tmp_path: Path) -> No
     assert "invalid kernel parameter value vm.overcommit_memory=0 - expected 1" in out.stderr
     assert not (root / "var/lib/rancher/rke2/standin/ready").exists()
     # agents need the sysctls, not the etcd user
-    (root / "etc/rancher/rke2/config.yaml").write_text("profile: cis\nserver: https://s:9345\ntoken: t\n")
+    _, _, url = start_server(spawn, rke2, tmp_path, "token: t\nnode-name: cp\n")
+    (root / "etc/rancher/rke2/config.yaml").write_text(f"profile: cis\nserver: {url}\ntoken: t\n")
     write_proc_sys(root, CIS_SYSCTLS)
-    assert run([exe, "agent"], rke2_env(root)).returncode == 0
+    out = run([exe, "agent"], rke2_env(root))
+    assert out.returncode == 0, out.stderr
     (root / "etc/rancher/rke2/config.yaml").write_text("profile: cis\nnode-name: n1\n")
     (root / "etc/passwd").write_text("etcd:x:999:999:etcd user:/nonexistent:/sbin/nologin\n")
     (root / "etc/group").write_text("etcd:x:999:\n")
@@ -457,12 +563,13 @@ def test_rke2_cis_profile_prerequisites(rke2: Rke2Release, tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
 
 
-def test_rke2_agent_requires_server_and_token(rke2: Rke2Release, tmp_path: Path) -> None:
+def test_rke2_agent_requires_server_and_token(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
     root = node_root(rke2, tmp_path, "token: abc\nnode-name: w1\n")
     exe = str(root / "usr/local/bin/rke2")
     out = run([exe, "agent"], rke2_env(root))
     assert out.returncode == 1 and "--server is required" in out.stderr
-    (root / "etc/rancher/rke2/config.yaml").write_text("server: https://10.0.0.1:9345\nnode-name: w1\n")
+    _, _, url = start_server(spawn, rke2, tmp_path, "token: abc\nnode-name: cp\n")
+    (root / "etc/rancher/rke2/config.yaml").write_text(f"server: {url}\nnode-name: w1\n")
     out = run([exe, "agent"], rke2_env(root))
     assert out.returncode == 1 and "--token is required" in out.stderr
     out = run([exe, "agent", "--token", "abc"], rke2_env(root))
@@ -475,6 +582,235 @@ def test_rke2_needs_core_images_offline(rke2: Rke2Release, tmp_path: Path) -> No
     root = node_root(rke2, tmp_path, "node-name: n1\n", images=False)
     out = run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root))
     assert out.returncode == 1 and "rke2-runtime:v1.31.4-rke2r1" in out.stderr
+
+
+# --- multi-node: supervisor, join, heartbeats ---------------------------------------------------------
+
+SERVER_CONFIG = "token: s3cret\nnode-name: cp-0\nnode-ip: 127.0.0.1\n"
+
+
+def agent_root(
+    rke2: Rke2Release,
+    tmp_path: Path,
+    url: str,
+    token: str,
+    name: str = "w-1",
+    ip: str = "127.0.0.2",
+    root_name: str | None = None,
+) -> Path:
+    config = f"server: {url}\ntoken: {token}\nnode-name: {name}\nnode-ip: {ip}\n"
+    return node_root(rke2, tmp_path, config, name=root_name or name)
+
+
+def join_once(root: Path, role: str = "agent", **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a joiner until it has joined (or failed): RKE2_STANDIN_NO_SLEEP makes it exit then."""
+    return run([str(root / "usr/local/bin/rke2"), role], rke2_env(root, **env))
+
+
+def test_agent_joins_bootstrap_server(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    server, _, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    token = node_token(server)
+    ca = (server / "var/lib/rancher/rke2/server/tls/server-ca.crt").read_bytes()
+    assert token == f"K10{hashlib.sha256(ca).hexdigest()}::server:s3cret"
+    status, _, body = request(url.replace("https://", "http://"), "/cacerts")
+    assert (status, body) == (200, ca)
+
+    agent = agent_root(rke2, tmp_path, url, token)
+    out = join_once(agent)
+    assert out.returncode == 0, out.stderr
+    assert f"Joined the cluster at {url} as agent w-1 (127.0.0.2)" in out.stderr
+    standin = agent / "var/lib/rancher/rke2/standin"
+    assert (standin / "ready").exists()
+    assert (standin / "joined-server").read_text() == f"{url}\n"
+    assert not (agent / "etc/rancher/rke2/rke2.yaml").exists()
+    assert "server: https://127.0.0.1:6444" in (agent / KUBELET_KUBECONFIG.lstrip("/")).read_text()
+    # a bare secret joins too, without CA validation (warned, like the real one)
+    bare = agent_root(rke2, tmp_path, url, "s3cret", name="w-2", ip="127.0.0.3")
+    out = join_once(bare)
+    assert out.returncode == 0, out.stderr
+    assert "the token does not include a CA hash" in out.stderr
+
+    nodes = table(kubectl(server, "get", "nodes"))
+    assert list(nodes) == ["cp-0", "w-1", "w-2"]
+    assert nodes["cp-0"][:2] == ["Ready", "control-plane,etcd,master"]
+    assert nodes["w-1"][:2] == nodes["w-2"][:2] == ["Ready", "<none>"]
+    assert nodes["w-1"][3] == VERSION
+    wide = table(kubectl(server, "get", "nodes", "-o", "wide"))
+    assert wide["w-1"][4:6] == ["127.0.0.2", "<none>"] and wide["cp-0"][4] == "127.0.0.1"
+    out = kubectl(server, "get", "node", "w-1", "-o", READY_JSONPATH)
+    assert (out.returncode, out.stdout) == (0, "True")
+    assert kubectl(server, "get", "node", "w-2", "-o", IP_JSONPATH).stdout == "127.0.0.3"
+    names = kubectl(server, "get", "nodes", "-o", "jsonpath={.items[*].metadata.name}")
+    assert names.stdout == "cp-0 w-1 w-2"
+    assert kubectl(server, "get", "nodes", "-o", "name").stdout == "node/cp-0\nnode/w-1\nnode/w-2\n"
+    doc = json.loads(kubectl(server, "get", "nodes", "-o", "json").stdout)
+    assert doc["kind"] == "List" and [i["metadata"]["name"] for i in doc["items"]] == ["cp-0", "w-1", "w-2"]
+    item = json.loads(kubectl(server, "get", "node", "w-1", "-o", "json").stdout)
+    assert item["status"]["conditions"] == [{"reason": "KubeletReady", "status": "True", "type": "Ready"}]
+    assert {"address": "127.0.0.2", "type": "InternalIP"} in item["status"]["addresses"]
+    out = kubectl(server, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=5s")
+    assert (out.returncode, out.stdout.split("\n")[:3]) == (0, [f"node/{n} condition met" for n in nodes])
+
+    # the agent sees its own Node through its kubelet kubeconfig (node authorizer), and nothing else
+    out = kubectl(agent, "get", "node", "w-1", "-o", READY_JSONPATH, kubeconfig=KUBELET_KUBECONFIG)
+    assert (out.returncode, out.stdout) == (0, "True")
+    assert list(table(kubectl(agent, "get", "nodes", kubeconfig=KUBELET_KUBECONFIG))) == ["w-1"]
+    out = kubectl(agent, "get", "node", "cp-0", kubeconfig=KUBELET_KUBECONFIG)
+    assert out.returncode == 1 and 'Error from server (Forbidden): nodes "cp-0" is forbidden' in out.stderr
+    out = kubectl(agent, "get", "nodes")  # agents have no admin kubeconfig
+    assert out.returncode == 1 and "stat /etc/rancher/rke2/rke2.yaml" in out.stderr
+
+
+def test_join_rejected_token_is_fatal(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    server, _, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    full_wrong = node_token(server).replace("::server:s3cret", "::server:wrong")
+    for i, token in enumerate((full_wrong, "wrong")):
+        agent = agent_root(rke2, tmp_path, url, token, root_name=f"w-{i}")
+        out = join_once(agent)
+        assert out.returncode == 1, out.stderr
+        fatal = f'level=fatal msg="failed to validate token: {url}/v1-standin/join: 401 Unauthorized"'
+        assert fatal in out.stderr
+        assert not (agent / "var/lib/rancher/rke2/standin/ready").exists()
+    server_log = (tmp_path / "server.log").read_text()
+    assert "Failed to authenticate request from 127.0.0.1: invalid token" in server_log
+    assert list(table(kubectl(server, "get", "nodes"))) == ["cp-0"]
+    out = kubectl(server, "get", "node", "w-1", "-o", READY_JSONPATH)
+    assert out.returncode == 1 and 'nodes "w-1" not found' in out.stderr
+
+
+def test_join_wrong_ca_hash_is_fatal(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    server, _, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    real_hash = node_token(server)[3:67]
+    agent = agent_root(rke2, tmp_path, url, "K10" + "0" * 64 + "::server:s3cret")
+    out = join_once(agent)
+    assert out.returncode == 1
+    assert (
+        'level=fatal msg="failed to validate token: token CA hash does not match the Cluster CA certificate '
+        f'hash: {"0" * 64} != {real_hash}"' in out.stderr
+    )
+    assert "Joined" not in out.stderr
+    assert list(table(kubectl(server, "get", "nodes"))) == ["cp-0"]
+    (agent / "etc/rancher/rke2/config.yaml").write_text(f"server: {url}\ntoken: K10abc::server:s3cret\n")
+    out = join_once(agent)
+    assert out.returncode == 1 and "invalid token CA hash length" in out.stderr
+
+
+def test_join_reused_node_name_is_rejected(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    server, _, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    first = agent_root(rke2, tmp_path, url, "s3cret")
+    assert join_once(first).returncode == 0
+    assert join_once(first).returncode == 0  # the same node again (restart): same node password
+    for name in ("w-1", "cp-0"):  # another machine under a taken name: another /etc/rancher/node/password
+        clone = agent_root(rke2, tmp_path, url, "s3cret", name=name, root_name=f"clone-{name}")
+        out = join_once(clone)
+        assert out.returncode == 1
+        assert 'level=fatal msg="Node password rejected, duplicate hostname' in out.stderr
+    assert list(table(kubectl(server, "get", "nodes"))) == ["cp-0", "w-1"]
+
+
+def test_agent_retries_until_server_answers(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    port = free_port()  # nothing listens there yet
+    url = f"https://127.0.0.1:{port}"
+    agent = agent_root(rke2, tmp_path, url, "s3cret")
+    log = tmp_path / "agent.log"
+    proc = spawn([str(agent / "usr/local/bin/rke2"), "agent"], rke2_env(agent), log)
+    retry = (
+        f'level=error msg="Failed to validate connection to cluster at {url}: failed to get CA certs: '
+        f'Get \\"{url}/cacerts\\": dial tcp 127.0.0.1:{port}: connect: connection refused"'
+    )
+    wait_for("two join attempts", lambda: log.read_text().count(retry) >= 2, timeout=8, log=log)
+    assert proc.poll() is None  # still trying: no limit of its own
+    assert not (agent / "var/lib/rancher/rke2/standin/ready").exists()
+    # the server comes up late, on that port: the agent joins on its next attempt
+    root = node_root(rke2, tmp_path, SERVER_CONFIG, name="server")
+    spawn(
+        [str(root / "usr/local/bin/rke2"), "server"],
+        base_env(
+            RKE2_STANDIN_ROOT=str(root), RKE2_STANDIN_BIND="127.0.0.1", RKE2_STANDIN_SUPERVISOR_PORT=str(port)
+        ),
+        tmp_path / "server.log",
+    )
+    assert proc.wait(timeout=10) == 0, log.read_text()  # RKE2_STANDIN_NO_SLEEP: exits once joined
+    assert (agent / "var/lib/rancher/rke2/standin/ready").exists()
+    assert table(kubectl(root, "get", "nodes"))["w-1"][0] == "Ready"
+
+
+def test_heartbeats_keep_nodes_ready(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    server, server_proc, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    agent = agent_root(rke2, tmp_path, url, node_token(server))
+    log = tmp_path / "agent.log"
+    agent_proc = spawn(
+        [str(agent / "usr/local/bin/rke2"), "agent"],
+        base_env(RKE2_STANDIN_ROOT=str(agent), RKE2_STANDIN_HEARTBEAT_INTERVAL="1"),
+        log,
+    )
+    wait_for("the agent to join", lambda: running_pid(agent) == str(agent_proc.pid), log=log)
+    record = server / "var/lib/rancher/rke2/standin/nodes/w-1.json"
+
+    def server_view(**env: str) -> str:
+        out = kubectl(server, "get", "node", "w-1", "-o", READY_JSONPATH, **env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert server_view() == "True"
+    # heartbeats stop (agent frozen) and the last one is 41 s old: NotReady, condition Unknown
+    os.killpg(agent_proc.pid, signal.SIGSTOP)
+    try:
+        rec = json.loads(record.read_text())
+        record.write_text(json.dumps({**rec, "last_seen": int(time.time()) - 41}))
+        assert server_view() == "Unknown"
+        nodes = table(kubectl(server, "get", "nodes"))
+        assert nodes["w-1"][0] == "NotReady" and nodes["cp-0"][0] == "Ready"
+        assert server_view(RKE2_STANDIN_NOT_READY_AFTER="60") == "True"
+        out = kubectl(server, "wait", "--for=condition=Ready", "node/w-1", "--timeout=1s")
+        assert out.returncode == 1 and "timed out waiting for the condition on nodes/w-1" in out.stderr
+    finally:
+        os.killpg(agent_proc.pid, signal.SIGCONT)
+    wait_for("a heartbeat to make w-1 Ready again", lambda: server_view() == "True", timeout=5)
+    assert json.loads(record.read_text())["first_seen"] == rec["first_seen"]
+
+    # the server goes away: the agent keeps running and retrying, its own Node goes NotReady
+    def agent_view(**env: str) -> subprocess.CompletedProcess[str]:
+        args = ("get", "node", "w-1", "-o", READY_JSONPATH)
+        return kubectl(agent, *args, kubeconfig=KUBELET_KUBECONFIG, **env)
+
+    assert agent_view().stdout == "True"
+    stop_group(server_proc)
+    wait_for(
+        "w-1 to turn NotReady on the agent",
+        lambda: agent_view(RKE2_STANDIN_NOT_READY_AFTER="2").stdout == "Unknown",
+        timeout=6,
+        log=log,
+    )
+    assert agent_proc.poll() is None
+    assert f'Failed to send heartbeat to {url}: Post \\"{url}/v1-standin/heartbeat\\"' in log.read_text()
+    # the rke2 agent is gone: nothing answers on the agent's local API port
+    stop_group(agent_proc)
+    out = agent_view()
+    assert out.returncode == 1 and "The connection to the server 127.0.0.1:6444 was refused" in out.stderr
+
+
+def test_server_joins_server(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    first, _, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    config = f"server: {url}\ntoken: s3cret\nnode-name: cp-1\nnode-ip: 127.0.0.4\n"
+    second, _, second_url = start_server(spawn, rke2, tmp_path, config, name="server-2")
+    nodes = table(kubectl(first, "get", "nodes"))
+    assert nodes["cp-1"][:2] == ["Ready", "control-plane,etcd,master"]
+    # it took over the cluster CA and token, and serves the supervisor itself
+    assert node_token(second) == node_token(first)
+    assert (second / "var/lib/rancher/rke2/standin/joined-server").read_text() == f"{url}\n"
+    ca = (first / "var/lib/rancher/rke2/server/tls/server-ca.crt").read_bytes()
+    assert request(second_url.replace("https://", "http://"), "/cacerts")[2] == ca
+    agent = agent_root(rke2, tmp_path, second_url, node_token(first))
+    assert join_once(agent).returncode == 0
+    # it lists the server it joined and what joined it; the bootstrap server lists what joined it
+    assert list(table(kubectl(second, "get", "nodes"))) == ["cp-0", "cp-1", "w-1"]
+    assert kubectl(second, "get", "node", "cp-0", "-o", IP_JSONPATH).stdout == "127.0.0.1"
+    # a joining server with the wrong token fails like an agent
+    bad = node_root(rke2, tmp_path, f"server: {url}\ntoken: nope\nnode-name: cp-2\n", name="server-3")
+    out = join_once(bad, role="server")
+    assert out.returncode == 1 and "401 Unauthorized" in out.stderr
+    assert not (bad / "var/lib/rancher/rke2/server/node-token").exists()
 
 
 # --- zarf stand-in -------------------------------------------------------------------------------------
