@@ -497,6 +497,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_images import add_parsers as add_image_parsers
 
     add_image_parsers(sub)  # publish, keys, images
+    from .cli_clusters import add_parsers as add_cluster_parsers
+
+    add_cluster_parsers(sub)  # harvester, cluster
     return p
 
 

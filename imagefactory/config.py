@@ -94,6 +94,22 @@ class SigningConfig(BaseModel):
     private_key: str | None = None
 
 
+class HarvesterConfig(BaseModel):
+    """Where `harvester upload` and `cluster` (target harvester) go; credentials stay in the kubeconfig."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kubeconfig: str | None = Field(None, description="kubeconfig path ($KUBECONFIG, ~/.kube/config if unset)")
+    context: str | None = Field(None, description="kubeconfig context (default: its current-context)")
+    namespace: str | None = Field(None, description="namespace for images and VMs (default: the context's)")
+    source: Literal["download", "upload"] | None = Field(
+        None, description="how images get in: download (a presigned URL; default for S3 stores) or upload")
+    url_expiry: str = Field("12h", description="lifetime of the presigned download URL")
+    poll: float = Field(2.0, gt=0, description="seconds between status polls")
+    timeout: float = Field(4 * 3600, gt=0, description="seconds an image import may take")
+    vm_ip_timeout: float = Field(900, gt=0, description="seconds a VM may take to report an IP")
+    retries: int = Field(6, ge=1, le=50, description="attempts per API call on 5xx/timeouts")
+
+
 class FactoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     upstream: Upstream = Upstream()
@@ -102,6 +118,7 @@ class FactoryConfig(BaseModel):
     default_store: str | None = Field(None,
                                       description="store used without --store ($IMAGEFACTORY_STORE wins)")
     signing: SigningConfig = SigningConfig()
+    harvester: HarvesterConfig = HarvesterConfig()
     mirrors: tuple[str, ...] = Field(
         (), description="artifact mirrors tried before upstream: file://, http(s)://, s3:// "
         "bases holding content-addressed blobs at <base>/sha256/<hex>")

@@ -47,6 +47,7 @@ class NodeSeed:
     zarf_deploy: bool = False  # deploy the baked zarf.packages after init
     ssh_authorized_keys: tuple[str, ...] = ()
     timeout: int = 900
+    guest_agent: bool = False  # start qemu-guest-agent early (Harvester reads bridge IPs through it)
     extra_config: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,7 +78,7 @@ def render_user_data(seed: NodeSeed) -> str:
         if seed.zarf_deploy:
             argv.append("--zarf-deploy")
     return _env.get_template("rke2-user-data.j2").render(
-        role=seed.role, node_name=seed.node_name,
+        role=seed.role, node_name=seed.node_name, guest_agent=seed.guest_agent,
         ssh_authorized_keys=list(seed.ssh_authorized_keys),
         join_yaml=yaml.safe_dump(join_config(seed), sort_keys=True),
         command=shlex.join(argv),

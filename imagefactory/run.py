@@ -156,3 +156,25 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0, group: bool = Fals
         # packer may exit before the qemu it started: nothing of the group may outlive us
         time.sleep(0.2)
         signal_all(signal.SIGKILL)
+
+
+def spawn_daemon(argv: Sequence[str | os.PathLike[str]], log_file: Path, ready: Path,
+                 timeout: float = 10.0) -> int:
+    """Start `argv` detached (own session, stdin from /dev/null, output to `log_file`) for a helper
+    that must outlive this command (the libvirt cluster's switch); wait until it has written its
+    pid to `ready` and return the pid."""
+    args = [os.fspath(a) for a in argv]
+    log.info("+ %s &", shlex.join(args))
+    ready.unlink(missing_ok=True)
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise CommandFailed(args, proc.returncode, log_file.read_text(errors="replace")[-2000:])
+        if time.monotonic() > deadline:
+            _stop(proc, 2.0, True)
+            raise CommandFailed(args, -1, f"not ready after {timeout:.0f} s")
+        time.sleep(0.05)
+    return proc.pid

@@ -116,6 +116,10 @@ class LocalDirStore:
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def path(self, key: str) -> Path:
+        """The file of `key` (consumers that need a local file, e.g. a Harvester upload)."""
+        return self._path(key)
+
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 

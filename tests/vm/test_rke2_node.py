@@ -1,6 +1,7 @@
 """rke2-node-debian end to end with the RKE2/Zarf stand-ins served from a loopback mirror:
-lock update -> build (baked, sealed, boot-tested with the rke2 suite) -> a second boot as a
-bootstrap server reaches Ready and runs `zarf init`; then an offline rebuild from a bundle."""
+lock update -> build (baked, sealed, boot-tested with the rke2 suite) -> publish -> a 2-node
+cluster (bootstrap server + agent) on local libvirt that reaches Ready and runs `zarf init`; then
+an offline rebuild from a bundle."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from imagefactory.clusters.libvirt import LibvirtCluster, parse_nodes
+from imagefactory.clusters.spec import load_spec
 from imagefactory.config import load_config
-from imagefactory.firstboot import NodeSeed, render_user_data
 from imagefactory.recipes import RecipeBook
 from imagefactory.stig.catalogue import load_catalogue
 from imagefactory.stig.report import load_report
@@ -101,52 +102,104 @@ def test_built_and_boot_tested(rke2_build: dict[str, Any]) -> None:
                       "UBTU-22-432011": "W-RKE2-005"}, waived
 
 
-def test_bootstrap_server_reaches_ready_and_inits_zarf(rke2_build: dict[str, Any],
-                                                        site: dict[str, Any]) -> None:
-    image = Path(rke2_build["path"]) / "image.qcow2"
+def test_two_node_cluster_on_libvirt(rke2_build: dict[str, Any], site: dict[str, Any]) -> None:
+    """Publish the image, then `cluster create` a bootstrap server + an agent as local libvirt VMs
+    linked through the loopback switch: each join file names the bootstrap address, the cluster
+    token and the node; both nodes are Ready through the stand-ins (the agent really joined the
+    server's supervisor port over the link); zarf init ran once on the bootstrap server only."""
+    root, work = site["root"], site["work"]
+    common = ["--json", "--recipes", str(site["recipes"]), "--workdir", str(work)]
+    r = cli(*common, "keys", "generate", "-o", str(root / "keys"))
+    assert r.returncode == 0, r.stderr
+    keys = json.loads(r.stdout)
+    cfg = yaml.safe_load(site["config"].read_text())
+    cfg["signing"] = {"public_key": keys["public_key"], "private_key": keys["private_key"]}
+    config = root / "cluster-config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    common += ["--config", str(config)]
+    r = cli(*common, "publish", rke2_build["path"])
+    assert r.returncode == 0, r.stderr
+    spec_file = root / "cluster.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "ci", "target": "libvirt", "image": "rke2-node-debian",
+        "servers": {"count": 1, "cpu": 2, "memory": "1GiB", "disk": "7GiB"},
+        "agents": {"count": 1, "cpu": 2, "memory": "1GiB", "disk": "7GiB"},
+        "rke2": {"tls_san": ["cp.example"], "node_timeout": 600},
+        "zarf": {"init": True, "deploy_packages": True},
+        "libvirt": {"accelerator": "tcg", "boot_timeout": 900},
+    }))
+    spec = load_spec(spec_file)
+    cluster = LibvirtCluster(spec, work)
+    try:
+        r = cli(*common, "cluster", "create", "-f", str(spec_file))
+        assert r.returncode == 0, r.stderr[-5000:]
+        status = json.loads(r.stdout)
+        assert [(n["name"], n["role"], n["phase"], n["ip"]) for n in status["nodes"]] == [
+            ("ci-server-0", "bootstrap", "Running", "10.77.0.11"),
+            ("ci-agent-0", "agent", "Running", "10.77.0.12")]
+        assert all(n["ready"] is True for n in status["nodes"]), status
+        token = (work / "clusters/ci/token").read_text().strip()
+        assert (work / "clusters/ci/token").stat().st_mode & 0o777 == 0o600
+        assert token not in r.stdout + r.stderr  # never printed
 
-    def seed(guest: lv.Guest, pub: str) -> str:
-        return render_user_data(NodeSeed("bootstrap", "cp-0", "stand-in-token", tls_san=("cp.example",),
-                                         zarf_init=True, zarf_deploy=True, ssh_authorized_keys=(pub,),
-                                         timeout=300))
+        def sh(node: str, cmd: str) -> str:
+            return cluster.ssh(node, f"sudo -n sh -c {json.dumps(cmd)}", timeout=300)
 
-    with lv.boot(image, clones=1, user="debian", scratch=site["work"], user_data=seed,
-                 boot_timeout=900) as run:
-        g = run.guests[0]
-        def sh(cmd: str) -> str:
-            client = lv.connect(g, "debian", run.key)
-            try:
-                _, out, err = client.exec_command(f"sudo sh -c {json.dumps(cmd)}", timeout=600)
-                text = out.read().decode()
-                assert out.channel.recv_exit_status() == 0, f"{cmd}: {text}{err.read().decode()}"
-                return text
-            finally:
-                client.close()
-
-        status = sh("cloud-init status --wait --long || true")
-        assert "status: done" in status, status
-        deadline = time.monotonic() + 300
-        while "done" not in sh("test -e /var/lib/imagefactory/rke2-firstboot.done && echo done || true"):
-            assert time.monotonic() < deadline, sh("cat /var/lib/imagefactory/rke2-firstboot.log || true")
-            time.sleep(5)
-        assert sh("systemctl is-enabled rke2-server").strip() == "enabled"
-        assert sh("systemctl is-active rke2-server").strip() == "active"
-        ready = sh("/var/lib/rancher/rke2/bin/kubectl --kubeconfig /etc/rancher/rke2/rke2.yaml get node "
-                   "cp-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'")
-        assert ready.strip() == "True"
-        seen = sh("cat /var/lib/rancher/rke2/standin/config.txt")
-        assert "stand-in-token" in seen and "cp-0" in seen and "profile: cis" in seen
-        zarf = sh("cat /var/lib/zarf-standin/init.log")
-        assert "init --confirm --set-variables REGISTRY_PVC_ENABLED=false" in zarf
-        assert "/etc/rancher/rke2/rke2.yaml" in zarf
+        for node, role in (("ci-server-0", "bootstrap"), ("ci-agent-0", "agent")):
+            join = yaml.safe_load(sh(node, "cat /etc/rancher/rke2/config.yaml.d/50-join.yaml"))
+            assert join["token"] == token and join["node-name"] == node
+            assert join["node-ip"] == ("10.77.0.11" if role == "bootstrap" else "10.77.0.12")
+            if role == "bootstrap":
+                assert "server" not in join and join["tls-san"] == ["cp.example"]
+            else:
+                assert join["server"] == "https://10.77.0.11:9345"
+        # The server lists both nodes Ready; the agent's join is alive from its side too.
+        table = sh("ci-server-0", "/var/lib/rancher/rke2/bin/kubectl --kubeconfig "
+                   "/etc/rancher/rke2/rke2.yaml get nodes")
+        assert parse_nodes(table) == {"ci-server-0": True, "ci-agent-0": True}, table
+        agent_ready = sh("ci-agent-0", "/var/lib/rancher/rke2/bin/kubectl --kubeconfig "
+                         "/var/lib/rancher/rke2/agent/kubelet.kubeconfig get node ci-agent-0 "
+                         "-o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'")
+        assert agent_ready.strip() == "True"
+        joined = sh("ci-agent-0", "cat /var/lib/rancher/rke2/standin/joined-server")
+        assert joined.strip().endswith("10.77.0.11:9345"), joined
+        assert sh("ci-agent-0", "systemctl is-active rke2-agent").strip() == "active"
+        assert sh("ci-agent-0", "systemctl is-enabled rke2-server || true").strip() != "enabled"
+        # Zarf: init and the baked package deploy ran once, on the bootstrap server only.
+        zarf = sh("ci-server-0", "cat /var/lib/zarf-standin/init.log")
+        assert zarf.count("init --confirm --set-variables REGISTRY_PVC_ENABLED=false") == 1
         assert f"zarf-init-amd64-{ZARF_VERSION}.tar.zst" in zarf
-        deployed = sh("cat /var/lib/zarf-standin/deploy.log")
-        assert "/usr/local/bin/packages/zarf-package-demo-amd64-1.0.0.tar.zst" in deployed
-        # Idempotent: a second run neither fails nor runs zarf init or deploy again.
-        sh("/usr/local/libexec/imagefactory/rke2-firstboot bootstrap --zarf-init --zarf-no-registry-pvc "
-           "--zarf-deploy")
-        assert sh("grep -c 'init --confirm' /var/lib/zarf-standin/init.log").strip() == "1"
-        assert sh("grep -c 'package deploy' /var/lib/zarf-standin/deploy.log").strip() == "1"
+        deployed = sh("ci-server-0", "cat /var/lib/zarf-standin/deploy.log")
+        assert "zarf-package-demo-amd64-1.0.0.tar.zst" in deployed
+        on_agent = sh("ci-agent-0", "test -e /var/lib/zarf-standin/init.log && echo yes || echo no")
+        assert on_agent.strip() == "no"
+        # Re-running the first boot (a reboot) is idempotent: no second zarf init or deploy.
+        sh("ci-server-0", "/usr/local/libexec/imagefactory/rke2-firstboot bootstrap --zarf-init "
+           "--zarf-no-registry-pvc --zarf-deploy")
+        assert sh("ci-server-0", "grep -c 'init --confirm' /var/lib/zarf-standin/init.log").strip() == "1"
+        # `create` again is a no-op on a complete cluster (resumable): same domains, still Ready.
+        conn = lv.libvirt.open(lv.URI)
+        try:
+            ids = {n: conn.lookupByName(f"imagefactory-{n}").ID() for n in ("ci-server-0", "ci-agent-0")}
+            r = cli(*common, "cluster", "create", "-f", str(spec_file))
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert {n: conn.lookupByName(f"imagefactory-{n}").ID() for n in ids} == ids  # not restarted
+        finally:
+            conn.close()
+        assert all(n["ready"] for n in json.loads(r.stdout)["nodes"])
+    finally:
+        r = cli(*common, "cluster", "delete", "-f", str(spec_file))
+    assert r.returncode == 0, r.stderr
+    assert not (work / "clusters/ci").exists()
+    conn = lv.libvirt.open(lv.URI)
+    try:
+        assert not [d.name() for d in conn.listAllDomains() if d.name().startswith("imagefactory-ci-")]
+    finally:
+        conn.close()
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "imagefactory.l2hub" not in ps
+    r = cli(*common, "cluster", "status", "-f", str(spec_file))
+    assert r.returncode == 1 and json.loads(r.stdout)["exists"] is False
 
 
 def test_offline_rebuild_from_bundle(rke2_build: dict[str, Any], site: dict[str, Any]) -> None:

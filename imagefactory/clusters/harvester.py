@@ -1,0 +1,272 @@
+"""An RKE2 cluster as Harvester VMs (what Rancher's node driver does, without Rancher).
+
+Objects, all labelled `imagefactory.io/cluster=<name>`: the image (uploaded if missing, see
+`harvester.images`), a KeyPair, a Secret with the cluster token, per VM a cloud-init Secret
+(`userdata`/`networkdata`, owned by its VM once it exists) and a KubeVirt VirtualMachine whose
+disk comes from the `harvesterhci.io/volumeClaimTemplates` annotation with the image's
+`status.storageClassName`. The bootstrap server goes first; its address, read from its VMI,
+becomes every joiner's server URL.
+
+Every step looks for its object first, so `create` after a failure continues where it stopped
+(the token Secret keeps the token). `delete` tells Harvester which PVCs go with each VM
+(`harvesterhci.io/removedPersistentVolumeClaims`) and then removes VMs, Secrets and the KeyPair.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from ..errors import BuildError, UserError
+from ..harvester.api import KEYPAIRS, NADS, VMIS, VMS, HarvesterApi
+from ..harvester.images import UploadResult
+from .common import LABEL, ClusterStatus, NodeStatus, new_token, seed_for, server_url, user_data
+from .spec import ClusterSpec, Node, nodes
+
+log = logging.getLogger(__name__)
+CREATOR = "imagefactory"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024**2}Mi" if n % 1024**3 else f"{n // 1024**3}Gi"
+
+
+class HarvesterCluster:
+    def __init__(self, api: HarvesterApi, spec: ClusterSpec, *, poll: float = 5.0,
+                 ip_timeout: float = 900.0) -> None:
+        self.api = api
+        self.spec = spec
+        self.poll = poll
+        self.ip_timeout = ip_timeout
+        self.selector = f"{LABEL}/cluster={spec.name}"
+
+    def _labels(self, role: str | None = None) -> dict[str, str]:
+        labels = {f"{LABEL}/cluster": self.spec.name, "harvesterhci.io/creator": CREATOR}
+        if role:
+            labels[f"{LABEL}/role"] = role
+        return labels
+
+    # --- create ---------------------------------------------------------------------------------
+
+    def create(self, image: UploadResult) -> ClusterStatus:
+        spec = self.spec
+        for pool, key in ((spec.servers, "servers"), (spec.agents, "agents")):
+            if pool.count and image.virtual_size and pool.disk < image.virtual_size:
+                raise UserError(f"{key}.disk: {pool.disk} bytes is smaller than the image's virtual size "
+                                f"{image.virtual_size} (the guest disk would be corrupt)",
+                                hint=f"set {key}.disk to at least {-(-image.virtual_size // 1024**3)}GiB")
+        if spec.network_type == "vlan":
+            assert spec.network.nad
+            ns, nad = spec.network.nad.split("/")
+            if self.api.get(NADS, nad, ns) is None:
+                raise UserError(f"network.nad: NetworkAttachmentDefinition {spec.network.nad} does not exist",
+                                hint="create the VM network in Harvester first")
+        token = self._token()
+        keypair = self._keypair()
+        all_nodes = nodes(spec)
+        bootstrap, joiners = all_nodes[0], all_nodes[1:]
+        self._vm(bootstrap, image, token, None, keypair)
+        ip = self._wait_ips([bootstrap])[bootstrap.name]
+        server = server_url(spec, ip)
+        log.info("bootstrap server %s is at %s; joining %d node(s) to %s", bootstrap.name, ip, len(joiners),
+                 server)
+        for node in joiners:
+            self._vm(node, image, token, server, keypair)
+        self._wait_ips(all_nodes)
+        return self.status()
+
+    def _token(self) -> str:
+        name = f"{self.spec.name}-token"
+        existing = self.api.get_secret(name)
+        if existing is not None:
+            data = (existing.get("data") or {}).get("token")
+            if not data:
+                raise BuildError(f"secret {self.api.namespace}/{name} has no 'token' key",
+                                 hint="delete the cluster and create it again")
+            return base64.b64decode(data).decode()
+        token = new_token()
+        self.api.create_secret({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                "metadata": {"name": name, "labels": self._labels()},
+                                "data": {"token": _b64(token)}})
+        log.info("cluster token stored in secret %s/%s", self.api.namespace, name)
+        return token
+
+    def _keypair(self) -> str | None:
+        if not self.spec.ssh_authorized_keys:
+            return None
+        name = f"{self.spec.name}-ssh"
+        if self.api.get(KEYPAIRS, name) is None:
+            self.api.create(KEYPAIRS, {"apiVersion": "harvesterhci.io/v1beta1", "kind": "KeyPair",
+                                       "metadata": {"name": name, "labels": self._labels()},
+                                       "spec": {"publicKey": self.spec.ssh_authorized_keys[0]}})
+        return name
+
+    def _network_data(self) -> str:
+        # One NIC; DHCP on both the pod network (masquerade) and a VLAN (Harvester has no IPAM).
+        return "version: 2\nethernets:\n  nic0:\n    match: {name: \"en*\"}\n    dhcp4: true\n"
+
+    def _vm(self, node: Node, image: UploadResult, token: str, server: str | None,
+            keypair: str | None) -> None:
+        spec, ns = self.spec, self.api.namespace
+        if self.api.get(VMS, node.name) is not None:
+            log.info("%s exists: kept", node.name)
+            return
+        secret = f"{node.name}-cloudinit"
+        seed = seed_for(spec, node, token, server=server, node_ip=None, keys=spec.ssh_authorized_keys)
+        seed = type(seed)(**{**seed.__dict__, "guest_agent": True})
+        if self.api.get_secret(secret) is None:
+            self.api.create_secret({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": secret, "labels": {**self._labels(node.role),
+                                                        "harvesterhci.io/cloud-init-template": "harvester"}},
+                "data": {"userdata": _b64(user_data(seed)), "networkdata": _b64(self._network_data())},
+            })
+        pvc = f"{node.name}-disk-0-{secrets.token_hex(3)[:5]}"
+        claim = {
+            "metadata": {"name": pvc, "annotations": {"harvesterhci.io/imageId": f"{ns}/{image.name}"}},
+            "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Block",
+                     "resources": {"requests": {"storage": _size(int(node.pool.disk))}},
+                     "storageClassName": image.storage_class},
+        }
+        if spec.network_type == "vlan":
+            assert spec.network.nad
+            networks = [{"name": "nic-0", "multus": {"networkName": spec.network.nad}}]
+            iface: dict[str, Any] = {"name": "nic-0", "model": "virtio", "bridge": {}}
+        else:
+            networks = [{"name": "default", "pod": {}}]
+            iface = {"name": "default", "model": "virtio", "masquerade": {}}
+        cores = node.pool.cpu
+        body = {
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {
+                "name": node.name, "namespace": ns, "labels": self._labels(node.role),
+                "annotations": {"harvesterhci.io/volumeClaimTemplates": json.dumps([claim]),
+                                f"{LABEL}/image": image.ref},
+            },
+            "spec": {
+                "runStrategy": "RerunOnFailure",
+                "template": {
+                    "metadata": {
+                        "labels": {"harvesterhci.io/vmName": node.name, f"{LABEL}/cluster": spec.name},
+                        "annotations": ({"harvesterhci.io/sshNames": json.dumps([f"{ns}/{keypair}"])}
+                                        if keypair else {}),
+                    },
+                    "spec": {
+                        "hostname": node.name,
+                        "evictionStrategy": "LiveMigrateIfPossible",
+                        "domain": {
+                            "cpu": {"cores": cores, "sockets": 1, "threads": 1},
+                            "resources": {"limits": {"cpu": str(cores),
+                                                     "memory": _size(int(node.pool.memory))}},
+                            "devices": {
+                                "disks": [{"name": "disk-0", "bootOrder": 1, "disk": {"bus": "virtio"}},
+                                          {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
+                                "interfaces": [iface],
+                            },
+                        },
+                        "networks": networks,
+                        "volumes": [
+                            {"name": "disk-0", "persistentVolumeClaim": {"claimName": pvc}},
+                            {"name": "cloudinitdisk", "cloudInitNoCloud": {
+                                "secretRef": {"name": secret}, "networkDataSecretRef": {"name": secret}}},
+                        ],
+                    },
+                },
+            },
+        }
+        vm = self.api.create(VMS, body)
+        # Owned by the VM from now on: Kubernetes deletes the seed with it.
+        self.api.patch_secret(secret, {"metadata": {"ownerReferences": [{
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": node.name,
+            "uid": vm["metadata"]["uid"]}]}})
+        log.info("created VM %s/%s (%s, %d vCPU, %s, disk %s)", ns, node.name, node.role, cores,
+                 _size(int(node.pool.memory)), _size(int(node.pool.disk)))
+
+    def _wait_ips(self, wanted: list[Node]) -> dict[str, str]:
+        deadline = time.monotonic() + self.ip_timeout
+        while True:
+            ips: dict[str, str] = {}
+            pending: list[str] = []
+            for node in wanted:
+                vmi = self.api.get(VMIS, node.name)
+                ip = _vmi_ip(vmi) if vmi else None
+                if vmi and (vmi.get("status") or {}).get("phase") == "Running" and ip:
+                    ips[node.name] = ip
+                else:
+                    phase = (vmi.get("status") or {}).get("phase", "?") if vmi else "no VMI yet"
+                    pending.append(f"{node.name} ({phase}{', no IP' if vmi and not ip else ''})")
+            if not pending:
+                return ips
+            if time.monotonic() > deadline:
+                raise BuildError(f"cluster {self.spec.name}: not running with an IP after "
+                                 f"{self.ip_timeout:.0f} s: {', '.join(pending)}",
+                                 hint="check the VMs in Harvester (is qemu-guest-agent in the image, is the "
+                                      "network's DHCP up?); 'cluster create' again continues, "
+                                      "'cluster delete' removes what exists")
+            time.sleep(self.poll)
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def status(self) -> ClusterStatus:
+        vms = self.api.list_objects(VMS, self.selector)
+        rows = []
+        for vm in sorted(vms, key=lambda v: v["metadata"]["name"]):
+            name = vm["metadata"]["name"]
+            vmi = self.api.get(VMIS, name)
+            st = (vmi or {}).get("status") or {}
+            rows.append(NodeStatus(
+                name=name, role=vm["metadata"].get("labels", {}).get(f"{LABEL}/role", "?"),
+                phase=st.get("phase") or (vm.get("status") or {}).get("printableStatus") or "Stopped",
+                ip=_vmi_ip(vmi) if vmi else None,
+                detail=(vm.get("status") or {}).get("printableStatus", "")))
+        return ClusterStatus(self.spec.name, "harvester", rows, exists=bool(vms) or self._leftovers())
+
+    def _leftovers(self) -> bool:
+        return bool(self.api.list_secrets(self.selector))
+
+    # --- delete ---------------------------------------------------------------------------------
+
+    def delete(self, timeout: float = 600.0) -> list[str]:
+        removed: list[str] = []
+        for vm in self.api.list_objects(VMS, self.selector):
+            name = vm["metadata"]["name"]
+            claims = json.loads((vm["metadata"].get("annotations") or {})
+                                .get("harvesterhci.io/volumeClaimTemplates", "[]"))
+            pvcs = ",".join(c["metadata"]["name"] for c in claims)
+            if pvcs:
+                # Annotation-made PVCs have no owner: this tells Harvester to delete them with the VM.
+                self.api.patch(VMS, name, {"metadata": {"annotations": {
+                    "harvesterhci.io/removedPersistentVolumeClaims": pvcs}}})
+            self.api.delete(VMS, name)
+            removed.append(f"virtualmachine/{name}")
+        deadline = time.monotonic() + timeout
+        while self.api.list_objects(VMS, self.selector):
+            if time.monotonic() > deadline:
+                raise BuildError(f"cluster {self.spec.name}: VMs still exist {timeout:.0f} s after deletion")
+            time.sleep(self.poll)
+        for s in self.api.list_secrets(self.selector):
+            if self.api.delete_secret(s["metadata"]["name"]):
+                removed.append(f"secret/{s['metadata']['name']}")
+        for kp in self.api.list_objects(KEYPAIRS, self.selector):
+            if self.api.delete(KEYPAIRS, kp["metadata"]["name"]):
+                removed.append(f"keypair/{kp['metadata']['name']}")
+        return removed
+
+
+def _vmi_ip(vmi: dict[str, Any] | None) -> str | None:
+    """The first non-link-local IPv4 address of the first interface (what the node driver uses)."""
+    for iface in ((vmi or {}).get("status") or {}).get("interfaces") or []:
+        for ip in [iface.get("ipAddress"), *(iface.get("ipAddresses") or [])]:
+            if ip and "." in ip and not ip.startswith("169.254."):
+                return str(ip)
+        break
+    return None
+

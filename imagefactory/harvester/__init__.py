@@ -1,0 +1,1 @@
+"""Harvester: image upload (images.py) over the Kubernetes API client (api.py)."""

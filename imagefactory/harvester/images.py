@@ -1,0 +1,360 @@
+"""Putting a published image into Harvester as a VirtualMachineImage.
+
+Only verified images go in: the catalogue's `verify_for_consumer` checks the manifest signature and
+refuses revoked versions before anything is sent. Two ways in:
+
+- `download` (default for S3 stores): the image object carries a presigned URL of the blob and
+  Harvester (Longhorn) fetches it from inside the cluster, so the URL must be reachable from there.
+- `upload`: the object is created with `sourceType: upload`; once Harvester reports `Initialized`
+  the file is streamed as `multipart/form-data` (part `chunk`) to the upload action. Longhorn
+  writes with direct I/O, so the size must be a multiple of 512: a shorter file is padded with
+  zeros (harmless after a qcow2's last cluster) and the checksum is of the padded bytes.
+
+`checksum` is always the SHA-512 Longhorn verifies. Labels link the object back to the catalogue
+(image name, version, a digest prefix: label values stop at 63 characters; the full digests are
+annotations). The same digest already imported is reused; a different digest under the same name
+is refused unless `replace`. The StorageClass a VM disk must use is read from
+`status.storageClassName`, never derived: its naming changed in Harvester v1.8.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..catalogue.catalogue import PublishedImage, pull, verify_for_consumer
+from ..catalogue.manifest import Manifest
+from ..catalogue.publish import ProgressFactory
+from ..catalogue.stores import BlobStore, LocalDirStore
+from ..errors import BuildError, UserError
+from .api import IMAGES, ApiError, HarvesterApi
+
+log = logging.getLogger(__name__)
+
+SECTOR = 512
+LABEL = "imagefactory.io"
+Mode = Literal["download", "upload"]
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    name: str
+    namespace: str
+    display_name: str
+    ref: str
+    sha256: str
+    source: str
+    reused: bool
+    storage_class: str
+    virtual_size: int | None
+    size: int | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def object_name(m: Manifest) -> str:
+    """`<name>-<version>` as a DNS label (lower case, '-' for anything else, at most 63)."""
+    raw = re.sub(r"[^a-z0-9-]+", "-", f"{m.name}-{m.version}".lower()).strip("-")
+    if len(raw) > 63:
+        raw = raw[:54].rstrip("-") + "-" + m.image.sha256[:8]
+    return raw
+
+
+def display_name(m: Manifest) -> str:
+    """A valid label value (Harvester copies displayName into a label since v1.7.3)."""
+    raw = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{m.name}-{m.version}").strip("-_.")
+    if len(raw) > 63:
+        raw = raw[:54].rstrip("-_.") + "-" + m.image.sha256[:8]
+    assert _LABEL_VALUE.match(raw), raw
+    return raw
+
+
+def _label_value(text: str) -> str:
+    v = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63].strip("-_.")
+    return v if _LABEL_VALUE.match(v) else ""
+
+
+def catalogue_labels(m: Manifest) -> dict[str, str]:
+    """Selectable links back to the catalogue; the digest label is the first 63 hex digits."""
+    return {f"{LABEL}/image": _label_value(m.name), f"{LABEL}/version": _label_value(m.version),
+            f"{LABEL}/digest": m.image.sha256[:63]}
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def state(obj: dict[str, Any]) -> tuple[str, str]:
+    """(`imported` | `failed` | `importing` | `initializing`, message) as terraform/the UI define it."""
+    c = conditions(obj)
+
+    def is_(t: str, s: str) -> bool:
+        return c.get(t, {}).get("status") == s
+
+    if is_("RetryLimitExceeded", "True") or is_("Imported", "False") or is_("Initialized", "False") \
+            or is_("BackingImageMissing", "True"):
+        for t in ("Imported", "RetryLimitExceeded", "Initialized", "BackingImageMissing"):
+            msg = c.get(t, {}).get("message")
+            if msg and c[t].get("status") in ("False", "True") \
+                    and not (t == "Initialized" and is_(t, "True")):
+                return "failed", f"{t}: {msg}"
+        return "failed", "failed without a message"
+    if is_("Imported", "True"):
+        return "imported", ""
+    if is_("Initialized", "True"):
+        return "importing", c.get("Imported", {}).get("message", "")
+    retry = c.get("RetryLimitExceeded", {})
+    return "initializing", retry.get("message", "")
+
+
+def _padded_sha512(path: Path, size: int, padded: int) -> str:
+    h = hashlib.sha512()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            h.update(chunk)
+    h.update(b"\0" * (padded - size))
+    return h.hexdigest()
+
+
+def multipart(path: Path, size: int, padded: int, tick: Callable[[int], None] | None = None,
+              block: int = 1024 * 1024) -> tuple[Iterator[bytes], int, str]:
+    """A streamed multipart/form-data body with one file part `chunk`: (body, length, content type).
+    Memory stays at one block whatever the image size."""
+    boundary = "imagefactory-" + secrets.token_hex(12)
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"chunk\"; filename=\"{path.name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        sent = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(block):
+                sent += len(chunk)
+                if sent > size:
+                    raise BuildError(f"{path}: grew while it was being uploaded")
+                yield chunk
+                if tick:
+                    tick(len(chunk))
+        if sent != size:
+            raise BuildError(f"{path}: {sent} bytes read, expected {size}")
+        if padded > size:
+            yield b"\0" * (padded - size)
+        yield tail
+
+    return body(), len(head) + padded + len(tail), f"multipart/form-data; boundary={boundary}"
+
+
+class ImageUploader:
+    def __init__(self, api: HarvesterApi, *, poll: float = 2.0, timeout: float = 4 * 3600,
+                 progress: ProgressFactory | None = None, cache: Path | None = None) -> None:
+        self.api = api
+        self.poll = poll
+        self.timeout = timeout
+        self.progress = progress
+        self.cache = cache
+
+    # --- the whole operation --------------------------------------------------------------------
+
+    def upload(self, store: BlobStore, ref: str, public_key: Ed25519PublicKey, *, mode: Mode | None = None,
+               replace: bool = False, url_expiry: dt.timedelta = dt.timedelta(hours=12)) -> UploadResult:
+        start = time.monotonic()
+        img = verify_for_consumer(store, ref, public_key)  # signature, revocation, blob present
+        m = img.manifest
+        name = object_name(m)
+        mode = mode or ("upload" if isinstance(store, LocalDirStore) and not store.url else "download")
+        existing = self.api.get(IMAGES, name)
+        if existing is not None:
+            reused = self._existing(existing, m, replace)
+            if reused is not None:
+                return self._result(reused, m, mode, True, start)
+        log.info("creating image %s/%s from %s (%s)", self.api.namespace, name, m.ref, mode)
+        if mode == "download":
+            obj = self._download(img, store, public_key, name, url_expiry)
+        else:
+            obj = self._upload(img, store, public_key, name)
+        return self._result(obj, m, mode, False, start)
+
+    def _existing(self, obj: dict[str, Any], m: Manifest, replace: bool) -> dict[str, Any] | None:
+        """The object to reuse, or None after clearing the way for a new one."""
+        name = obj["metadata"]["name"]
+        have = (obj["metadata"].get("annotations") or {}).get(f"{LABEL}/sha256")
+        if have != m.image.sha256:
+            if not replace:
+                raise UserError(
+                    f"image {self.api.namespace}/{name} already exists with another image "
+                    f"(sha256 {have or 'unknown: not made by imagefactory'}, this is {m.image.sha256})",
+                    hint="pass --replace to delete it first (Harvester refuses while VMs use it)")
+            log.info("replacing %s/%s (sha256 %s)", self.api.namespace, name, have)
+            self.delete(name)
+            return None
+        what, msg = state(obj)
+        if what == "imported":
+            log.info("%s/%s already imported with this digest: reused", self.api.namespace, name)
+            return obj
+        if what == "failed" or obj.get("spec", {}).get("sourceType") == "upload":
+            # A failed import never recovers by itself (RetryLimitExceeded makes the controller
+            # ignore it), and an unfinished upload cannot be continued by another process.
+            log.info("%s/%s: earlier attempt %s (%s): starting again", self.api.namespace, name,
+                     "failed" if what == "failed" else "unfinished", msg)
+            self.delete(name)
+            return None
+        return self.wait_imported(name)  # a download still in progress: wait for it
+
+    def delete(self, name: str) -> None:
+        try:
+            if not self.api.delete(IMAGES, name):
+                return
+        except ApiError as e:
+            if e.status in (400, 422):  # Harvester's webhook: disks, templates or backups use it
+                raise ApiError(e.message, e.status, e.reason, hint="delete the VMs or clusters using "
+                               "it first ('imagefactory cluster delete')") from None
+            raise
+        deadline = time.monotonic() + 300
+        while self.api.get(IMAGES, name) is not None:
+            if time.monotonic() > deadline:
+                raise BuildError(f"image {self.api.namespace}/{name} still exists 300 s after deletion")
+            time.sleep(self.poll)
+
+    # --- download source ------------------------------------------------------------------------
+
+    def _download(self, img: PublishedImage, store: BlobStore, public_key: Ed25519PublicKey, name: str,
+                  expiry: dt.timedelta) -> dict[str, Any]:
+        m = img.manifest
+        url = store.presign(m.image.key, expiry)
+        self.api.create(IMAGES, self._body(m, name, "download", m.image.sha512, url=url))
+        return self.wait_imported(name)
+
+    # --- upload source --------------------------------------------------------------------------
+
+    def _local_file(self, img: PublishedImage, store: BlobStore, public_key: Ed25519PublicKey) -> Path:
+        if isinstance(store, LocalDirStore):
+            return store.path(img.manifest.image.key)
+        if self.cache is None:
+            raise UserError("uploading from a remote store needs a cache directory")
+        dest = self.cache / f"{img.manifest.image.sha256}.{img.manifest.image.format}"
+        if dest.is_file() and dest.stat().st_size == img.manifest.image.size:
+            return dest
+        self.cache.mkdir(parents=True, exist_ok=True)
+        _, path = pull(store, img.ref, dest, public_key, self.progress)
+        return path
+
+    def _upload(self, img: PublishedImage, store: BlobStore, public_key: Ed25519PublicKey,
+                name: str) -> dict[str, Any]:
+        m = img.manifest
+        path = self._local_file(img, store, public_key)
+        size = path.stat().st_size
+        if size != m.image.size:
+            raise BuildError(f"{path}: {size} bytes, the signed manifest says {m.image.size}")
+        padded = -(-size // SECTOR) * SECTOR
+        checksum = m.image.sha512 if padded == size else _padded_sha512(path, size, padded)
+        if padded != size:
+            log.info("%s: %d bytes, padded with %d zero bytes to a multiple of %d", path.name, size,
+                     padded - size, SECTOR)
+        self.api.create(IMAGES, self._body(m, name, "upload", checksum))
+        self._wait(name, lambda obj: state(obj)[0] != "initializing", "Initialized")
+        # Longhorn's data source gives the upload about 60 s to begin: start at once, and retry
+        # the two answers that mean "not ready yet" as terraform's provider does.
+        for attempt in range(1, 6):
+            tick = self.progress(f"upload {m.ref}", padded) if self.progress else None
+            body, length, ctype = multipart(path, size, padded, tick)
+            try:
+                self.api.upload(name, padded, body, length, ctype)
+                break
+            except ApiError as e:
+                retry = ("already exists" in e.message or "timeout waiting" in e.message) and attempt < 5
+                if not retry:
+                    failed = self.api.get(IMAGES, name)
+                    detail = state(failed)[1] if failed else ""
+                    raise BuildError(f"{e.message}{f' ({detail})' if detail else ''}",
+                                     hint="see the image's conditions in Harvester; run the upload again"
+                                     ) from None
+                log.warning("%s; retrying the upload in 2 s (%d/5)", e.message, attempt)
+                time.sleep(2)
+        return self.wait_imported(name)
+
+    # --- object and waiting ---------------------------------------------------------------------
+
+    def _body(self, m: Manifest, name: str, source: Mode, checksum: str,
+              url: str | None = None) -> dict[str, Any]:
+        description = (f"{m.name} {m.version} from the imagefactory catalogue: {m.os.family} {m.os.release}"
+                       + (f", RKE2 {m.rke2.get('version')}" if m.rke2 else "")
+                       + (f", Zarf {m.zarf.get('version')}" if m.zarf else ""))
+        spec: dict[str, Any] = {"displayName": display_name(m), "sourceType": source, "checksum": checksum,
+                                "description": description, "retry": 3}
+        if url:
+            spec["url"] = url
+        if self.api.version() >= (1, 5, 0):
+            spec["backend"] = "backingimage"  # only Longhorn images take the `chunk` upload
+        return {
+            "apiVersion": "harvesterhci.io/v1beta1", "kind": "VirtualMachineImage",
+            "metadata": {
+                "name": name, "namespace": self.api.namespace,
+                "labels": {**catalogue_labels(m), "harvesterhci.io/image-type": "raw_qcow2",
+                           "harvesterhci.io/os-type": m.os.family},
+                "annotations": {"field.cattle.io/description": description, f"{LABEL}/ref": m.ref,
+                                f"{LABEL}/sha256": m.image.sha256, f"{LABEL}/sha512": m.image.sha512},
+            },
+            "spec": spec,
+        }
+
+    def wait_imported(self, name: str) -> dict[str, Any]:
+        tick = self.progress(f"import {name}", 100) if self.progress else None
+        shown = [0]
+
+        def done(obj: dict[str, Any]) -> bool:
+            pct = int((obj.get("status") or {}).get("progress") or 0)
+            if tick and pct > shown[0]:
+                tick(pct - shown[0])
+                shown[0] = pct
+            return state(obj)[0] == "imported"
+
+        return self._wait(name, done, "Imported")
+
+    def _wait(self, name: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        last = ""
+        while True:
+            obj = self.api.get(IMAGES, name)
+            if obj is None:
+                raise BuildError(f"image {self.api.namespace}/{name} disappeared while waiting for {what}")
+            if done(obj):
+                return obj
+            what_now, msg = state(obj)
+            if what_now == "failed":
+                raise BuildError(f"image {self.api.namespace}/{name} failed: {msg}",
+                                 hint="fix the cause, then run the upload again (a failed image is replaced)")
+            if msg and msg != last:
+                log.info("%s: %s", name, msg)
+                last = msg
+            if time.monotonic() > deadline:
+                raise BuildError(f"image {self.api.namespace}/{name}: not {what} after {self.timeout:.0f} s "
+                                 f"({what_now}{': ' + msg if msg else ''})")
+            time.sleep(self.poll)
+
+    def _result(self, obj: dict[str, Any], m: Manifest, mode: str, reused: bool,
+                start: float) -> UploadResult:
+        status = obj.get("status") or {}
+        sc = status.get("storageClassName")
+        if not sc:
+            raise BuildError(f"image {self.api.namespace}/{obj['metadata']['name']} is imported but has no "
+                             "status.storageClassName")
+        return UploadResult(
+            name=obj["metadata"]["name"], namespace=self.api.namespace,
+            display_name=obj.get("spec", {}).get("displayName", ""), ref=m.ref, sha256=m.image.sha256,
+            source=obj.get("spec", {}).get("sourceType", mode), reused=reused, storage_class=sc,
+            virtual_size=status.get("virtualSize"), size=status.get("size"),
+            seconds=round(time.monotonic() - start, 2))

@@ -1,0 +1,598 @@
+"""Harvester image upload and RKE2 clusters against the Harvester API double (tests/harvester/):
+an HTTPS Kubernetes-style API server on 127.0.0.1 that validates images and key pairs against the
+real CRD schemas and simulates Harvester's controllers (it really downloads presigned URLs from the
+moto S3 server, verifies SHA-512, creates StorageClasses, PVCs and VMIs). Product code only gets a
+kubeconfig, as with a real cluster."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from imagefactory.catalogue import signing
+from imagefactory.catalogue.catalogue import Catalogue, RevokedImage
+from imagefactory.catalogue.publish import publish
+from imagefactory.catalogue.s3 import Credentials, S3Store
+from imagefactory.catalogue.stores import LocalDirStore
+from imagefactory.clusters.harvester import HarvesterCluster
+from imagefactory.clusters.spec import ClusterSpec
+from imagefactory.errors import BuildError, UserError
+from imagefactory.harvester.api import ApiError, HarvesterApi
+from imagefactory.harvester.images import ImageUploader, UploadResult, multipart, object_name
+from tests.harvester import HarvesterDouble
+from tests.publishing import MotoServer, fake_build
+
+pytestmark = pytest.mark.integration
+
+GiB = 1024**3
+KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMnXZ8mWq0+ZLq1mB3Iq8m3yv6o3l4vK1x3vP6bXqG2z ops@site"
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def harvester() -> Iterator[HarvesterDouble]:
+    h = HarvesterDouble(tick=0.02).start()
+    h.retry_backoff = 0.05
+    try:
+        yield h
+    finally:
+        h.stop()
+    assert h.errors == []
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def signer() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def qcow2_build(
+    root: Path, version: str, virtual: int = 2 * GiB, tail: int = 0, name: str = "rke2-node-debian"
+) -> Path:
+    """A publishable build directory whose image is a real (empty) qcow2 of `virtual` bytes,
+    optionally followed by `tail` random bytes (qcow2 ignores them: a big file, cheaply)."""
+    d = fake_build(root, name=name, version=version, size=1024, rke2=True)
+    img = d / "image.qcow2"
+    img.unlink()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), str(virtual)], check=True)
+    if tail:
+        with open(img, "ab") as f:
+            f.write(os.urandom(tail))
+    data = img.read_bytes()
+    m = json.loads((d / "manifest.json").read_text())
+    m["image"].update(
+        size=len(data),
+        virtual_size=virtual,
+        sha256=hashlib.sha256(data).hexdigest(),
+        sha512=hashlib.sha512(data).hexdigest(),
+    )
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+def local_store(tmp_path: Path, signer: Ed25519PrivateKey, *builds: Path) -> LocalDirStore:
+    store = LocalDirStore("local", tmp_path / "catalogue")
+    store.prepare()
+    for b in builds:
+        publish(b, store, signer, signer.public_key())
+    return store
+
+
+def s3_store(moto: MotoServer, signer: Ed25519PrivateKey, *builds: Path) -> S3Store:
+    from imagefactory.config import S3StoreConfig
+
+    cfg = S3StoreConfig.model_validate(
+        {
+            "type": "s3",
+            "endpoint": moto.endpoint,
+            "bucket": f"h-{uuid.uuid4().hex[:12]}",
+            "create_bucket": True,
+            "retries": 3,
+            "retry_wait": 0.05,
+            "timeout": 20,
+        }
+    )
+    store = S3Store("s3", cfg, Credentials("AKIDTEST", "not-checked", None, "test"))
+    store.prepare()
+    for b in builds:
+        publish(b, store, signer, signer.public_key())
+    return store
+
+
+def api_for(h: HarvesterDouble, tmp_path: Path, namespace: str = "default") -> HarvesterApi:
+    path = h.kubeconfig(tmp_path / f"kubeconfig-{namespace}", namespace=namespace)
+    return HarvesterApi(str(path), retries=4, backoff=0.05)
+
+
+def uploader(api: HarvesterApi, tmp_path: Path) -> ImageUploader:
+    return ImageUploader(api, poll=0.05, timeout=60, cache=tmp_path / "cache")
+
+
+def cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    return next(
+        (c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == ctype), {}
+    )
+
+
+def creates(h: HarvesterDouble, plural: str) -> int:
+    return sum(
+        1 for m, p, s in h.requests if m == "POST" and p.split("?")[0].endswith(f"/{plural}") and s < 300
+    )
+
+
+# --- image upload ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "sc_prefix"), [("v1.7.0", "longhorn-"), ("v1.8.0", "lh-")])
+def test_download_from_s3_presigned_url(
+    harvester: HarvesterDouble,
+    moto: MotoServer,
+    signer: Ed25519PrivateKey,
+    tmp_path: Path,
+    version: str,
+    sc_prefix: str,
+) -> None:
+    harvester.version = version
+    store = s3_store(moto, signer, qcow2_build(tmp_path, "20261130.010000-aaaa"))
+    api = api_for(harvester, tmp_path)
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert r.source == "download" and not r.reused
+    obj = harvester.get_object("virtualmachineimages", "default", r.name)
+    assert obj is not None
+    m = Catalogue(store).read_manifest("rke2-node-debian", "20261130.010000-aaaa")[0]
+    assert obj["spec"]["checksum"] == m["image"]["sha512"] and len(obj["spec"]["checksum"]) == 128
+    assert obj["spec"]["url"].startswith(moto.endpoint)  # a presigned URL the double really fetched
+    assert obj["spec"]["displayName"] == "rke2-node-debian-20261130.010000-aaaa"
+    labels = obj["metadata"]["labels"]
+    assert labels["imagefactory.io/image"] == "rke2-node-debian"
+    assert labels["imagefactory.io/version"] == "20261130.010000-aaaa"
+    assert labels["imagefactory.io/digest"] == m["image"]["sha256"][:63]
+    assert obj["metadata"]["annotations"]["imagefactory.io/sha256"] == m["image"]["sha256"]
+    assert "field.cattle.io/description" in obj["metadata"]["annotations"]
+    # the StorageClass is read from the status, whatever the version names it
+    assert r.storage_class == obj["status"]["storageClassName"] and r.storage_class.startswith(sc_prefix)
+    assert r.virtual_size == 2 * GiB and obj["status"]["progress"] == 100
+    assert harvester.warnings == []
+    # idempotent: the same digest is reused, nothing is created again
+    before = creates(harvester, "virtualmachineimages")
+    again = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert again.reused and again.name == r.name
+    assert creates(harvester, "virtualmachineimages") == before
+
+
+@pytest.mark.parametrize("version", ["v1.4.0", "v1.8.0"])
+def test_upload_streams_multipart_padded_to_512(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path, version: str
+) -> None:
+    harvester.version = version
+    build = qcow2_build(tmp_path, "20261130.020000-bbbb", tail=48 * 1024**2 + 100)
+    size = (build / "image.qcow2").stat().st_size
+    assert size % 512  # the interesting case: Longhorn needs a multiple of 512
+    store = local_store(tmp_path, signer, build)
+    api = api_for(harvester, tmp_path)
+    tracemalloc.start()
+    try:
+        r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.source == "upload" and r.virtual_size == 2 * GiB
+    up = harvester.uploads[-1]
+    padded = -(-size // 512) * 512
+    assert up["part"] == "chunk" and int(up["size_param"]) == padded and up["bytes"] == padded
+    assert up["status"] == 200 and not up["chunked"]
+    # streamed: neither side held the 48 MiB body
+    assert peak < 16 * 1024**2, peak
+    obj = harvester.get_object("virtualmachineimages", "default", r.name)
+    assert obj is not None
+    data = (build / "image.qcow2").read_bytes() + b"\0" * (padded - size)
+    assert obj["spec"]["checksum"] == hashlib.sha512(data).hexdigest() == up["sha512"]
+    # backend only where the CRD has it (v1.5+): nothing pruned, no warnings
+    assert ("backend" in obj["spec"]) == (version >= "v1.5")
+    assert harvester.warnings == []
+
+
+def test_multipart_body_is_exact() -> None:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(b"x" * 1000)
+        f.flush()
+        body, length, ctype = multipart(Path(f.name), 1000, 1024, block=300)
+        chunks = list(body)
+    raw = b"".join(chunks)
+    assert len(raw) == length and max(len(c) for c in chunks) <= 300 + 200
+    boundary = ctype.split("boundary=")[1]
+    assert raw.startswith(f"--{boundary}\r\n".encode()) and raw.endswith(f"\r\n--{boundary}--\r\n".encode())
+    assert b'name="chunk"' in raw and b"x" * 1000 + b"\0" * 24 + b"\r\n--" in raw
+
+
+def test_other_digest_under_the_same_name_needs_replace(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.030000-cccc"))
+    api = api_for(harvester, tmp_path)
+    m = Catalogue(store).read_manifest("rke2-node-debian", "20261130.030000-cccc")[0]
+    name = "rke2-node-debian-20261130-030000-cccc"
+    api.create(
+        ("harvesterhci.io", "v1beta1", "virtualmachineimages"),
+        {
+            "apiVersion": "harvesterhci.io/v1beta1",
+            "kind": "VirtualMachineImage",
+            "metadata": {"name": name, "annotations": {"imagefactory.io/sha256": "0" * 64}},
+            "spec": {"displayName": "someone-elses", "sourceType": "download", "url": "http://127.0.0.1:9/x"},
+        },
+    )
+    with pytest.raises(UserError) as e:
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert "already exists with another image" in e.value.message and "--replace" in (e.value.hint or "")
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), replace=True)
+    assert r.name == name and not r.reused
+    obj = harvester.get_object("virtualmachineimages", "default", name)
+    assert obj and obj["metadata"]["annotations"]["imagefactory.io/sha256"] == m["image"]["sha256"]
+
+
+def test_revoked_or_unsigned_images_are_refused(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.040000-dddd"))
+    api = api_for(harvester, tmp_path)
+    with pytest.raises(signing.SignatureError):
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", Ed25519PrivateKey.generate().public_key())
+    Catalogue(store).revoke(
+        "rke2-node-debian:20261130.040000-dddd", "CVE in the kernel", signer, signer.public_key()
+    )
+    with pytest.raises(RevokedImage):
+        uploader(api, tmp_path).upload(store, "rke2-node-debian:20261130.040000-dddd", signer.public_key())
+    assert harvester.objects("virtualmachineimages", "default") == []
+
+
+def test_checksum_mismatch_reports_the_condition(
+    harvester: HarvesterDouble, moto: MotoServer, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    build = qcow2_build(tmp_path, "20261130.050000-eeee")
+    store = s3_store(moto, signer, build)
+    m = Catalogue(store).read_manifest("rke2-node-debian", "20261130.050000-eeee")[0]
+    # The blob changes in the store after publishing (same size): Harvester's SHA-512 check catches it.
+    bad = tmp_path / "bad.qcow2"
+    data = bytearray((build / "image.qcow2").read_bytes())
+    data[-1] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    key = f"blobs/sha256/{m['image']['sha256']}"
+    store.client.fput_object(store.bucket, store.prefix + key, str(bad))
+    with pytest.raises(BuildError) as e:
+        uploader(api_for(harvester, tmp_path), tmp_path).upload(
+            store, "rke2-node-debian", signer.public_key()
+        )
+    assert "doesn't match" in e.value.message, e.value.message
+    obj = harvester.objects("virtualmachineimages", "default")[0]
+    assert cond(obj, "RetryLimitExceeded").get("status") == "True"
+
+
+def test_unreachable_url_fails_with_the_reason(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    store = LocalDirStore("local", tmp_path / "catalogue", url="http://127.0.0.1:9/catalogue")
+    store.prepare()
+    publish(qcow2_build(tmp_path, "20261130.060000-ffff"), store, signer, signer.public_key())
+    with pytest.raises(BuildError) as e:
+        uploader(api_for(harvester, tmp_path), tmp_path).upload(
+            store, "rke2-node-debian", signer.public_key(), mode="download"
+        )
+    assert "failed" in e.value.message and (
+        "refused" in e.value.message.lower() or "connect" in e.value.message.lower()
+    ), e.value.message
+
+
+def test_api_5xx_bursts_are_retried_then_reported(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.070000-abab"))
+    api = api_for(harvester, tmp_path)
+    harvester.fail_next(3, status=503)
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert r.storage_class
+    assert sum(1 for _, _, s in harvester.requests if s == 503) == 3
+    harvester.fail_next(50, status=500, method="GET")
+    with pytest.raises(ApiError) as e:
+        api.get(("harvesterhci.io", "v1beta1", "virtualmachineimages"), r.name)
+    assert e.value.status == 500 and "HTTP 500" in e.value.message
+
+
+def test_bad_credentials_are_a_user_error(harvester: HarvesterDouble, tmp_path: Path) -> None:
+    path = harvester.kubeconfig(tmp_path / "kc")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["users"][0]["user"]["token"] = "wrong-token-value"
+    path.write_text(yaml.safe_dump(cfg))
+    api = HarvesterApi(str(path), retries=2, backoff=0.01)
+    with pytest.raises(UserError) as e:
+        api.version()
+    assert "401" in e.value.message and "wrong-token-value" not in str(e.value.message) + str(e.value.hint)
+
+
+# --- clusters on Harvester ------------------------------------------------------------------------
+
+
+def spec(**kw: Any) -> ClusterSpec:
+    data: dict[str, Any] = {
+        "name": "edge",
+        "target": "harvester",
+        "image": "rke2-node-debian",
+        "servers": {"count": 1, "cpu": 2, "memory": "4GiB", "disk": "10GiB"},
+        "agents": {"count": 2, "cpu": 2, "memory": "2GiB", "disk": "10GiB"},
+        "ssh_authorized_keys": [KEY_LINE],
+        "rke2": {"tls_san": ["edge.example"]},
+    }
+    data.update(kw)
+    return ClusterSpec.model_validate(data)
+
+
+def imported(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path, api: HarvesterApi
+) -> UploadResult:
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.080000-cdcd"))
+    return uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+
+
+def secret_text(h: HarvesterDouble, name: str, key: str) -> str:
+    s = h.get_object("secrets", "default", name)
+    assert s is not None, name
+    return base64.b64decode(s["data"][key]).decode()
+
+
+def test_cluster_create_status_delete(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    cluster = HarvesterCluster(api, spec(), poll=0.05, ip_timeout=30)
+    status = cluster.create(image)
+    assert [(n.name, n.role, n.phase) for n in status.nodes] == [
+        ("edge-agent-0", "agent", "Running"),
+        ("edge-agent-1", "agent", "Running"),
+        ("edge-server-0", "bootstrap", "Running"),
+    ]
+    assert status.running and all(n.ip for n in status.nodes)
+    boot_ip = next(n.ip for n in status.nodes if n.role == "bootstrap")
+    token = secret_text(harvester, "edge-token", "token")
+    assert len(token) == 64
+    for vm in ("edge-server-0", "edge-agent-0", "edge-agent-1"):
+        ud = yaml.safe_load(secret_text(harvester, f"{vm}-cloudinit", "userdata"))
+        join = yaml.safe_load(ud["write_files"][0]["content"])
+        assert join["token"] == token and join["node-name"] == vm
+        if vm == "edge-server-0":
+            assert "server" not in join and join["tls-san"] == ["edge.example"]
+        else:
+            assert join["server"] == f"https://{boot_ip}:9345"
+        assert KEY_LINE in ud["ssh_authorized_keys"]
+        assert "dhcp4: true" in secret_text(harvester, f"{vm}-cloudinit", "networkdata")
+        obj = harvester.get_object("virtualmachines", "default", vm)
+        assert obj is not None
+        claims = json.loads(obj["metadata"]["annotations"]["harvesterhci.io/volumeClaimTemplates"])
+        assert claims[0]["spec"]["storageClassName"] == image.storage_class
+        assert claims[0]["metadata"]["annotations"]["harvesterhci.io/imageId"] == f"default/{image.name}"
+        assert claims[0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+        assert obj["spec"]["runStrategy"] == "RerunOnFailure"
+        seed = harvester.get_object("secrets", "default", f"{vm}-cloudinit")
+        assert seed and seed["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    # the bootstrap server existed (with an IP) before any joiner was created
+    vm_posts = [p for m, p, s in harvester.requests if m == "POST" and "/virtualmachines" in p and s < 300]
+    assert len(vm_posts) == 3
+    kp = harvester.get_object("keypairs", "default", "edge-ssh")
+    assert kp and kp["spec"]["publicKey"] == KEY_LINE
+    assert len(harvester.objects("persistentvolumeclaims", "default")) == 3
+    # the image cannot go while the cluster's disks use it
+    with pytest.raises(ApiError) as e:
+        uploader(api, tmp_path).delete(image.name)
+    assert e.value.status == 422 and "being used by volume default/edge-" in e.value.message
+    assert "cluster delete" in (e.value.hint or "")
+    removed = cluster.delete()
+    assert {"virtualmachine/edge-server-0", "secret/edge-token", "keypair/edge-ssh"} <= set(removed)
+    assert harvester.objects("virtualmachines", "default") == []
+    assert harvester.objects("persistentvolumeclaims", "default") == []
+    time.sleep(0.2)  # owner-reference garbage collection runs on the double's next tick
+    assert [
+        s["metadata"]["name"]
+        for s in harvester.objects("secrets", "default")
+        if s["metadata"]["name"].startswith("edge-")
+    ] == []
+    assert not cluster.status().exists
+    uploader(api, tmp_path).delete(image.name)  # now it can
+    assert harvester.objects("virtualmachineimages", "default") == []
+
+
+def test_vm_without_ip_then_create_again_continues(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    harvester.no_ip.add("edge-agent-1")
+    cluster = HarvesterCluster(api, spec(), poll=0.05, ip_timeout=2)
+    with pytest.raises(BuildError) as e:
+        cluster.create(image)
+    assert "edge-agent-1" in e.value.message and "no IP" in e.value.message
+    assert "edge-server-0" not in e.value.message.split(":", 1)[1]
+    uids = {
+        v["metadata"]["name"]: v["metadata"]["uid"] for v in harvester.objects("virtualmachines", "default")
+    }
+    token = secret_text(harvester, "edge-token", "token")
+    harvester.no_ip.clear()
+    # the stuck VM gets its address after a restart of its VMI; here: delete the VMI as KubeVirt
+    # would restart it under RerunOnFailure
+    vmi = harvester.get_object("virtualmachineinstances", "default", "edge-agent-1")
+    assert vmi is not None and not (vmi.get("status") or {}).get("interfaces", [{}])[0].get("ipAddress")
+    api.delete(("kubevirt.io", "v1", "virtualmachineinstances"), "edge-agent-1")
+    status = HarvesterCluster(api, spec(), poll=0.05, ip_timeout=30).create(image)
+    assert status.running
+    again = {
+        v["metadata"]["name"]: v["metadata"]["uid"] for v in harvester.objects("virtualmachines", "default")
+    }
+    assert again == uids  # nothing recreated
+    assert secret_text(harvester, "edge-token", "token") == token
+
+
+def test_disk_smaller_than_the_image_is_refused(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    small = spec(agents={"count": 1, "disk": "1GiB"})
+    with pytest.raises(UserError) as e:
+        HarvesterCluster(api, small, poll=0.05).create(image)
+    assert e.value.message.startswith("agents.disk") and "virtual size" in e.value.message
+    assert harvester.objects("virtualmachines", "default") == []
+
+
+def test_vlan_network_needs_its_nad(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    vlan = spec(network={"type": "vlan", "nad": "default/vlan100"}, agents={"count": 0})
+    with pytest.raises(UserError) as e:
+        HarvesterCluster(api, vlan, poll=0.05).create(image)
+    assert "default/vlan100" in e.value.message
+    harvester.add_object(
+        {
+            "apiVersion": "k8s.cni.cncf.io/v1",
+            "kind": "NetworkAttachmentDefinition",
+            "metadata": {
+                "name": "vlan100",
+                "namespace": "default",
+                "labels": {"network.harvesterhci.io/clusternetwork": "mgmt"},
+            },
+            "spec": {"config": '{"cniVersion":"0.3.1","name":"vlan100","type":"bridge","vlan":100}'},
+        }
+    )
+    HarvesterCluster(api, vlan, poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    assert vm is not None
+    tpl = vm["spec"]["template"]["spec"]
+    assert tpl["networks"] == [{"name": "nic-0", "multus": {"networkName": "default/vlan100"}}]
+    assert tpl["domain"]["devices"]["interfaces"][0]["bridge"] == {}
+    ud = yaml.safe_load(secret_text(harvester, "edge-server-0-cloudinit", "userdata"))
+    assert any("qemu-guest-agent" in str(c) for c in ud["bootcmd"])  # bridge IPs come from the agent
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_upload_and_cluster_json(harvester: HarvesterDouble, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    private, public = signing.generate(keys, "t")
+    signer = signing.load_private_key(str(private))
+    store_dir = tmp_path / "catalogue"
+    store = LocalDirStore("site", store_dir)
+    store.prepare()
+    publish(qcow2_build(tmp_path, "20261130.090000-efef"), store, signer, signer.public_key())
+    kubeconfig = harvester.kubeconfig(tmp_path / "kubeconfig")
+    config = tmp_path / "imagefactory.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "stores": {"site": {"type": "local", "path": str(store_dir)}},
+                "default_store": "site",
+                "signing": {"public_key": str(public)},
+                "harvester": {"kubeconfig": str(kubeconfig), "poll": 0.05, "vm_ip_timeout": 30},
+            }
+        )
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imagefactory.cli",
+                "--json",
+                "--config",
+                str(config),
+                "--workdir",
+                str(tmp_path / "work"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    r = cli("harvester", "upload", "rke2-node-debian@candidate")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["source"] == "upload" and out["storage_class"].startswith("lh-") and out["reused"] is False
+    spec_file = tmp_path / "cluster.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cli",
+                "target": "harvester",
+                "image": "rke2-node-debian",
+                "servers": {"count": 1, "disk": "4GiB"},
+                "agents": {"count": 1},
+            }
+        )
+    )
+    r = cli("cluster", "create", "-f", str(spec_file))
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["running"] and {n["role"] for n in st["nodes"]} == {"bootstrap", "agent"}
+    token = secret_text(harvester, "cli-token", "token")
+    r2 = cli("cluster", "status", "-f", str(spec_file))
+    assert r2.returncode == 0 and json.loads(r2.stdout)["nodes"] == st["nodes"]
+    for text in (r.stdout, r.stderr, r2.stdout, r2.stderr):
+        assert token not in text and harvester.token not in text  # no secret is ever printed
+    r = cli("cluster", "delete", "-f", str(spec_file))
+    assert r.returncode == 0 and "virtualmachine/cli-server-0" in json.loads(r.stdout)["removed"]
+    # bad input: exit 2 with file and hint, no traceback
+    r = cli("harvester", "upload", "rke2-node-debian", "--kubeconfig", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "no such kubeconfig" in r.stderr and "Traceback" not in r.stderr
+    r = cli("harvester", "upload", "no-such-image")
+    assert r.returncode == 2 and "no-such-image" in r.stderr
+
+
+def test_object_names_are_dns_labels() -> None:
+    from imagefactory.catalogue.manifest import Manifest
+
+    raw = json.loads(
+        json.dumps(
+            {
+                "name": "rke2-node-debian",
+                "version": "20261130.010000-AAAA",
+                "build_id": "x",
+                "created": "x",
+                "published": "x",
+                "os": {"family": "debian", "release": "12", "arch": "amd64"},
+                "image": {
+                    "file": "image.qcow2",
+                    "format": "qcow2",
+                    "size": 1,
+                    "sha256": "a" * 64,
+                    "sha512": "b" * 128,
+                },
+            }
+        )
+    )
+    m = Manifest.model_validate(raw)
+    assert object_name(m) == "rke2-node-debian-20261130-010000-aaaa"
