@@ -201,6 +201,7 @@ def build(
     if needs_lock(recipe):
         lock_entry = LockFile(loaded.directory).entry(recipe)
         check_entry(recipe, lock_entry)
+    key = build_key_of(loaded)
     builds = workdir / "builds" / recipe.name
     build_id = new_build_id()
     final = builds / build_id
@@ -221,6 +222,9 @@ def build(
                                    lock_entry=lock_entry,
                                    locked=[Artifact(**a) for a in lock_entry.get("artifacts", [])])
                 ctx.manifest.update(_manifest_head(ctx))
+                if key is not None:
+                    # What the nightly plan compares: every input named and hashed (nightly.keys).
+                    ctx.manifest["build_key"] = key
                 log.info("build %s of %s (%d steps)", build_id, recipe.name, len(steps))
                 for step in steps:
                     _run_step(ctx, step, progress)
@@ -251,6 +255,17 @@ def build(
     if store is not None:
         manifest["stored"] = store.add(final)
     return manifest
+
+
+def build_key_of(loaded: LoadedRecipe) -> dict[str, Any] | None:
+    """The build key of a recipe in its recipe directory (None for a recipe file elsewhere)."""
+    from .nightly import build_key
+    from .recipes.load import RecipeBook
+
+    book = RecipeBook(loaded.directory)
+    if loaded.recipe.name not in book.names():
+        return None
+    return build_key(book, LockFile(loaded.directory), loaded.recipe.name).to_json()
 
 
 def _run_step(ctx: BuildContext, step: Step, progress: ProgressHook | None) -> None:

@@ -85,6 +85,11 @@ def _default_recipes() -> Path:
 def cmd_build(app: App) -> int:
     from .build import build
 
+    a = app.args
+    if a.all or a.if_changed or a.publish:
+        return cmd_build_plan(app)
+    if not a.recipe:
+        raise UserError("build: name a recipe, or use --all", hint="imagefactory build debian-12-base")
     loaded = app.book().load(app.args.recipe)
     progress = _Progress(app) if not app.json else None
     try:
@@ -114,6 +119,50 @@ def cmd_build(app: App) -> int:
 
     app.emit(summary, human)
     return 0
+
+
+def cmd_build_plan(app: App) -> int:
+    """`build --all|RECIPE --if-changed [--publish] [--promote-on-green]`: see nightly.runner."""
+    from .cli_images import _private_key, _public_key, _store
+    from .nightly.render import render_junit, render_summary
+    from .nightly.runner import Publishing, run_plan
+
+    a = app.args
+    if a.all == bool(a.recipe):
+        raise UserError("build: name one recipe or use --all (not both)")
+    if a.promote_on_green and not (a.publish or a.if_changed):
+        raise UserError("--promote-on-green needs --publish or --if-changed")
+    publishing = Publishing(_store(app), lambda: (_private_key(app), _public_key(app)),
+                            promote_on_green=a.promote_on_green) if a.publish or a.if_changed else None
+    progress = _Progress(app) if not app.json else None
+
+    def show(r: Any) -> None:
+        if not app.json:
+            colour = {"built": "green", "skipped": "cyan", "failed": "red"}[r.status]
+            app.err.print(f"[bold {colour}]{r.status}[/] {r.recipe} {r.version or ''} {r.error or ''}")
+
+    try:
+        _plan, results = run_plan(app.book(), app.workdir, [a.recipe] if a.recipe else None,
+                                  if_changed=a.if_changed, publishing=publishing, config=app.config(),
+                                  local_store=None if a.no_store else app.store(), skip_tests=a.skip_tests,
+                                  progress=progress, on_result=show)
+    finally:
+        if progress:
+            progress.close()
+    doc, markdown = render_summary(results)
+    out = Path(a.summary) if a.summary else None
+    if out is not None:
+        from .fsutil import atomic_write
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "summary.json", json.dumps(doc, indent=2) + "\n")
+        atomic_write(out / "summary.md", markdown)
+        atomic_write(out / "junit.xml", render_junit(results))
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
+            f.write(markdown)
+    app.emit(doc, lambda: app.out.print(markdown))
+    return 0 if doc["ok"] else 1
 
 
 def cmd_test(app: App) -> int:
@@ -266,31 +315,6 @@ def cmd_schema(app: App) -> int:
     return 0
 
 
-def cmd_lock_update(app: App) -> int:
-    from .lock import diff, needs_lock, resolve
-
-    book, lockfile, cfg = app.book(), app.lockfile(), app.config()
-    names = app.args.names or book.names()
-    recipes = [book.load(n).recipe for n in names]
-    if app.args.names:
-        for r in recipes:
-            if not needs_lock(r):
-                raise UserError(f"{r.name} has no external inputs to lock (no rke2 or zarf)")
-    entries = {r.name: resolve(cfg, r) for r in recipes if needs_lock(r)}
-    old = lockfile.update(entries)
-    changes = {n: diff(old.get(n), e) for n, e in entries.items()}
-
-    def human() -> None:
-        for name, lines in changes.items():
-            app.out.print(f"[bold]{name}[/]: " + ("unchanged" if not lines else ""))
-            for line in lines:
-                app.out.print(f"  {line}")
-        app.out.print(f"wrote {lockfile.path}")
-
-    app.emit({"lock": str(lockfile.path), "changes": changes}, human)
-    return 0
-
-
 def _locked(app: App, name: str) -> tuple[Any, dict[str, Any]]:
     recipe = app.book().load(name).recipe
     return recipe, app.lockfile().entry(recipe)
@@ -428,9 +452,19 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("build", help="build, boot-test and store an image from a recipe")
-    b.add_argument("recipe", help="recipe name or path to a recipe file")
+    b.add_argument("recipe", nargs="?", help="recipe name or path to a recipe file")
     b.add_argument("--skip-tests", action="store_true", help="no boot test (the image is marked untested)")
     b.add_argument("--no-store", action="store_true", help="do not add the image to the local store")
+    b.add_argument("--all", action="store_true", help="every recipe, in dependency order (with --if-changed: "
+                   "the nightly)")
+    b.add_argument("--if-changed", action="store_true", help="skip recipes whose build key equals the newest "
+                   "published one; build, test and publish the rest (to 'candidate')")
+    b.add_argument("--publish", action="store_true", help="publish what was built (implied by --if-changed)")
+    b.add_argument("--promote-on-green", action="store_true",
+                   help="promote published images whose tests and STIG gate passed to 'stable'")
+    b.add_argument("--store", metavar="NAME", help="catalogue store compared against and published to")
+    b.add_argument("--summary", metavar="DIR", help="write summary.json, summary.md and junit.xml of the run "
+                   "here (also appended to $GITHUB_STEP_SUMMARY when set)")
     b.set_defaults(func=cmd_build)
 
     t = sub.add_parser("test", help="boot an image under libvirt and run its test suites")
@@ -461,12 +495,6 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_recipes_validate, packer=True)
 
     sub.add_parser("schema", help="JSON Schema of the recipe format").set_defaults(func=cmd_schema)
-
-    lk = sub.add_parser("lock", help="the input lock (recipes/imagefactory.lock)")
-    lks = lk.add_subparsers(dest="lock_command", required=True, metavar="ACTION")
-    s = lks.add_parser("update", help="resolve channels and record artifact hashes (network)")
-    s.add_argument("names", nargs="*", metavar="RECIPE", help="default: every recipe with rke2/zarf")
-    s.set_defaults(func=cmd_lock_update)
 
     a = sub.add_parser("artifacts", help="external build inputs: fetch, export and import bundles")
     asub = a.add_subparsers(dest="artifacts_command", required=True, metavar="ACTION")
@@ -500,6 +528,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_clusters import add_parsers as add_cluster_parsers
 
     add_cluster_parsers(sub)  # harvester, cluster
+    from .cli_nightly import add_parsers as add_nightly_parsers
+
+    add_nightly_parsers(sub)  # updates check, plan, lock update (with base sources)
     return p
 
 

@@ -5,6 +5,16 @@ RKE2/Zarf versions and every artifact (name, sha256, upstream URL, role), plus `
 of the recipe's input specification. Builds read only the lock; a missing entry or a `key` that
 no longer matches the recipe is an error telling the user to run `imagefactory lock update`.
 Channels are resolved here, never at build time (the channel server lags GitHub).
+
+Every recipe's entry also records `source`, the identity of its base (see `resolve_source`): for
+an mmdebstrap source the sha256 and `Date:` of the suite's Release file, for a cloud image its
+sha256 (from the recipe's pinned checksum or the publisher's SHA256SUMS) and URL, for a local
+image its store reference; plus `security`, the security suite's Release, for builds that
+install security updates. The nightly build keys (`imagefactory.nightly`) are computed from it.
+Lock files written before `source` existed stay readable: a missing or null `source`, or one
+locked for another mirror/suite/URL than the recipe now names, means "unknown: rebuild".
+`needs_lock` still means "a build refuses to start without an entry" (RKE2/Zarf only): a base
+source is never fetched from the lock, only identified by it.
 """
 
 from __future__ import annotations
@@ -12,15 +22,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .artifacts import Artifact, http_get, parse_sums, redirect_location
+from .artifacts import Artifact, cloud_image_artifact, http_get, parse_sums, redirect_location
 from .config import FactoryConfig
-from .errors import BuildError, UserError
+from .errors import BuildError, ImageFactoryError, UserError
 from .fsutil import atomic_write, exclusive_lock
-from .recipes.model import RKE2_VERSION, Recipe, Rke2, Zarf
+from .recipes.model import (
+    RKE2_VERSION,
+    CloudImageSource,
+    LocalImageSource,
+    MmdebstrapSource,
+    Recipe,
+    Rke2,
+    Zarf,
+)
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "imagefactory.lock"
@@ -66,6 +86,18 @@ class LockFile:
                             "(rke2/zarf changed since it was locked)",
                             hint=f"run 'imagefactory lock update {recipe.name}'")
         return dict(entry)
+
+    def raw_entry(self, name: str) -> dict[str, Any] | None:
+        """The entry of recipe `name` as stored, without any check (None when there is none)."""
+        entry = self.read()["recipes"].get(name)
+        return dict(entry) if isinstance(entry, dict) else None
+
+    def source(self, recipe: Recipe) -> dict[str, Any] | None:
+        """The locked base-source identity of `recipe`, or None when unknown (not locked, locked
+        by an older imagefactory, or locked for another mirror/suite/URL than the recipe names)."""
+        entry = self.raw_entry(recipe.name) or {}
+        src = entry.get("source")
+        return dict(src) if isinstance(src, dict) and source_matches(recipe, src) else None
 
     def artifacts(self, recipe: Recipe) -> list[Artifact]:
         return [Artifact(**a) for a in self.entry(recipe)["artifacts"]]
@@ -159,8 +191,198 @@ def zarf_artifacts(cfg: FactoryConfig, zarf: Zarf, arch: str) -> list[Artifact]:
     return out
 
 
-def resolve(cfg: FactoryConfig, recipe: Recipe) -> dict[str, Any]:
-    """A fresh lock entry for `recipe` (network: channel server, sums files, install.sh)."""
+# --- base source identity ------------------------------------------------------------------
+
+
+def security_suite(recipe: Recipe) -> tuple[str, str] | None:
+    """(archive base URL, suite) of the security updates a build of `recipe` installs, or None.
+
+    Debian/Ubuntu only (SLE Micro's zypper repositories are not tracked). An mmdebstrap source
+    uses its own mirror; a Packer build that applies updates (`packer.update`) uses the first of
+    its package mirrors. Ubuntu serves `<codename>-security` from the same archive; Debian from a
+    sibling archive, `debian-security` next to `debian` (deb.debian.org and the usual mirror
+    layouts). Derived in this one place: the rootfs builder should take its security source from
+    here as well, so that what the lock tracks is what a build installs.
+    """
+    from . import distros
+
+    family = recipe.os.family
+    if family not in ("debian", "ubuntu"):
+        return None
+    distro = distros.get(family)
+    codename = distro.releases.get(recipe.os.release)
+    src = recipe.source
+    if isinstance(src, MmdebstrapSource):
+        base = src.mirror
+    elif recipe.builder == "packer" and recipe.packer.update:
+        mirrors = distro.package_mirrors(recipe)
+        if not mirrors:
+            return None
+        base = mirrors[0]
+    else:
+        return None
+    if codename is None:
+        return None
+    base = base.rstrip("/")
+    if family == "debian":
+        parts = urllib.parse.urlsplit(base)
+        path = parts.path.rstrip("/")
+        path = f"{path}-security" if path else "/debian-security"
+        base = urllib.parse.urlunsplit(parts._replace(path=path))
+    return base, f"{codename}-security"
+
+
+def _fetch(url: str, timeout: float = 30) -> bytes | None:
+    """GET a small document; None when it does not exist (HTTP 404, a missing file:// path)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            data: bytes = resp.read()
+            return data
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 410):
+            return None
+        raise BuildError(f"GET {url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, FileNotFoundError):
+            return None
+        raise BuildError(f"GET {url}: {e.reason}", hint="check the network, proxy and mirror URL") from None
+    except OSError as e:
+        raise BuildError(f"GET {url}: {e}", hint="check the network, proxy and mirror URL") from None
+
+
+def release_date(release: bytes) -> str | None:
+    """The `Date:` field of an apt Release file (when the archive was last updated)."""
+    for line in release.decode(errors="replace").splitlines():
+        if line.startswith("Date:"):
+            return line.partition(":")[2].strip()
+        if not line.strip():
+            break  # the fields end at the first blank line
+    return None
+
+
+def release_identity(base: str, suite: str, required: bool = True) -> dict[str, Any]:
+    """`<base>/dists/<suite>/Release`: its sha256 and Date (release_sha256 None when absent)."""
+    url = f"{base.rstrip('/')}/dists/{suite}/Release"
+    data = _fetch(url)
+    if data is None and required:
+        raise BuildError(f"GET {url}: not found", hint="check source.mirror and source.suite")
+    return {"mirror": base, "suite": suite, "url": url,
+            "release_sha256": hashlib.sha256(data).hexdigest() if data is not None else None,
+            "date": release_date(data) if data is not None else None}
+
+
+def resolve_source(cfg: FactoryConfig, recipe: Recipe, cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The identity of `recipe`'s base as it is upstream now (network, except pinned checksums).
+
+    `cache` (URL -> result) lets one run fetch each Release or SHA256SUMS file once for all the
+    recipes that share it.
+    """
+    memo: dict[str, Any] = cache if cache is not None else {}
+
+    def release(base: str, suite: str, required: bool) -> dict[str, Any]:
+        k = f"release {base} {suite}"
+        if k not in memo:
+            memo[k] = release_identity(base, suite, required)
+        return dict(memo[k])
+
+    src = recipe.source
+    out: dict[str, Any]
+    if isinstance(src, MmdebstrapSource):
+        out = {"type": "mmdebstrap", **release(src.mirror, src.suite, True)}
+    elif isinstance(src, CloudImageSource):
+        out = {"type": "cloud-image", "url": src.url, "checksum": src.checksum,
+               "checksum_url": src.checksum_url, "sha256": None}
+        if src.checksum is not None:
+            algo, _, digest = src.checksum.partition(":")
+            out["sha256"] = digest if algo == "sha256" else None  # a pinned image never changes
+        else:
+            assert src.checksum_url is not None
+            if cfg.offline:
+                raise UserError(f"offline: cannot read {src.checksum_url} to learn the sha256 of {src.url}",
+                                hint="pin source.checksum in the recipe, or lock on a connected machine")
+            k = f"sums {src.checksum_url} {src.url}"
+            if k not in memo:
+                memo[k] = cloud_image_artifact(src.url, None, src.checksum_url).sha256
+            out["sha256"] = memo[k]
+    else:
+        assert isinstance(src, LocalImageSource)
+        out = {"type": "local-image", "image": src.image}
+    sec = security_suite(recipe)
+    out["security"] = release(sec[0], sec[1], False) if sec else None
+    return out
+
+
+def source_matches(recipe: Recipe, locked: dict[str, Any]) -> bool:
+    """Whether a locked source identity was taken for what the recipe names now."""
+    src = recipe.source
+    if locked.get("type") != src.type:
+        return False
+    if isinstance(src, MmdebstrapSource):
+        same = (locked.get("mirror"), locked.get("suite")) == (src.mirror, src.suite)
+    elif isinstance(src, CloudImageSource):
+        same = (locked.get("url"), locked.get("checksum"), locked.get("checksum_url")) == \
+            (src.url, src.checksum, src.checksum_url)
+    else:
+        same = locked.get("image") == src.image
+    sec = security_suite(recipe)
+    locked_sec = locked.get("security")
+    locked_pair = ((locked_sec.get("mirror"), locked_sec.get("suite")) if isinstance(locked_sec, dict)
+                   else None)
+    return same and locked_pair == sec
+
+
+def describe_source(src: dict[str, Any] | None) -> str:
+    """One line for diffs and reasons."""
+    if not src:
+        return "unknown"
+    if src.get("type") == "cloud-image":
+        name = str(src.get("url", "")).rsplit("/", 1)[-1]
+        return f"{name} sha256 {str(src.get('sha256') or src.get('checksum'))[:12]}"
+    if src.get("type") == "local-image":
+        return f"local image {src.get('image')}"
+    return describe_release(src)
+
+
+def describe_release(rel: dict[str, Any] | None) -> str:
+    if not rel:
+        return "none"
+    if rel.get("release_sha256") is None:
+        return f"{rel.get('suite')} (not served)"
+    return f"{rel.get('suite')} Release {str(rel['release_sha256'])[:12]} ({rel.get('date') or 'no Date'})"
+
+
+# --- whole entries ---------------------------------------------------------------------------
+
+
+def resolve(cfg: FactoryConfig, recipe: Recipe, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fresh lock entry for `recipe` (network: channel server, sums files, install.sh, Release)."""
+    entry, warnings = resolve_entry(cfg, recipe, previous)
+    for w in warnings:
+        log.warning("%s: %s", recipe.name, w)
+    return entry
+
+
+def resolve_entry(cfg: FactoryConfig, recipe: Recipe, previous: dict[str, Any] | None = None,
+                  cache: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """`resolve` plus the warnings: RKE2/Zarf failures raise, a base source that cannot be
+    resolved does not (one unreachable publisher must not block locking the other recipes); the
+    previously locked identity is kept if it is still for the same source, else none is recorded
+    (unknown: the nightly plan rebuilds it)."""
+    entry = _resolve_artifacts(cfg, recipe)
+    warnings: list[str] = []
+    try:
+        entry["source"] = resolve_source(cfg, recipe, cache)
+    except ImageFactoryError as e:
+        kept = (previous or {}).get("source")
+        if isinstance(kept, dict) and source_matches(recipe, kept):
+            entry["source"] = kept
+            warnings.append(f"base source not resolved ({e}); keeping the locked one")
+        else:
+            warnings.append(f"base source not resolved ({e}); its build key stays unknown (rebuild)")
+    return entry, warnings
+
+
+def _resolve_artifacts(cfg: FactoryConfig, recipe: Recipe) -> dict[str, Any]:
     entry: dict[str, Any] = {"key": input_key(recipe), "artifacts": []}
     if recipe.rke2:
         version = resolve_rke2_version(cfg, recipe.rke2)
@@ -178,6 +400,12 @@ def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     if old is None:
         return ["new entry"]
     lines = []
+    osrc, nsrc = old.get("source"), new.get("source")
+    if _identity(osrc) != _identity(nsrc):
+        lines.append(f"source: {describe_source(osrc)} -> {describe_source(nsrc)}")
+    osec, nsec = (osrc or {}).get("security"), (nsrc or {}).get("security")
+    if _identity(osec) != _identity(nsec):
+        lines.append(f"security: {describe_release(osec)} -> {describe_release(nsec)}")
     for part in ("rke2", "zarf"):
         o, n = (old.get(part) or {}).get("version"), (new.get(part) or {}).get("version")
         if o != n:
@@ -188,3 +416,10 @@ def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
         if olda.get(name) != newa.get(name):
             lines.append(f"{name}: {str(olda.get(name))[:12]} -> {str(newa.get(name))[:12]}")
     return lines
+
+
+def _identity(src: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    if not src:
+        return None
+    return (src.get("type"), src.get("mirror"), src.get("suite"), src.get("release_sha256"), src.get("url"),
+            src.get("sha256"), src.get("checksum"), src.get("image"))

@@ -12,12 +12,13 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from ..chroot import Chroot
 from ..errors import BuildError
+from ..lock import security_suite
 from ..recipes.model import MmdebstrapSource, Recipe
 from ..run import run
 from ..steps import seal as sealing
@@ -50,7 +51,26 @@ def check_mirror(ctx: BuildContext) -> None:
         "type": "mmdebstrap", "mirror": src.mirror, "suite": src.suite,
         "components": list(src.components), "variant": src.variant,
         "release_sha256": hashlib.sha256(release).hexdigest(),
+        "security": _security_release(ctx),
     }
+
+
+def _security_release(ctx: BuildContext) -> dict[str, Any] | None:
+    """The security suite the build adds (`lock.security_suite`: what the lock and `updates check`
+    track), with its Release hash; None when the mirror does not serve one (a partial mirror):
+    the build goes on without it and the manifest says so."""
+    sec = security_suite(ctx.recipe)
+    if sec is None:
+        return None
+    base, suite = sec
+    url = f"{base}/dists/{suite}/Release"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            release = resp.read()
+    except (urllib.error.URLError, OSError) as e:
+        log.warning("no security updates: %s: %s", url, getattr(e, "reason", e))
+        return None
+    return {"mirror": base, "suite": suite, "release_sha256": hashlib.sha256(release).hexdigest()}
 
 
 def bootstrap(ctx: BuildContext) -> None:
@@ -68,7 +88,12 @@ def bootstrap(ctx: BuildContext) -> None:
     ]
     if src.keyring:
         argv.append(f"--keyring={src.keyring}")
-    run([*argv, src.suite, str(ctx.root), src.mirror])
+    mirrors = [src.mirror]
+    sec = ctx.manifest.get("source", {}).get("security")
+    if sec:
+        # Security updates in the same apt run: the newest version of every package wins.
+        mirrors.append(f"deb {sec['mirror']} {sec['suite']} {' '.join(src.components)}")
+    run([*argv, src.suite, str(ctx.root), *mirrors])
 
 
 def enter_chroot(ctx: BuildContext) -> None:

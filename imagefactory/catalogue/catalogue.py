@@ -70,6 +70,14 @@ class MissingBlobs(BuildError):
         self.keys = keys
 
 
+class AlreadyPublished(BuildError):
+    """Another version with the same build key is published (two runners built the same inputs)."""
+
+    def __init__(self, message: str, ref: str) -> None:
+        super().__init__(message, hint="nothing to do: that version has exactly these inputs")
+        self.ref = ref
+
+
 class RevokedImage(UserError):
     """The image was revoked: no consumer may use it."""
 
@@ -133,6 +141,7 @@ def index_entry(m: Manifest, key: str) -> dict[str, Any]:
         "tests": {k: m.tests.get(k) for k in ("ok", "passed", "failed")},
         "stig": {"gate": gate.get("passed"), "open": gate.get("open_by_cat", {})} if m.stig else None,
         "manifest": key,
+        "build_key": (m.inputs or {}).get("build_key"),
         "links": {
             "image": m.image.key, "sbom": link((m.sbom or {}).get("file")),
             "stig_html": link(stig.get("report_html")), "stig_json": link(stig.get("report_json")),
@@ -287,10 +296,23 @@ class Catalogue:
                                     f"{old.image.sha256})", hint="versions are immutable; build again")
                 m, unchanged = old, True  # channels and revocation of the published one stay
             except NotFound:
+                self._check_build_key(m)
                 self.store.put_bytes(key, _dumps(raw), if_none_match=True)
             idx = self._update_index(lambda idx: _upsert(idx, m, key))
             self._write_html(idx)
         return CommitResult(m.ref, key, unchanged)
+
+    def _check_build_key(self, m: Manifest) -> None:
+        """Under the catalogue lock: one published version per build key, so that two CI runners
+        that built the same inputs do not both publish (the second one is told which exists)."""
+        bk = (m.inputs or {}).get("build_key")
+        if not bk:
+            return
+        for e in self.index().get("images", {}).get(m.name, []):
+            if e.get("build_key") == bk and not e.get("revoked") and e["version"] != m.version:
+                ref = f"{m.name}:{e['version']}"
+                raise AlreadyPublished(f"{m.ref}: build key {str(bk)[:12]} is already published as {ref}",
+                                       ref)
 
     def _rewrite(self, ref: str, what: str, change: Callable[[Manifest], dict[str, Any] | None],
                  private: Ed25519PrivateKey, public: Ed25519PublicKey) -> Manifest:

@@ -113,6 +113,7 @@ class Manifest(_Model):
     tests: dict[str, Any] = Field(default_factory=dict)
     stig: dict[str, Any] | None = None
     sbom: dict[str, Any] | None = None
+    changelog: dict[str, Any] | None = None  # OS packages changed since the previous published image
     files: tuple[FileRef, ...] = ()
     channels: tuple[str, ...] = ()
     revoked: Revocation | None = None

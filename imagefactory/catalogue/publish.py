@@ -154,10 +154,69 @@ def collect_files(build_dir: Path, bm: dict[str, Any], sbom_path: Path) -> list[
     return out
 
 
+def _inputs(bm: dict[str, Any]) -> dict[str, Any] | None:
+    """The lock entry's key and digest, and the build key with its named inputs (the nightly plan
+    compares a recipe's key with the newest published one)."""
+    inputs = bm.get("inputs")
+    out: dict[str, Any] = {}
+    if isinstance(inputs, dict):
+        out["key"] = inputs.get("key")
+        out["digest"] = hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+                                       .encode()).hexdigest()
+    bk = bm.get("build_key")
+    if isinstance(bk, dict) and bk.get("key"):
+        out["build_key"] = bk["key"]
+        out["build_inputs"] = bk.get("inputs") or {}
+    return out or None
+
+
+def sbom_packages(doc: dict[str, Any]) -> dict[str, str]:
+    """OS packages (deb/rpm purls) of a CycloneDX SBOM: name -> version."""
+    out: dict[str, str] = {}
+    for c in doc.get("components") or []:
+        purl = str(c.get("purl") or "")
+        if purl.startswith(("pkg:deb/", "pkg:rpm/")) and c.get("name"):
+            out[str(c["name"])] = str(c.get("version") or "")
+    return out
+
+
+def changelog(previous: dict[str, str] | None, previous_ref: str | None,
+              bm: dict[str, Any]) -> dict[str, Any]:
+    """What changed in the OS packages since the previous published image of the recipe."""
+    now_pkgs = {str(p["name"]): str(p["version"]) for p in bm.get("packages") or []}
+    if previous is None:
+        return {"previous": None, "upgraded": [], "added": [], "removed": [], "note": "first published image"}
+    upgraded = [{"name": n, "from": previous[n], "to": v} for n, v in sorted(now_pkgs.items())
+                if n in previous and previous[n] != v]
+    return {
+        "previous": previous_ref,
+        "upgraded": upgraded,
+        "added": [{"name": n, "version": v} for n, v in sorted(now_pkgs.items()) if n not in previous],
+        "removed": [{"name": n, "version": v} for n, v in sorted(previous.items()) if n not in now_pkgs],
+    }
+
+
+def _previous_packages(cat: Catalogue, name: str, version: str) -> tuple[dict[str, str] | None, str | None]:
+    """Packages of the newest non-revoked published version of `name` older than `version`."""
+    versions = [v for v in cat.index().get("images", {}).get(name, [])
+                if not v.get("revoked") and str(v["version"]) < version]
+    if not versions:
+        return None, None
+    prev = str(max(versions, key=lambda v: str(v["version"]))["version"])
+    raw, _ = cat.read_manifest(name, prev)
+    sbom_ref = next((f for f in raw.get("files") or [] if f.get("role") == "sbom"), None)
+    if sbom_ref is None:
+        return None, f"{name}:{prev}"
+    try:
+        data, _ = cat.store.get_bytes(blob_key(str(sbom_ref["sha256"])))
+    except NotFound:  # pruned or damaged: no changelog rather than no publish
+        return None, f"{name}:{prev}"
+    return sbom_packages(json.loads(data)), f"{name}:{prev}"
+
+
 def make_manifest(bm: dict[str, Any], files: list[FileRef]) -> dict[str, Any]:
     """The published manifest (unsigned) of a build manifest; see `manifest` for the fields."""
     paths = {f.path for f in files}
-    inputs = bm.get("inputs")
     stig = bm.get("stig") or {}
     report = stig.get("report") or {}
     stig_info = None
@@ -184,9 +243,7 @@ def make_manifest(bm: dict[str, Any], files: list[FileRef]) -> dict[str, Any]:
         "zarf": {"version": bm["zarf"]["version"]} if bm.get("zarf") else None,
         "recipe": {"name": (bm.get("recipe") or {}).get("name", bm["name"]),
                    "digest": (bm.get("recipe") or {}).get("digest")},
-        "inputs": {"key": inputs.get("key"),
-                   "digest": hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":"))
-                                            .encode()).hexdigest()} if isinstance(inputs, dict) else None,
+        "inputs": _inputs(bm),
         "packages": len(bm.get("packages") or []),
         "image": {**image, "key": blob_key(str(image["sha256"]))},
         "build": {"imagefactory_version": bm.get("imagefactory_version"), "builder": bm.get("builder"),
@@ -223,6 +280,8 @@ def publish(build_dir: Path, store: BlobStore, private_key: Ed25519PrivateKey,
             sbom_path.write_bytes(doc)
             files = collect_files(build_dir, bm, sbom_path)
             unsigned = make_manifest(bm, [f for f, _ in files])
+            previous, previous_ref = _previous_packages(cat, str(bm["name"]), str(bm["version"]))
+            unsigned["changelog"] = changelog(previous, previous_ref, bm)
             unsigned["sbom"]["components"] = len(json.loads(doc).get("components", []))
             raw = signing.sign(unsigned, private_key)
             # A key pair mismatch is found here, not by the first consumer.

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from imagefactory.recipes.load import RecipeBook
 from tests.conftest import RECIPES
 from tests.standins.mirror import ReleaseMirror, upstream_bases
 from tests.standins.release import make_rke2_release, make_zarf_release
+from tests.standins.updates_mirror import UpstreamSite
 
 RKE2_OLD, RKE2_NEW, ZARF = "v1.31.4+rke2r1", "v1.31.5+rke2r1", "v0.84.0"
 
@@ -32,10 +34,40 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
     shutil.copytree(RECIPES, recipes)
     with ReleaseMirror(tmp_path / "mirror") as mirror:
         mirror.channels["stable"] = RKE2_OLD
+        offline_upstreams(recipes, tmp_path / "mirror", mirror.url)
         config = tmp_path / "imagefactory.yaml"
         config.write_text(yaml.safe_dump({"upstream": upstream_bases(mirror.url)}))
         yield {"tmp": tmp_path, "recipes": recipes, "config": config, "mirror": mirror, "rke2": rel,
                "zarf": zarf, "work": tmp_path / "work"}
+
+
+def offline_upstreams(recipes: Path, root: Path, url: str) -> None:
+    """Point the copied recipes' base sources and package mirrors at the loopback mirror and serve
+    what `lock update` reads there (apt Release files, SHA256SUMS): no test talks to the internet."""
+    up = UpstreamSite(root)
+    date = "Sat, 30 Nov 2026 00:00:00 UTC"
+    up.release("debian", "bookworm", date)
+    up.release("debian-security", "bookworm-security", date)
+    for suite in ("jammy-security", "noble-security"):
+        up.release("ubuntu", suite, date)
+    for rel in ("22.04", "24.04"):
+        up.cloud_image(f"cloud/releases/{rel}/release", f"ubuntu-{rel}-server-cloudimg-amd64.img",
+                       rel.encode())
+    suse = root / "suse/install/SLE-Micro-5.5-GM"
+    suse.mkdir(parents=True)
+    qcow = "SLE-Micro.x86_64-5.5.0-Default-qcow-GM.qcow2"
+    (suse / qcow).write_bytes(b"sle micro")
+    (suse / f"{qcow}.sha256").write_text(f"{hashlib.sha256(b'sle micro').hexdigest()}  {qcow}\n")
+    for p in recipes.glob("*.yaml"):
+        text = (p.read_text().replace("http://deb.debian.org", url)
+                .replace("https://cloud-images.ubuntu.com", f"{url}/cloud")
+                .replace("https://download.suse.com", f"{url}/suse"))
+        data = yaml.safe_load(text)
+        if data.get("builder") == "packer" or p.stem.startswith(("ubuntu-", "debian-12-packer")):
+            mirrors = [f"{url}/ubuntu"] if "ubuntu" in p.stem else [f"{url}/debian"]
+            data.setdefault("packer", {})["package_mirrors"] = mirrors
+            text = yaml.safe_dump(data, sort_keys=False)
+        p.write_text(text)
 
 
 def cli(site: dict[str, Any], *args: str, workdir: Path | None = None,
@@ -55,7 +87,10 @@ def test_lock_update_resolves_channels_and_records_hashes(site: dict[str, Any]) 
     r = cli(site, "--json", "lock", "update")
     assert r.returncode == 0, r.stderr
     entries = lock(site)["recipes"]
-    assert set(entries) == {"rke2-node", "rke2-node-debian", "rke2-node-sle-micro"}
+    # every recipe: the RKE2 ones with their artifacts, all with their base source (nightly)
+    assert set(entries) == set(RecipeBook(site["recipes"]).names())
+    assert entries["debian-12-base"]["source"]["security"]["suite"] == "bookworm-security"
+    assert len(entries["ubuntu-22.04-base"]["source"]["sha256"]) == 64
     e = entries["rke2-node-debian"]
     assert e["rke2"] == {"version": RKE2_OLD, "channel": "stable", "arch": "amd64"}
     names = {a["name"]: a for a in e["artifacts"]}
@@ -193,7 +228,7 @@ def _cloud_recipe(site: dict[str, Any], sums: str) -> tuple[Path, str]:
     base = f"{site['mirror'].url}/releases/22.04/release"
     recipe = site["recipes"] / "ubuntu-22.04-base.yaml"
     text = recipe.read_text()
-    text = text.replace("https://cloud-images.ubuntu.com/releases/22.04/release", base)
+    text = text.replace(f"{site['mirror'].url}/cloud/releases/22.04/release", base)  # see offline_upstreams
     recipe.write_text(text)
     return image, f"{base}/{image.name}"
 
@@ -229,8 +264,7 @@ def test_build_rke2_node_fails_early_when_the_cloud_image_is_unreachable(site: d
     assert cli(site, "lock", "update", "rke2-node").returncode == 0
     base = f"{site['mirror'].url}/releases/22.04/release"  # the stand-in serves no such image
     recipe = site["recipes"] / "ubuntu-22.04-base.yaml"
-    recipe.write_text(recipe.read_text().replace("https://cloud-images.ubuntu.com/releases/22.04/release",
-                                                 base))
+    recipe.write_text(recipe.read_text().replace(f"{site['mirror'].url}/cloud/releases/22.04/release", base))
     r = cli(site, "build", "rke2-node", "--skip-tests")
     assert r.returncode == 1, r.stderr
     assert f"error: cannot get the cloud image {base}/ubuntu-22.04-server-cloudimg-amd64.img" in r.stderr
