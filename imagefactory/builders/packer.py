@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -124,7 +125,15 @@ def fetch_source(ctx: BuildContext) -> None:
 
     src = ctx.recipe.source
     if isinstance(src, LocalImageSource):
-        path = LocalStore(ctx.workdir / "store").resolve(src.image)
+        try:
+            path = LocalStore(ctx.workdir / "store").resolve(src.image)
+        except UserError as missing:
+            # Built on another CI runner: take it from the catalogue (signature-verified).
+            path, version, sha256 = _from_catalogue(ctx, src.image, missing)
+            ctx.manifest["source"] = {"type": "local-image", "image": src.image, "version": version,
+                                      "sha256": sha256, "from": "catalogue"}
+            ctx.packer_source = (path, sha256)
+            return
         manifest = json.loads((path.parent / "manifest.json").read_text())
         sha256 = str(manifest["image"]["sha256"])
         from ..fsutil import digests
@@ -152,6 +161,37 @@ def fetch_source(ctx: BuildContext) -> None:
         sha256 = art.sha256
         ctx.manifest["source"] = {"type": "cloud-image", "url": src.url, "sha256": sha256}
     ctx.packer_source = (path, sha256)
+
+
+def _from_catalogue(ctx: BuildContext, ref: str, missing: UserError) -> tuple[Path, str, str]:
+    """A `local-image` base that is not in this host's build store, pulled from the default
+    catalogue store (the nightly builds a parent and its children on different runners). Needs
+    the signing public key; the file lands in WORKDIR/cache/images/<sha256> and is reused."""
+    from ..catalogue.catalogue import Catalogue, pull, verify_for_consumer
+    from ..catalogue.signing import PUBLIC_KEY_ENV, load_public_key
+    from ..catalogue.stores import open_store
+
+    cfg = ctx.fetcher.config
+    if not (cfg.signing.public_key or os.environ.get(PUBLIC_KEY_ENV)):
+        raise UserError(missing.message, hint=f"{missing.hint}; or configure signing.public_key so that "
+                        "it can come from the catalogue") from None
+    store = open_store(cfg, ctx.workdir)
+    key = load_public_key(cfg.signing.public_key)
+    try:
+        Catalogue(store).resolve(ref)
+    except UserError:
+        raise UserError(missing.message, hint=f"{missing.hint}; it is not in the catalogue "
+                        f"({store.describe()}) either: build or publish it first") from None
+    img = verify_for_consumer(store, ref, key)
+    m = img.manifest
+    cache = ctx.workdir / "cache" / "images"
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / f"{m.image.sha256}.{m.image.format}"
+    if not (dest.is_file() and dest.stat().st_size == m.image.size):
+        dest.unlink(missing_ok=True)
+        _, dest = pull(store, img.ref, dest, key)  # verifies sha256 and sha512 before the rename
+    log.info("base image %s from the catalogue %s", m.ref, store.describe())
+    return dest, m.version, m.image.sha256
 
 
 def packer_template(ctx: BuildContext) -> None:

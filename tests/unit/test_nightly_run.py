@@ -269,3 +269,60 @@ def test_cli_build_all_if_changed(site: dict[str, Any], tmp_path: Path) -> None:
     relock(site)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "signing" in r.stderr.lower() and "Traceback" not in r.stderr
+
+
+def test_local_image_base_comes_from_the_catalogue(tmp_path: Path) -> None:
+    """A Packer child built on a runner that did not build its base: `fetch-source` takes the base
+    from the catalogue (signature-verified, sha256/sha512 checked) instead of the local store."""
+    from types import SimpleNamespace
+
+    from imagefactory.builders.packer import fetch_source
+    from imagefactory.catalogue import signing
+    from imagefactory.errors import UserError
+    from imagefactory.recipes.model import LocalImageSource
+
+    private, public = signing.generate(tmp_path / "keys", "t")
+    key = signing.load_private_key(str(private))
+    store_dir = tmp_path / "catalogue"
+    cfg = FactoryConfig.model_validate(
+        {
+            "stores": {"cat": {"type": "local", "path": str(store_dir)}},
+            "default_store": "cat",
+            "signing": {"public_key": str(public)},
+        }
+    )
+    ctx = SimpleNamespace(
+        recipe=SimpleNamespace(name="child", source=LocalImageSource(type="local-image", image="base")),
+        workdir=tmp_path / "work",
+        fetcher=SimpleNamespace(config=cfg),
+        manifest={},
+        packer_source=None,
+    )
+    with pytest.raises(UserError) as e:  # neither in the local store nor in the catalogue
+        fetch_source(ctx)  # type: ignore[arg-type]
+    assert "not in the catalogue" in (e.value.hint or "")
+    store = LocalDirStore("cat", store_dir)
+    store.prepare()
+    d = fake_build(tmp_path / "b", name="base", version="20261130.000001-base", size=8192)
+    publish(d, store, key, key.public_key())
+    fetch_source(ctx)  # type: ignore[arg-type]
+    path, sha256 = ctx.packer_source
+    assert path.read_bytes() == (d / "image.qcow2").read_bytes()
+    assert ctx.manifest["source"] == {
+        "type": "local-image",
+        "image": "base",
+        "version": "20261130.000001-base",
+        "sha256": sha256,
+        "from": "catalogue",
+    }
+    # without the public key configured it cannot be trusted: the local-store error stands
+    ctx.fetcher = SimpleNamespace(config=cfg.model_copy(update={"signing": signing_config()}))
+    with pytest.raises(UserError) as e:
+        fetch_source(ctx)  # type: ignore[arg-type]
+    assert "signing.public_key" in (e.value.hint or "")
+
+
+def signing_config() -> Any:
+    from imagefactory.config import SigningConfig
+
+    return SigningConfig()
