@@ -33,22 +33,13 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from .. import packer as pk
-from ..chroot import Chroot
 from ..cloudinit import SeedData, render, write_seed_iso
 from ..errors import BuildError, UserError
 from ..fsutil import atomic_write
 from ..recipes.model import CloudImageSource, LocalImageSource, Recipe
 from ..steps import scripts
 from . import disk
-from .rootfs import check_seal as check_seal_step
-from .rootfs import (
-    configure_services,
-    distro_config,
-    leave_chroot,
-    record_packages,
-    write_files,
-)
-from .rootfs import seal as seal_step
+from .rootfs import offline_steps
 
 if TYPE_CHECKING:
     from ..build import BuildContext, Step
@@ -242,10 +233,6 @@ def open_disk(ctx: BuildContext) -> None:
     shutil.rmtree(ctx.packer_output.parent, ignore_errors=True)
 
 
-def enter_chroot(ctx: BuildContext) -> None:
-    ctx.chroot = ctx.stack.enter_context(Chroot(ctx.root))
-
-
 def kernel_args(ctx: BuildContext) -> None:
     """Recipe and STIG kernel arguments into the image's own GRUB configuration."""
     args = [*ctx.recipe.kernel.cmdline, *(a for a in ctx.kernel_args if a not in ctx.recipe.kernel.cmdline)]
@@ -271,16 +258,7 @@ def steps(recipe: Recipe) -> list[Step]:
         Step("packer-template", packer_template),
         Step("packer-build", packer_build),
         Step("open-disk", open_disk),
-        Step("enter-chroot", enter_chroot),
-        Step("distro-config", distro_config),
-        Step("write-files", write_files),
-        Step("configure-services", configure_services),
-        *rke2.steps(recipe),
-        *stig.steps_before_leaving_chroot(recipe),
-        Step("leave-chroot", leave_chroot),
-        Step("record-packages", record_packages),
-        Step("seal", seal_step),
-        Step("check-seal", check_seal_step),
+        *offline_steps(recipe, packages_step=False),  # the rootfs builder's own code, on the disk
         Step("kernel-args", kernel_args),
         *stig.steps_after_disk(recipe),
         Step("close-disk", close_disk),

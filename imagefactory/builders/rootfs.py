@@ -219,16 +219,17 @@ def convert_image(ctx: BuildContext) -> None:
     ctx.raw.unlink()
 
 
-def steps(recipe: Recipe) -> list[Step]:
+def offline_steps(recipe: Recipe, *, packages_step: bool) -> list[Step]:
+    """The file-level middle of every build, on a root at `ctx.root` (a bootstrapped directory
+    here; the Packer builder's stopped disk, mounted): one list, so the builders cannot drift.
+    `packages_step`: run the shared `packages` script in the chroot (the Packer builder ran it in
+    its build VM already)."""
     from ..build import Step
     from ..steps import rke2, stig
 
     return [
-        Step("check-mirror", check_mirror),
-        *([Step("fetch-inputs", rke2.fetch_inputs)] if recipe.rke2 or recipe.zarf else []),
-        Step("bootstrap", bootstrap),
         Step("enter-chroot", enter_chroot),
-        Step("packages", packages),
+        *([Step("packages", packages)] if packages_step else []),
         Step("distro-config", distro_config),
         Step("write-files", write_files),
         Step("configure-services", configure_services),
@@ -238,6 +239,18 @@ def steps(recipe: Recipe) -> list[Step]:
         Step("record-packages", record_packages),
         Step("seal", seal),
         Step("check-seal", check_seal),
+    ]
+
+
+def steps(recipe: Recipe) -> list[Step]:
+    from ..build import Step
+    from ..steps import rke2, stig
+
+    return [
+        Step("check-mirror", check_mirror),
+        *([Step("fetch-inputs", rke2.fetch_inputs)] if recipe.rke2 or recipe.zarf else []),
+        Step("bootstrap", bootstrap),
+        *offline_steps(recipe, packages_step=True),
         Step("make-disk", make_disk),
         *stig.steps_after_disk(recipe),
         Step("convert-image", convert_image),

@@ -139,3 +139,23 @@ def test_template_is_loopback_only_and_runs_the_shared_scripts(tmp_path: Path) -
     assert "jq" in script and "auditd" in script  # recipe packages and the STIG controls' packages
     variables = r.var_file.read_text()
     assert 'disk_size = "4096M"' in variables and 'accelerator = "tcg"' in variables
+
+
+def test_both_builders_run_the_same_offline_steps() -> None:
+    """The file-level middle (chroot .. check-seal) is one list: the Packer builder runs the rootfs
+    builder's functions on its disk, minus the `packages` script it ran in the build VM."""
+    from imagefactory.build import Step, builder_steps
+    from imagefactory.recipes import RecipeBook
+    from tests.conftest import RECIPES
+
+    book = RecipeBook(RECIPES)
+    rootfs = builder_steps(book.load("rke2-node-debian").recipe)
+    packer = builder_steps(book.load("rke2-node").recipe)
+
+    def middle(steps: list[Step]) -> list[Step]:
+        names = [s.name for s in steps]
+        return steps[names.index("enter-chroot"):names.index("check-seal") + 1]
+
+    assert [s.run for s in middle(rootfs) if s.name != "packages"] == [s.run for s in middle(packer)]
+    assert "packages" in [s.name for s in middle(rootfs)]
+    assert "packages" not in [s.name for s in middle(packer)]
