@@ -101,21 +101,15 @@ def _target(app: App, spec: ClusterSpec) -> Any:
 
 def _local_image(app: App, spec: ClusterSpec) -> Any:
     """Verified image file for the libvirt target: pulled once into WORKDIR/cache/images/<sha256>."""
-    from .catalogue.catalogue import pull, verify_for_consumer
+    from .catalogue.catalogue import pull_cached
     from .clusters.libvirt import LocalImage
     from .distros import get as distro
 
-    store = _open(app, spec)
-    key = _public_key(app)
-    img = verify_for_consumer(store, spec.image, key)
-    m = img.manifest
     cache = app.workdir / "cache" / "images"
-    cache.mkdir(parents=True, exist_ok=True)
+    with _transfers(app) as progress:
+        img, dest = pull_cached(_open(app, spec), spec.image, _public_key(app), cache, progress)
+    m = img.manifest
     cache.chmod(0o755)  # the overlays' backing file: libvirt's qemu user reads it
-    dest = cache / f"{m.image.sha256}.{m.image.format}"
-    if not (dest.is_file() and dest.stat().st_size == m.image.size):
-        with _transfers(app) as progress:
-            _, dest = pull(store, img.ref, dest, key, progress)
     dest.chmod(0o644)
     return LocalImage(img.ref, dest, int(m.image.virtual_size or m.image.size),
                       distro(m.os.family).default_user)

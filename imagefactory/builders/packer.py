@@ -158,7 +158,7 @@ def _from_catalogue(ctx: BuildContext, ref: str, missing: UserError) -> tuple[Pa
     """A `local-image` base that is not in this host's build store, pulled from the default
     catalogue store (the nightly builds a parent and its children on different runners). Needs
     the signing public key; the file lands in WORKDIR/cache/images/<sha256> and is reused."""
-    from ..catalogue.catalogue import Catalogue, pull, verify_for_consumer
+    from ..catalogue.catalogue import Catalogue, pull_cached
     from ..catalogue.signing import PUBLIC_KEY_ENV, load_public_key
     from ..catalogue.stores import open_store
 
@@ -173,14 +173,8 @@ def _from_catalogue(ctx: BuildContext, ref: str, missing: UserError) -> tuple[Pa
     except UserError:
         raise UserError(missing.message, hint=f"{missing.hint}; it is not in the catalogue "
                         f"({store.describe()}) either: build or publish it first") from None
-    img = verify_for_consumer(store, ref, key)
+    img, dest = pull_cached(store, ref, key, ctx.workdir / "cache" / "images")
     m = img.manifest
-    cache = ctx.workdir / "cache" / "images"
-    cache.mkdir(parents=True, exist_ok=True)
-    dest = cache / f"{m.image.sha256}.{m.image.format}"
-    if not (dest.is_file() and dest.stat().st_size == m.image.size):
-        dest.unlink(missing_ok=True)
-        _, dest = pull(store, img.ref, dest, key)  # verifies sha256 and sha512 before the rename
     log.info("base image %s from the catalogue %s", m.ref, store.describe())
     return dest, m.version, m.image.sha256
 

@@ -497,6 +497,22 @@ def pull(store: BlobStore, ref: str, dest: Path | None, public_key: Ed25519Publi
     return img, target
 
 
+def pull_cached(store: BlobStore, ref: str, public_key: Ed25519PublicKey, cache: Path,
+                progress: Callable[[str, int], Progress] | None = None) -> tuple[PublishedImage, Path]:
+    """A verified image as a file in `cache` (`<sha256>.<format>`), pulled once and reused: what
+    consumers that need a local file use (libvirt clusters, Harvester uploads from S3, a Packer
+    base image built on another runner). The name is the content's hash and `pull` only renames a
+    file whose hashes matched, so a file of the right size there is that image."""
+    img = verify_for_consumer(store, ref, public_key)
+    m = img.manifest
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / f"{m.image.sha256}.{m.image.format}"
+    if not (dest.is_file() and dest.stat().st_size == m.image.size):
+        dest.unlink(missing_ok=True)
+        _, dest = pull(store, img.ref, dest, public_key, progress)
+    return img, dest
+
+
 def verify_image(store: BlobStore, ref: str, public_key: Ed25519PublicKey, full: bool = True,
                  progress: Callable[[str, int], Progress] | None = None) -> dict[str, Any]:
     """Signature, revocation, and every file of the image: present with its size and, with

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..catalogue.catalogue import PublishedImage, pull, verify_for_consumer
+from ..catalogue.catalogue import PublishedImage, pull_cached, verify_for_consumer
 from ..catalogue.manifest import Manifest
 from ..catalogue.publish import ProgressFactory
 from ..catalogue.stores import BlobStore, LocalDirStore
@@ -245,12 +245,7 @@ class ImageUploader:
             return store.path(img.manifest.image.key)
         if self.cache is None:
             raise UserError("uploading from a remote store needs a cache directory")
-        dest = self.cache / f"{img.manifest.image.sha256}.{img.manifest.image.format}"
-        if dest.is_file() and dest.stat().st_size == img.manifest.image.size:
-            return dest
-        self.cache.mkdir(parents=True, exist_ok=True)
-        _, path = pull(store, img.ref, dest, public_key, self.progress)
-        return path
+        return pull_cached(store, img.ref, public_key, self.cache, self.progress)[1]
 
     def _upload(self, img: PublishedImage, store: BlobStore, public_key: Ed25519PublicKey,
                 name: str) -> dict[str, Any]:
