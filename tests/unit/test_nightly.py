@@ -8,6 +8,7 @@ configuration points `upstream:` at it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -392,6 +393,14 @@ def test_catalogue_latest_reads_the_newest_usable_manifest(tmp_path: Path) -> No
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with upstream_site(tmp_path) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def upstream_site(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Upstream doubles on 127.0.0.1 (RKE2/Zarf releases and channels, apt Releases, a cloud
+    image's SHA256SUMS) and the test recipes pointing at them (also used by test_nightly_run)."""
     root = tmp_path / "mirror"
     make_rke2_release(root, RKE2_OLD)
     make_rke2_release(root, RKE2_NEW)

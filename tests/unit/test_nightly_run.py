@@ -30,10 +30,9 @@ from imagefactory.nightly.render import render_junit, render_summary
 from imagefactory.nightly.runner import Publishing, run_plan
 from imagefactory.recipes.load import LoadedRecipe, RecipeBook
 from tests.publishing import PACKAGES, fake_build
-from tests.standins.mirror import ReleaseMirror, upstream_bases
-from tests.standins.release import make_rke2_release, make_zarf_release
+from tests.standins.mirror import upstream_bases
 from tests.standins.updates_mirror import UpstreamSite
-from tests.unit.test_nightly import DATE1, DATE2, RKE2_NEW, RKE2_OLD, ZARF, write_recipes
+from tests.unit.test_nightly import DATE2, RKE2_NEW, upstream_site
 
 _versions = itertools.count(1)
 
@@ -66,33 +65,12 @@ class FakeBuilds:
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    root = tmp_path / "mirror"
-    make_rke2_release(root, RKE2_OLD)
-    make_rke2_release(root, RKE2_NEW)
-    make_zarf_release(root, ZARF)
-    up = UpstreamSite(root)
-    up.release("debian", "bookworm", DATE1)
-    up.release("debian-security", "bookworm-security", DATE1)
-    up.release("ubuntu", "jammy-security", DATE1)
-    up.cloud_image("cloud/jammy", "jammy-server-cloudimg-amd64.img", b"image 1")
-    with ReleaseMirror(root, channels={"stable": RKE2_OLD}) as mirror:
-        recipes = write_recipes(tmp_path / "recipes", mirror.url)
-        cfg = FactoryConfig.model_validate({"upstream": upstream_bases(mirror.url)})
+    with upstream_site(tmp_path) as s:
         fake = FakeBuilds(tmp_path / "work")
         monkeypatch.setattr(build_module, "build", fake)
         store = LocalDirStore("local", tmp_path / "catalogue")
         store.prepare()
-        key = Ed25519PrivateKey.generate()
-        yield {
-            "tmp": tmp_path,
-            "recipes": recipes,
-            "cfg": cfg,
-            "mirror": mirror,
-            "up": up,
-            "fake": fake,
-            "store": store,
-            "key": key,
-        }
+        yield {**s, "fake": fake, "store": store, "key": Ed25519PrivateKey.generate()}
 
 
 def relock(site: dict[str, Any]) -> None:
