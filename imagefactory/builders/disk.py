@@ -1,49 +1,121 @@
 """A bootable disk from a root directory, without loop devices, mounts or a VM.
 
-msdos label with one partition at 1 MiB, ext4 populated straight from the root with
-`mkfs.ext4 -d`, GRUB for BIOS written by hand (boot.img in the MBR, core.img in the gap before
-the partition), then `qemu-img convert` to (compressed) qcow2. Space never written stays a hole
-in the raw file, so free space is zero in the image without a separate zeroing pass.
+Layouts (`disk.firmware`, `disk.partition_table`):
+- `bios` on msdos: one root partition at 1 MiB, GRUB's core.img in the gap before it.
+- GPT, as Debian's and Ubuntu's own cloud images lay it out: partition 14 the BIOS boot
+  partition (4 MiB, holds core.img) for `bios`/`hybrid`, partition 15 the EFI system partition
+  (106 MiB FAT32, `builders.efi`) for `uefi`/`hybrid`, partition 1 the root filling the rest - last
+  on the disk, so cloud-init's growpart can grow it into a larger VM disk.
+
+The root is ext4 populated straight from the directory with `mkfs.ext4 -d`; GRUB for BIOS is
+written by hand (boot.img in the MBR pointing at core.img, core.img's own block list pointing at
+the rest of itself); the ESP is FAT32 made in place with mtools. Then `qemu-img convert` to
+(compressed) qcow2. Space never written stays a hole in the raw file, so free space is zero in
+the image without a separate zeroing pass.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import secrets
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from ..chroot import unmount_all
 from ..errors import BuildError
+from ..fsutil import resolve_in_root
 from ..run import run
+from . import efi
 
 log = logging.getLogger(__name__)
 
 SECTOR = 512
-PART_START = 2048  # sectors: 1 MiB, room for GRUB's core.img
+MIB = 2048  # sectors
+PART_START = MIB  # the first partition starts at 1 MiB (room for core.img on msdos)
+BIOS_BOOT_SECTORS = 4 * MIB
+ESP_SECTORS = 106 * MIB
+GPT_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+GPT_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GPT_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 GRUB_DIR = Path("/usr/lib/grub/i386-pc")
 # Modules built into core.img so GRUB needs nothing from the image's /boot/grub.
 GRUB_MODULES = (
-    "biosdisk", "part_msdos", "ext2", "search_fs_uuid", "search", "normal", "linux", "echo",
-    "serial", "terminal", "test", "configfile", "gzio", "minicmd", "sleep", "all_video",
+    "biosdisk", "part_msdos", "part_gpt", "ext2", "search_fs_uuid", "search", "normal", "linux",
+    "echo", "serial", "terminal", "test", "configfile", "gzio", "minicmd", "sleep", "all_video",
 )
+# boot.img: the 64-bit LBA of core.img's first sector (GRUB_BOOT_MACHINE_KERNEL_SECTOR);
+# core.img (diskboot.img, its first sector): the block list of the rest, start LBA first.
+BOOT_IMG_KERNEL_SECTOR = 0x5C
+DISKBOOT_BLOCKLIST_START = 0x200 - 12
+
+Role = Literal["bios-boot", "esp", "root"]
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    role: Role
+    start: int  # sector
+    size: int  # sectors; 0 = up to the end of the disk (known after partitioning)
 
 
 @dataclass(frozen=True)
 class DiskLayout:
     size: int  # bytes, whole MiB
     fs_uuid: str
+    table: Literal["msdos", "gpt"] = "msdos"
+    bios: bool = True
+    uefi: bool = False
+    esp_id: str = "00000000"  # FAT volume id (8 hex digits, shown as XXXX-XXXX)
+
+    @property
+    def partitions(self) -> list[Partition]:
+        if self.table == "msdos":
+            return [Partition(1, "root", PART_START, 0)]
+        parts, start = [], PART_START
+        if self.bios:
+            parts.append(Partition(14, "bios-boot", start, BIOS_BOOT_SECTORS))
+            start += BIOS_BOOT_SECTORS
+        if self.uefi:
+            parts.append(Partition(15, "esp", start, ESP_SECTORS))
+            start += ESP_SECTORS
+        return [*parts, Partition(1, "root", start, 0)]
+
+    def part(self, role: Role) -> Partition:
+        return next(p for p in self.partitions if p.role == role)
 
     @property
     def part_offset(self) -> int:
-        return PART_START * SECTOR
+        """Byte offset of the root filesystem."""
+        return self.part("root").start * SECTOR
 
     @property
-    def fs_size(self) -> int:
-        return self.size - self.part_offset
+    def overhead(self) -> int:
+        """Bytes of the disk that the root filesystem cannot use."""
+        return self.part_offset + (MIB * SECTOR if self.table == "gpt" else 0)  # + backup GPT, aligned
+
+    @property
+    def esp_uuid(self) -> str:
+        return f"{self.esp_id[:4]}-{self.esp_id[4:]}".upper()
+
+    def describe(self) -> dict[str, object]:
+        """For the manifest: what boots it and where its partitions lie."""
+        return {"table": self.table, "firmware": ("hybrid" if self.bios and self.uefi
+                                                  else "uefi" if self.uefi else "bios"),
+                "root_uuid": self.fs_uuid, "esp_uuid": self.esp_uuid if self.uefi else None,
+                "partitions": [{"number": p.number, "role": p.role, "offset": p.start * SECTOR}
+                               for p in self.partitions]}
 
 
-def new_layout(size: int) -> DiskLayout:
-    return DiskLayout(size=size, fs_uuid=str(uuid.uuid4()))
+def new_layout(size: int, *, table: Literal["msdos", "gpt"] = "msdos", bios: bool = True,
+               uefi: bool = False) -> DiskLayout:
+    return DiskLayout(size=size, fs_uuid=str(uuid.uuid4()), table=table, bios=bios, uefi=uefi,
+                      esp_id=secrets.token_hex(4))
 
 
 def root_size(root: Path) -> int:
@@ -63,17 +135,25 @@ def root_size(root: Path) -> int:
 
 
 def write_fstab(root: Path, layout: DiskLayout) -> None:
-    (root / "etc/fstab").write_text(
-        "# <file system> <mount point> <type> <options> <dump> <pass>\n"
-        f"UUID={layout.fs_uuid} / ext4 defaults,errors=remount-ro 0 1\n"
-    )
+    lines = ["# <file system> <mount point> <type> <options> <dump> <pass>",
+             f"UUID={layout.fs_uuid} / ext4 defaults,errors=remount-ro 0 1"]
+    if layout.uefi:
+        # Package updates of shim/GRUB inside the guest expect the ESP at /boot/efi. No device
+        # timeout: on a slow first boot (TCG, a loaded host) udev's coldplug came later than
+        # systemd's default 90 s and the ESP stayed unmounted; `nofail` keeps the boot from
+        # waiting, the mount happens when the device appears.
+        (root / "boot/efi").mkdir(parents=True, exist_ok=True)
+        options = "umask=0077,nofail,x-systemd.device-timeout=0"
+        lines.append(f"UUID={layout.esp_uuid} /boot/efi vfat {options} 0 1")
+    (root / "etc/fstab").write_text("\n".join(lines) + "\n")
 
 
 def write_grub_cfg(root: Path, layout: DiskLayout, kernel: str, initrd: str, cmdline: str,
                    title: str) -> None:
     grub = root / "boot/grub"
     grub.mkdir(parents=True, exist_ok=True)
-    # Serial first: the boot test reads the console log; tty0 for people at a screen.
+    # Serial first: the boot test reads the console log; tty0 for people at a screen. The same
+    # file serves BIOS GRUB (core.img) and the signed EFI GRUB (through the ESP's stub).
     (grub / "grub.cfg").write_text(
         "# Written by imagefactory.\n"
         "serial --unit=0 --speed=115200\n"
@@ -89,17 +169,47 @@ def write_grub_cfg(root: Path, layout: DiskLayout, kernel: str, initrd: str, cmd
     )
 
 
-def make_raw(root: Path, raw: Path, layout: DiskLayout, scratch: Path) -> None:
-    """Partition, populate and make bootable the raw disk `raw` from `root`."""
-    if not (GRUB_DIR / "boot.img").is_file():
+def _sfdisk_script(raw: Path, layout: DiskLayout) -> str:
+    if layout.table == "msdos":
+        return f"label: dos\nstart={PART_START}, type=83, bootable\n"
+    types = {"bios-boot": GPT_BIOS_BOOT, "esp": GPT_ESP, "root": GPT_LINUX}
+    names = {"bios-boot": "BIOS boot", "esp": "EFI System", "root": "root"}
+    lines = ["label: gpt"]
+    for p in layout.partitions:
+        size = f", size={p.size}" if p.size else ""
+        # sfdisk names partitions after the device: "<file><number>" sets the number
+        lines.append(f'{raw}{p.number} : start={p.start}{size}, type={types[p.role]}, name="{names[p.role]}"')
+    return "\n".join(lines) + "\n"
+
+
+def make_raw(root: Path, raw: Path, layout: DiskLayout, scratch: Path,
+             boot_files: efi.BootFiles | None = None, efi_vendor: str = "") -> None:
+    """Partition, populate and make bootable the raw disk `raw` from `root` (an ESP needs the
+    image's signed `boot_files` and the vendor directory its GRUB reads)."""
+    if layout.bios and not (GRUB_DIR / "boot.img").is_file():
         raise BuildError(f"{GRUB_DIR}/boot.img not found", hint="install the Debian package grub-pc-bin")
+    if layout.uefi and boot_files is None:
+        raise BuildError("internal: a UEFI layout without the image's EFI binaries")
     with open(raw, "wb") as f:
         f.truncate(layout.size)
-    run(["sfdisk", "--no-reread", "--no-tell-kernel", str(raw)],
-        input=f"label: dos\nstart={PART_START}, type=83, bootable\n")
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", str(raw)], input=_sfdisk_script(raw, layout))
+    written = {p.number: p for p in raw_partitions(raw)}[layout.part("root").number]
+    if written.offset != layout.part_offset:
+        raise BuildError(f"internal: sfdisk put the root at {written.offset}, not {layout.part_offset}")
     run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", layout.fs_uuid,
-         "-E", f"offset={layout.part_offset}", "-d", str(root), str(raw),
-         f"{layout.fs_size // 1024}k"])
+         "-E", f"offset={layout.part_offset}", "-d", str(root), str(raw), f"{written.size // 1024}k"])
+    if layout.uefi:
+        assert boot_files is not None
+        esp = layout.part("esp")
+        efi.make_esp(raw, esp.start * SECTOR, esp.size * SECTOR, layout.esp_id, boot_files, efi_vendor,
+                     layout.fs_uuid, scratch)
+    if layout.bios:
+        _install_bios_grub(raw, layout, scratch)
+
+
+def _install_bios_grub(raw: Path, layout: DiskLayout, scratch: Path) -> None:
+    """boot.img into the MBR's code area, core.img into the gap (msdos) or the BIOS boot
+    partition (GPT), each told where the next stage lies, as grub-install would."""
     early = scratch / "early.cfg"
     early.write_text(
         f"search --no-floppy --fs-uuid --set=root {layout.fs_uuid}\n"
@@ -108,14 +218,21 @@ def make_raw(root: Path, raw: Path, layout: DiskLayout, scratch: Path) -> None:
     core = scratch / "core.img"
     run(["grub-mkimage", "-O", "i386-pc", "-o", str(core), "-c", str(early),
          "-p", "/boot/grub", *GRUB_MODULES])
-    core_bytes = core.read_bytes()
-    if len(core_bytes) > (PART_START - 1) * SECTOR:
-        raise BuildError(f"GRUB core.img is {len(core_bytes)} bytes: too big for the boot gap")
-    boot = (GRUB_DIR / "boot.img").read_bytes()
+    core_bytes = bytearray(core.read_bytes())
+    if layout.table == "msdos":
+        first, room = 1, PART_START - 1
+    else:
+        bios_boot = layout.part("bios-boot")
+        first, room = bios_boot.start, bios_boot.size
+    if len(core_bytes) > room * SECTOR:
+        raise BuildError(f"GRUB core.img is {len(core_bytes)} bytes: too big for {room * SECTOR} bytes")
+    struct.pack_into("<Q", core_bytes, DISKBOOT_BLOCKLIST_START, first + 1)
+    boot = bytearray((GRUB_DIR / "boot.img").read_bytes())
+    struct.pack_into("<Q", boot, BOOT_IMG_KERNEL_SECTOR, first)
     with open(raw, "r+b") as f:
         f.seek(0)
         f.write(boot[:440])  # keep the partition table (from byte 446) and disk signature
-        f.seek(SECTOR)
+        f.seek(first * SECTOR)
         f.write(core_bytes)
 
 
@@ -131,68 +248,131 @@ def convert(raw: Path, out: Path, fmt: str, compression: str) -> None:
 
 
 def virtual_size(image: Path) -> int:
-    import json
-
     info = json.loads(run(["qemu-img", "info", "--output=json", str(image)], quiet=True).stdout)
     return int(info["virtual-size"])
 
 
 # --- an existing disk image, opened for offline steps (Packer builder) ------------------------
 
-LINUX_TYPES = {"83", "0fc63daf-8483-4772-8e79-3d69d8477de4"}
+# Partition types a root filesystem may carry: msdos 83, GPT "Linux filesystem" and "Linux root
+# (x86-64)" (systemd's discoverable partitions). A separate /boot (Ubuntu 24.04's cloud images:
+# GPT "Linux extended boot", XBOOTLDR) is found through the root's fstab instead.
+LINUX_TYPES = {"83", "0fc63daf-8483-4772-8e79-3d69d8477de4", "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"}
+# What the offline steps write below the root and therefore mount from the image's fstab. The ESP
+# (/boot/efi) is not among them: no offline step writes there, and the build host's kernel
+# may not even have vfat.
+OFFLINE_MOUNTS = ("/boot",)
+
+
+@dataclass(frozen=True)
+class RawPartition:
+    number: int
+    offset: int  # bytes
+    size: int  # bytes
+    type: str  # lower-case msdos id or GPT type GUID
+
+
+def raw_partitions(raw: Path) -> list[RawPartition]:
+    table = json.loads(run(["sfdisk", "--json", str(raw)], quiet=True).stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", SECTOR))
+    out = []
+    for p in table.get("partitions", []):
+        m = re.search(r"(\d+)$", str(p["node"]))
+        out.append(RawPartition(int(m[1]) if m else 0, int(p["start"]) * sector, int(p["size"]) * sector,
+                                str(p.get("type", "")).lower()))
+    return out
 
 
 def root_partition(raw: Path) -> tuple[int, int]:
     """(offset, size) in bytes of the root filesystem: the largest Linux partition."""
-    import json
-
-    table = json.loads(run(["sfdisk", "--json", str(raw)], quiet=True).stdout)["partitiontable"]
-    sector = int(table.get("sectorsize", SECTOR))
-    parts = [p for p in table.get("partitions", []) if str(p.get("type", "")).lower() in LINUX_TYPES]
+    parts = [p for p in raw_partitions(raw) if p.type in LINUX_TYPES]
     if not parts:
         raise BuildError(f"{raw}: no Linux partition in the image", hint="is the source a cloud image?")
-    best = max(parts, key=lambda p: int(p["size"]))
-    return int(best["start"]) * sector, int(best["size"]) * sector
+    best = max(parts, key=lambda p: p.size)
+    return best.offset, best.size
+
+
+def fstab_mounts(fstab: str) -> dict[str, str]:
+    """mount point -> source spec (UUID=..., LABEL=..., PARTUUID=..., /dev/...) of an fstab."""
+    out = {}
+    for line in fstab.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2:
+            out[fields[1].rstrip("/") or "/"] = fields[0]
+    return out
+
+
+def _probe(raw: Path, part: RawPartition) -> dict[str, str]:
+    """What blkid reads at a partition of the raw file (UUID, LABEL, TYPE, PART_ENTRY_*)."""
+    out = run(["blkid", "--probe", "--offset", str(part.offset), "--size", str(part.size),
+               "--output", "export", str(raw)], check=False, quiet=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 class OpenedImage:
     """`image` converted to the raw file `raw`, its root partition on a loop device mounted at
-    `mountpoint`. `close()` (or leaving the `with`) unmounts and detaches, also on errors and
-    Ctrl-C; the raw file stays for the caller to convert."""
+    `mountpoint`, and the partitions the root's fstab mounts at `OFFLINE_MOUNTS` (a separate
+    /boot) mounted below it. `close()` (or leaving the `with`) unmounts and detaches, also on
+    errors and Ctrl-C; the raw file stays for the caller to convert."""
 
     def __init__(self, image: Path, raw: Path, mountpoint: Path) -> None:
         self.image, self.raw, self.mountpoint = image, raw, mountpoint
-        self.loop: str | None = None
-        self.mounted = False
+        self.loops: list[str] = []
+        self.mounted: list[str] = []  # mount points inside the root, "/" first
 
     def __enter__(self) -> OpenedImage:
         try:
             run(["qemu-img", "convert", "-O", "raw", str(self.image), str(self.raw)])
             offset, size = root_partition(self.raw)
-            self.loop = run(["losetup", "--find", "--show", "-o", str(offset), "--sizelimit", str(size),
-                             str(self.raw)], quiet=True).stdout.strip()
-            self.mountpoint.mkdir(parents=True, exist_ok=True)
-            run(["mount", self.loop, str(self.mountpoint)])
-            self.mounted = True
+            self._mount(offset, size, self.mountpoint)
+            self.mounted.append("/")
+            fstab = resolve_in_root(self.mountpoint, "/etc/fstab")
+            mounts = fstab_mounts(fstab.read_text(errors="replace")) if fstab.is_file() else {}
+            for point in OFFLINE_MOUNTS:
+                if point in mounts:
+                    part = self._find(mounts[point], point)
+                    target = resolve_in_root(self.mountpoint, point)
+                    target.mkdir(parents=True, exist_ok=True)
+                    self._mount(part.offset, part.size, target)
+                    self.mounted.append(point)
         except BaseException:
             self.close()
             raise
         return self
 
-    def close(self) -> None:
-        from ..chroot import unmount_all
+    def _mount(self, offset: int, size: int, target: Path) -> None:
+        loop = run(["losetup", "--find", "--show", "-o", str(offset), "--sizelimit", str(size),
+                    str(self.raw)], quiet=True).stdout.strip()
+        self.loops.append(loop)
+        target.mkdir(parents=True, exist_ok=True)
+        # nodev,nosuid: the filesystem came from a downloaded image
+        run(["mount", "-o", "nodev,nosuid", loop, str(target)])
 
+    def _find(self, spec: str, point: str) -> RawPartition:
+        """The partition an fstab source names, matched by what blkid reads on each partition."""
+        key, _, value = spec.partition("=")
+        field = {"UUID": "UUID", "LABEL": "LABEL", "PARTUUID": "PART_ENTRY_UUID",
+                 "PARTLABEL": "PART_ENTRY_NAME"}.get(key)
+        if field is not None:
+            for part in raw_partitions(self.raw):
+                if _probe(self.raw, part).get(field, "").lower() == value.strip('"').lower():
+                    return part
+        raise BuildError(f"the image's fstab mounts {point} from {spec}: no such partition in the image",
+                         hint="imagefactory finds partitions by UUID=, LABEL=, PARTUUID= or PARTLABEL=")
+
+    def close(self) -> None:
         try:
-            if self.mounted:
+            for point in reversed(self.mounted):
                 # Free blocks the build VM and the steps wrote and deleted become holes in the raw
                 # file (loop devices pass discards through), so the qcow2 does not carry them.
-                run(["fstrim", str(self.mountpoint)], check=False)
+                run(["fstrim", str(resolve_in_root(self.mountpoint, point))], check=False)
+            if self.mounted:
                 unmount_all(self.mountpoint)  # with anything a failed step left mounted below it
-                self.mounted = False
+            self.mounted = []
         finally:
-            if self.loop:
-                run(["losetup", "-d", self.loop], check=False)
-                self.loop = None
+            for loop in reversed(self.loops):
+                run(["losetup", "-d", loop], check=False)
+            self.loops = []
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -201,8 +381,6 @@ class OpenedImage:
 def add_kernel_args(root: Path, args: list[str]) -> None:
     """Append `args` to every `linux` line of the image's grub.cfg and to GRUB_CMDLINE_LINUX in
     /etc/default/grub (so that the next update-grub inside the guest keeps them)."""
-    import re
-
     found = False
     for cfg in (root / "boot/grub/grub.cfg", root / "boot/grub2/grub.cfg"):
         if not cfg.is_file():
@@ -228,13 +406,11 @@ def add_kernel_args(root: Path, args: list[str]) -> None:
         default.write_text(text)
     if not found:
         raise BuildError("no grub.cfg in the image: cannot add kernel arguments " + " ".join(args),
-                         hint="the Packer builder supports GRUB-booted (BIOS) cloud images")
+                         hint="imagefactory supports GRUB-booted images (BIOS, UEFI or hybrid)")
 
 
 def detach_loops(directory: Path) -> None:
     """Detach loop devices whose backing file lies under `directory` (cleanup of last resort)."""
-    import json
-
     out = run(["losetup", "--json", "--list"], check=False, quiet=True).stdout
     devices = json.loads(out).get("loopdevices", []) if out.strip() else []
     prefix = str(directory.resolve()) + "/"

@@ -6,26 +6,21 @@ No VM, no KVM, no loop devices: the disk is assembled from the root directory by
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.error
-import urllib.request
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import jinja2
-
+from .. import archive, templates
 from ..chroot import Chroot
+from ..context import BuildContext, Step
 from ..errors import BuildError
-from ..lock import security_suite
+from ..fsutil import resolve_in_root
 from ..recipes.model import MmdebstrapSource, Recipe
 from ..run import run
+from ..steps import rke2, scripts, stig
 from ..steps import seal as sealing
-from . import disk
-
-if TYPE_CHECKING:
-    from ..build import BuildContext, Step
+from . import disk, efi
 
 log = logging.getLogger(__name__)
 
@@ -37,48 +32,38 @@ def _source(ctx: BuildContext) -> MmdebstrapSource:
 
 
 def check_mirror(ctx: BuildContext) -> None:
-    """Fail fast, with the URL, when the mirror cannot serve the suite (before minutes of work)."""
+    """Fail fast, naming the recipe key, before minutes of work: the mirror serves the suite,
+    its Release file verifies with the keyring, is the recipe's release and has its components.
+    The `-updates` and `-security` pockets (`archive.pocket_suites`) are checked the same way;
+    one the mirror does not serve (a partial site mirror) is left out with a warning, and the
+    manifest says so."""
     src = _source(ctx)
-    url = f"{src.mirror.rstrip('/')}/dists/{src.suite}/Release"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            release = resp.read()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise BuildError(f"mirror unreachable: {url}: {reason}",
-                         hint="check source.mirror and the network/proxy settings") from None
+    keyring = ctx.distro.keyring(ctx.recipe)
+    key = "source.keyring" if src.keyring else f"source.keyring (default for {ctx.recipe.os.family})"
+    codename = ctx.distro.codename(ctx.recipe.os.release)
+    main = archive.verify(src.mirror, src.suite, keyring, key=key, required=True)
+    assert main is not None
+    archive.check_suite(main, codename, src.components)
     ctx.manifest["source"] = {
         "type": "mmdebstrap", "mirror": src.mirror, "suite": src.suite,
-        "components": list(src.components), "variant": src.variant,
-        "release_sha256": hashlib.sha256(release).hexdigest(),
-        "security": _security_release(ctx),
+        "components": list(src.components), "variant": src.variant, "keyring": keyring,
+        "release_sha256": main.identity()["release_sha256"], "signed_by": main.signer,
     }
-
-
-def _security_release(ctx: BuildContext) -> dict[str, Any] | None:
-    """The security suite the build adds (`lock.security_suite`: what the lock and `updates check`
-    track), with its Release hash; None when the mirror does not serve one (a partial mirror):
-    the build goes on without it and the manifest says so."""
-    sec = security_suite(ctx.recipe)
-    if sec is None:
-        return None
-    base, suite = sec
-    url = f"{base}/dists/{suite}/Release"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            release = resp.read()
-    except (urllib.error.URLError, OSError) as e:
-        log.warning("no security updates: %s: %s", url, getattr(e, "reason", e))
-        return None
-    return {"mirror": base, "suite": suite, "release_sha256": hashlib.sha256(release).hexdigest()}
+    for pocket, (base, suite) in archive.pocket_suites(ctx.recipe).items():
+        found = archive.verify(base, suite, keyring, key=key, required=False)
+        if found is None:
+            log.warning("no %s pocket: %s/dists/%s is not served; the image gets no %s", pocket, base,
+                        suite, "security updates" if pocket == "security" else "stable updates")
+        else:
+            archive.check_suite(found, codename, src.components)
+        ctx.manifest["source"][pocket] = None if found is None else {
+            k: v for k, v in found.identity().items() if k != "date"}
 
 
 def bootstrap(ctx: BuildContext) -> None:
     src = _source(ctx)
-    from ..steps import stig
-
     # Packages the STIG controls need (auditd, aide, ...) come with the bootstrap: one apt run.
-    packages = sorted({*ctx.distro.base_packages, *ctx.recipe.packages.install,
+    packages = sorted({*ctx.distro.packages(ctx.recipe), *ctx.recipe.packages.install,
                        *stig.packages(ctx.recipe)[1]})
     argv = [
         "mmdebstrap", "--mode=root", f"--variant={src.variant}",
@@ -86,14 +71,36 @@ def bootstrap(ctx: BuildContext) -> None:
         f"--include={','.join(packages)}",
         '--aptopt=Acquire::Retries "3"',
     ]
-    if src.keyring:
-        argv.append(f"--keyring={src.keyring}")
+    keyring = ctx.distro.keyring(ctx.recipe)
+    if keyring:
+        argv.append(f"--keyring={_readable_keyring(ctx, Path(keyring))}")
     mirrors = [src.mirror]
-    sec = ctx.manifest.get("source", {}).get("security")
-    if sec:
-        # Security updates in the same apt run: the newest version of every package wins.
-        mirrors.append(f"deb {sec['mirror']} {sec['suite']} {' '.join(src.components)}")
+    for pocket in ("updates", "security"):
+        # Updates in the same apt run as the release: the newest version of every package wins.
+        found = ctx.manifest.get("source", {}).get(pocket)
+        if found:
+            mirrors.append(f"deb {found['mirror']} {found['suite']} {' '.join(src.components)}")
     run([*argv, src.suite, str(ctx.root), *mirrors])
+
+
+def _readable_keyring(ctx: BuildContext, keyring: Path) -> Path:
+    """A copy of `keyring` (file or directory) in the build's scratch space (0755): apt verifies
+    the Release files as its sandbox user `_apt`, which cannot read a keyring under a private
+    directory - a checkout in a 0700 temp dir failed with NO_PUBKEY though the key was there."""
+    dest = ctx.scratch / "apt-keyring"
+    dest.mkdir(mode=0o755, exist_ok=True)
+    dest.chmod(0o755)
+    if keyring.is_dir():
+        files = sorted(p for p in keyring.iterdir() if p.suffix in (".gpg", ".asc") and p.is_file())
+        out = dest / "trusted.gpg.d"
+        out.mkdir(mode=0o755, exist_ok=True)
+    else:
+        files, out = [keyring], dest
+    for f in files:
+        copy = out / f.name
+        shutil.copyfile(f, copy)
+        copy.chmod(0o644)
+    return out if keyring.is_dir() else out / keyring.name
 
 
 def enter_chroot(ctx: BuildContext) -> None:
@@ -102,10 +109,10 @@ def enter_chroot(ctx: BuildContext) -> None:
 
 def packages(ctx: BuildContext) -> None:
     """The shared `packages` step script (the Packer builder runs it in its build VM); here the
-    installs came with the bootstrap, so it purges what the recipe removes."""
-    from ..steps import scripts
-
-    script = scripts.packages_script(ctx.recipe, install=[], remove=list(ctx.recipe.packages.remove))
+    installs came with the bootstrap, so it purges what the recipe removes and what the family
+    never ships (a dependency may have pulled it in)."""
+    remove = sorted({*ctx.recipe.packages.remove, *ctx.distro.unwanted_packages})
+    script = scripts.packages_script(ctx.recipe, install=[], remove=remove)
     ctx.in_root(["bash", "-c", script.text], env={"IMAGEFACTORY_UPDATE": "0"})
 
 
@@ -114,26 +121,26 @@ def distro_config(ctx: BuildContext) -> None:
 
 
 def write_files(ctx: BuildContext) -> None:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(ctx.loaded.directory),
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
-    )
+    env = templates.environment(ctx.loaded.directory)
     users = _ids(ctx.root / "etc/passwd")
     groups = _ids(ctx.root / "etc/group")
     for i, f in enumerate(ctx.recipe.files):
         if f.template is not None:
             try:
-                text = env.get_template(f.template).render(recipe=ctx.recipe)
-            except jinja2.TemplateError as e:
-                raise BuildError(f"files[{i}] ({f.template}): template error: {e}") from None
+                text = templates.render(ctx.loaded.directory, f.template, ctx.recipe, env)
+            except templates.TemplateProblem as e:
+                raise BuildError(f"files[{i}].template: {e}") from None
         else:
             text = f.content or ""
         user, group = f.owner.split(":")
         if user not in users or group not in groups:
             raise BuildError(f"files[{i}].owner: '{f.owner}' does not exist in the image",
                              hint="create the user in a package or use an existing one")
-        target = ctx.root / f.path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        # Resolved as the image sees its own links (Debian's /var/run -> /run would otherwise
+        # land on the build host's /run), the parent created inside the root.
+        parent = resolve_in_root(ctx.root, os.path.dirname(f.path))
+        parent.mkdir(parents=True, exist_ok=True)
+        target = parent / os.path.basename(f.path)
         if target.is_symlink():
             target.unlink()  # never write through a link into somewhere else
         target.write_text(text)
@@ -195,22 +202,35 @@ def check_seal(ctx: BuildContext) -> None:
 
 
 def make_disk(ctx: BuildContext) -> None:
+    d = ctx.recipe.disk
+    layout = disk.new_layout(d.size, table=d.table, bios=d.bios, uefi=d.uefi)
     used = disk.root_size(ctx.root)
     # ext4 needs room for its metadata and the guest for its first boot: 25 % + 256 MiB.
-    needed = int(used * 1.25) + 256 * 1024**2 + disk.PART_START * disk.SECTOR
-    if needed > ctx.recipe.disk.size:
+    needed = int(used * 1.25) + 256 * 1024**2 + layout.overhead
+    if needed > d.size:
         raise BuildError(
-            f"disk.size {ctx.recipe.disk.size / 1024**3:.1f} GiB is too small for a root of "
+            f"disk.size {d.size / 1024**3:.1f} GiB is too small for a root of "
             f"{used / 1024**3:.2f} GiB", hint=f"set disk.size to at least {needed // 1024**3 + 1}GiB")
-    layout = disk.new_layout(ctx.recipe.disk.size)
     kernel, initrd = ctx.distro.kernel_paths(ctx.root)
+    boot_files = None
+    description = layout.describe()
+    if layout.uefi:
+        boot_files = efi.find_boot_files(ctx.root, ctx.distro.efi_shim, ctx.distro.efi_grub,
+                                         ctx.distro.efi_mokmanager)
+        description["secure_boot"] = d.secure_boot
+        if d.secure_boot:
+            description["signers"] = efi.check_signed(boot_files, resolve_in_root(ctx.root, kernel))
     disk.write_fstab(ctx.root, layout)
     cmdline = [*ctx.recipe.kernel.cmdline,
                *(a for a in ctx.kernel_args if a not in ctx.recipe.kernel.cmdline)]
     disk.write_grub_cfg(ctx.root, layout, kernel, initrd, " ".join(cmdline),
                         ctx.recipe.description or ctx.recipe.name)
-    disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch)
+    # and into /etc/default/grub where the image has one (Ubuntu's grub2-common): an update-grub
+    # run by a package inside the guest then keeps them
+    disk.add_kernel_args(ctx.root, cmdline)
+    disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch, boot_files, ctx.distro.efi_vendor)
     ctx.manifest["root_bytes"] = used
+    ctx.manifest["disk"] = description
 
 
 def convert_image(ctx: BuildContext) -> None:
@@ -224,9 +244,6 @@ def offline_steps(recipe: Recipe, *, packages_step: bool) -> list[Step]:
     here; the Packer builder's stopped disk, mounted): one list, so the builders cannot drift.
     `packages_step`: run the shared `packages` script in the chroot (the Packer builder ran it in
     its build VM already)."""
-    from ..build import Step
-    from ..steps import rke2, stig
-
     return [
         Step("enter-chroot", enter_chroot),
         *([Step("packages", packages)] if packages_step else []),
@@ -243,9 +260,6 @@ def offline_steps(recipe: Recipe, *, packages_step: bool) -> list[Step]:
 
 
 def steps(recipe: Recipe) -> list[Step]:
-    from ..build import Step
-    from ..steps import rke2, stig
-
     return [
         Step("check-mirror", check_mirror),
         *([Step("fetch-inputs", rke2.fetch_inputs)] if recipe.rke2 or recipe.zarf else []),

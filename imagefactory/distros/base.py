@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from ..build import BuildContext
-    from ..recipes.model import Recipe
+from ..recipes.model import MmdebstrapSource, Recipe
+from ..run import Result
+
+
+class ChrootRoot(Protocol):
+    """What `Distro.configure` needs of a build: its root and a command in the root's chroot.
+    The build context (`imagefactory.context.BuildContext`) is one; a protocol here keeps the
+    distros below the context, which holds a `Distro`."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def recipe(self) -> Recipe: ...
+
+    def in_root(self, argv: Sequence[str], check: bool = True,
+                env: dict[str, str] | None = None) -> Result: ...
 
 
 class Distro:
@@ -34,13 +49,44 @@ class Distro:
     default_package_mirrors: ClassVar[tuple[str, ...]] = ()
     # the package manager the step scripts use (steps/scripts.py)
     package_manager: ClassVar[str] = "apt"
+    # the kernel package when the recipe names none (kernel.package)
+    kernel_package: ClassVar[str] = ""
+    # release -> packages only that release needs (split out of others upstream)
+    release_packages: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # packages an image of the family never ships (phoning home, nagging, snaps): purged when a
+    # dependency pulls them in, refused in packages.install
+    unwanted_packages: ClassVar[tuple[str, ...]] = ()
+    # the archive keyring when the recipe names none (source.keyring)
+    default_keyring: ClassVar[str | None] = None
+    # EFI boot chain (disk.firmware uefi/hybrid): the packages with the distribution's signed
+    # binaries, where those lie in the image (first existing candidate wins), and the directory
+    # the signed GRUB reads its grub.cfg from (its built-in prefix, /EFI/<vendor>)
+    efi_packages: ClassVar[tuple[str, ...]] = ()
+    efi_shim: ClassVar[tuple[str, ...]] = ()
+    efi_grub: ClassVar[tuple[str, ...]] = ()
+    efi_mokmanager: ClassVar[tuple[str, ...]] = ()
+    efi_vendor: ClassVar[str] = ""
+
+    def packages(self, recipe: Recipe) -> tuple[str, ...]:
+        """What a bootstrap of `recipe` installs besides the recipe's own packages."""
+        return (*self.base_packages, recipe.kernel.package or self.kernel_package,
+                *self.release_packages.get(recipe.os.release, ()),
+                *(self.efi_packages if recipe.disk.uefi else ()), *self.feature_packages(recipe))
+
+    def feature_packages(self, recipe: Recipe) -> tuple[str, ...]:
+        """Packages recipe settings need (every builder installs them)."""
+        return ()
+
+    def keyring(self, recipe: Recipe) -> str | None:
+        src = recipe.source
+        if isinstance(src, MmdebstrapSource) and src.keyring:
+            return src.keyring
+        return self.default_keyring
 
     def package_mirrors(self, recipe: Recipe) -> tuple[str, ...]:
         if recipe.packer.package_mirrors is not None:
             return recipe.packer.package_mirrors
         mirrors = self.default_package_mirrors
-        from ..recipes.model import MmdebstrapSource
-
         if isinstance(recipe.source, MmdebstrapSource):
             mirrors = (recipe.source.mirror, *mirrors)
         return mirrors
@@ -48,7 +94,7 @@ class Distro:
     def codename(self, release: str) -> str:
         return self.releases[release]
 
-    def configure(self, ctx: BuildContext) -> None:
+    def configure(self, ctx: ChrootRoot) -> None:
         """Family-specific configuration of the root, run in the chroot."""
         raise NotImplementedError
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from .base import Distro
-
-if TYPE_CHECKING:
-    from ..build import BuildContext
+from ..recipes.model import Recipe
+from .base import ChrootRoot, Distro
 
 CLOUD_CFG = """# Written by imagefactory.
 # Only the datasources a golden image meets: NoCloud (boot tests, Harvester/KubeVirt) and
@@ -18,15 +16,16 @@ datasource_list: [NoCloud, ConfigDrive, None]
 manage_etc_hosts: localhost
 """
 LOCALE = "en_US.UTF-8"  # cloud-init's default locale; without it the locale module fails
+PERIODIC_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 
 
 class Debian(Distro):
     family = "debian"
     releases: ClassVar[dict[str, str]] = {"11": "bullseye", "12": "bookworm", "13": "trixie"}
     base_packages: ClassVar[tuple[str, ...]] = (
+        "apt",  # in Debian's minbase anyway; Ubuntu's apt is not Essential and would be missing
         "systemd-sysv",
         "dbus",
-        "linux-image-cloud-amd64",
         "openssh-server",
         "sudo",  # cloud-init's default user and Packer's shutdown command need it
         "cloud-init",
@@ -42,6 +41,14 @@ class Debian(Distro):
         "packer": ("cloud-image", "local-image"),
     }
     default_user = "debian"
+    kernel_package = "linux-image-cloud-amd64"  # signed (Secure Boot), virtio drivers, small
+    default_keyring: ClassVar[str | None] = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    # dosfstools: systemd fscks the ESP before mounting it at /boot/efi (fstab pass 1)
+    efi_packages: ClassVar[tuple[str, ...]] = ("shim-signed", "grub-efi-amd64-signed", "dosfstools")
+    efi_shim: ClassVar[tuple[str, ...]] = ("/usr/lib/shim/shimx64.efi.signed",)
+    efi_grub: ClassVar[tuple[str, ...]] = ("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",)
+    efi_mokmanager: ClassVar[tuple[str, ...]] = ("/usr/lib/shim/mmx64.efi.signed", "/usr/lib/shim/mmx64.efi")
+    efi_vendor = "debian"
     default_package_mirrors: ClassVar[tuple[str, ...]] = (
         "http://deb.debian.org/debian", "http://deb.debian.org/debian-security",
         "http://security.debian.org/")
@@ -53,16 +60,39 @@ class Debian(Distro):
         "var/lib/dpkg/status-old",
     )
 
-    def configure(self, ctx: BuildContext) -> None:
+    def feature_packages(self, recipe: Recipe) -> tuple[str, ...]:
+        return ("unattended-upgrades",) if recipe.packages.auto_updates else ()
+
+    def configure(self, ctx: ChrootRoot) -> None:
         root = ctx.root
         (root / "etc/cloud/cloud.cfg.d").mkdir(parents=True, exist_ok=True)
         (root / "etc/cloud/cloud.cfg.d/90-imagefactory.cfg").write_text(CLOUD_CFG)
-        gen = root / "etc/locale.gen"
+        self.generate_locale(ctx)
+        (root / "etc/default/locale").write_text(f"LANG={LOCALE}\n")
+        self.configure_periodic_updates(ctx)
+
+    def generate_locale(self, ctx: ChrootRoot) -> None:
+        gen = ctx.root / "etc/locale.gen"
         text = gen.read_text() if gen.exists() else ""
         if f"\n{LOCALE} UTF-8" not in f"\n{text}":
             gen.write_text(text + f"{LOCALE} UTF-8\n")
         ctx.in_root(["locale-gen"])
-        (root / "etc/default/locale").write_text(f"LANG={LOCALE}\n")
+
+    def configure_periodic_updates(self, ctx: ChrootRoot) -> None:
+        """apt's periodic jobs as the recipe says (`packages.auto_updates`): off by default - an
+        air-gapped node has no archive to reach, and an image changes through a rebuild - so the
+        timers are masked and APT::Periodic is 0; on, unattended-upgrades (installed with the
+        bootstrap) applies security updates daily."""
+        on = ctx.recipe.packages.auto_updates
+        value = "1" if on else "0"
+        (ctx.root / "etc/apt/apt.conf.d").mkdir(parents=True, exist_ok=True)
+        (ctx.root / "etc/apt/apt.conf.d/20auto-upgrades").write_text(
+            "// Written by imagefactory (recipe key packages.auto_updates).\n"
+            f'APT::Periodic::Update-Package-Lists "{value}";\n'
+            f'APT::Periodic::Unattended-Upgrade "{value}";\n')
+        ctx.in_root(["systemctl", "unmask" if on else "mask", *PERIODIC_TIMERS])
+        if on:
+            ctx.in_root(["systemctl", "enable", *PERIODIC_TIMERS])
 
     def installed_packages(self, root: Path) -> list[tuple[str, str]]:
         # Read dpkg's status file directly: no chroot, no subprocess, same answer.

@@ -1,0 +1,151 @@
+"""Disks made from a directory without loop devices: every layout's partition table, the ESP's
+files, the BIOS boot chain's pointers; and the Packer builder's offline opening of a disk laid
+out like Canonical's 24.04 cloud image (a separate /boot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from imagefactory.builders import disk, efi
+from imagefactory.chroot import mounts_under
+from tests.conftest import require_root
+from tests.unit.test_efi import pe
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_root(root: Path) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "boot").mkdir()
+    (root / "boot/vmlinuz-1").write_bytes(b"kernel")
+    (root / "etc/hostname").write_text("localhost\n")
+    return root
+
+
+def boot_files(d: Path) -> efi.BootFiles:
+    d.mkdir()
+    return efi.BootFiles(pe(d / "shimx64.efi.signed"), pe(d / "grubx64.efi.signed"), pe(d / "mmx64.efi"))
+
+
+def sfdisk(raw: Path) -> dict[int, dict[str, str]]:
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, check=True,
+                                      text=True).stdout)["partitiontable"]
+    return {int(p["node"].removeprefix(str(raw))): p for p in table["partitions"]}
+
+
+def mtools(tool: str, raw: Path, offset: int, *args: str) -> str:
+    return subprocess.run([tool, "-i", f"{raw}@@{offset}", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize(("table", "bios", "uefi"), [("msdos", True, False), ("gpt", True, False),
+                                                      ("gpt", False, True), ("gpt", True, True)])
+def test_layouts(tmp_path: Path, table: Literal["msdos", "gpt"], bios: bool, uefi: bool) -> None:
+    root = tiny_root(tmp_path / "root")
+    layout = disk.new_layout(512 * 1024**2, table=table, bios=bios, uefi=uefi)
+    disk.write_fstab(root, layout)
+    raw = tmp_path / "disk.raw"
+    disk.make_raw(root, raw, layout, tmp_path, boot_files(tmp_path / "efi") if uefi else None, "ubuntu")
+    parts = sfdisk(raw)
+    root_part = parts[1]
+    assert int(root_part["start"]) * 512 == layout.part_offset
+    if table == "msdos":
+        assert list(parts) == [1] and root_part["type"] == "83"
+    else:
+        # Canonical's and Debian's numbering: root 1 (last on the disk), BIOS boot 14, ESP 15
+        assert sorted(parts) == sorted([1, *([14] if bios else []), *([15] if uefi else [])])
+        assert root_part["type"] == disk.GPT_LINUX
+        assert int(root_part["start"]) == max(int(p["start"]) for p in parts.values())
+    # the root filesystem holds the tree and the fstab names the ESP by its volume id
+    fstab = subprocess.run(["debugfs", "-R", "cat /etc/fstab", f"{raw}?offset={layout.part_offset}"],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"UUID={layout.fs_uuid} / ext4" in fstab
+    assert (f"UUID={layout.esp_uuid} /boot/efi vfat" in fstab) == uefi
+    # never given up on a slow first boot (udev's coldplug after systemd's 90 s device timeout)
+    assert ("nofail,x-systemd.device-timeout=0 0 1" in fstab) == uefi
+    mbr = raw.read_bytes()[:512]
+    if uefi:
+        esp = parts[15]
+        assert esp["type"] == disk.GPT_ESP
+        off = int(esp["start"]) * 512
+        listing = mtools("mdir", raw, off, "-b", "-/", "::/EFI")
+        for f in ("::/EFI/BOOT/BOOTX64.EFI", "::/EFI/BOOT/grubx64.efi", "::/EFI/BOOT/mmx64.efi",
+                  "::/EFI/ubuntu/grub.cfg", "::/EFI/ubuntu/shimx64.efi"):
+            assert f in listing.split(), listing
+        assert "fbx64.efi" not in listing  # no fallback: it would write NVRAM entries and reboot
+        stub = mtools("mtype", raw, off, "::/EFI/ubuntu/grub.cfg")
+        assert f"search.fs_uuid {layout.fs_uuid} root" in stub and "configfile" in stub
+        blkid = subprocess.run(["blkid", "--probe", "--offset", str(off), "-o", "export", str(raw)],
+                               capture_output=True, text=True, check=True).stdout
+        assert f"UUID={layout.esp_uuid}" in blkid and "TYPE=vfat" in blkid
+    if bios:
+        # boot.img points at core.img, core.img's block list at the rest of itself
+        core_sector = 1 if table == "msdos" else int(parts[14]["start"])
+        assert struct.unpack_from("<Q", mbr, disk.BOOT_IMG_KERNEL_SECTOR)[0] == core_sector
+        with open(raw, "rb") as f:
+            f.seek(core_sector * 512)
+            diskboot = f.read(512)
+        assert struct.unpack_from("<Q", diskboot, disk.DISKBOOT_BLOCKLIST_START)[0] == core_sector + 1
+        if table == "gpt":
+            assert parts[14]["type"] == disk.GPT_BIOS_BOOT
+    else:
+        assert mbr[:440] == bytes(440)  # UEFI only: no BIOS boot code
+    assert mbr[510:512] == b"\x55\xaa"
+
+
+def test_opened_image_mounts_a_separate_boot_like_ubuntu_2404(tmp_path: Path) -> None:
+    """Root (p1), /boot on its own XBOOTLDR partition (p16, found through the root's fstab by
+    LABEL), BIOS boot (p14) and ESP (p15): the offline steps see the kernel under /boot, and
+    closing leaves no mount and no loop device."""
+    require_root()
+    raw = tmp_path / "cloud.raw"
+    with open(raw, "wb") as f:
+        f.truncate(400 * 1024**2)
+    xbootldr = "BC13C2FF-59E6-4262-A352-B275FD6F7172"
+    subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", str(raw)], check=True,
+                   capture_output=True,
+                   input=f"label: gpt\n{raw}14 : start=2048, size=8192, type={disk.GPT_BIOS_BOOT}\n"
+                         f"{raw}15 : start=10240, size=217088, type={disk.GPT_ESP}\n"
+                         f"{raw}16 : start=227328, size=204800, type={xbootldr}\n"
+                         f"{raw}1 : start=432128, type={disk.GPT_LINUX}\n", text=True)
+    root = tiny_root(tmp_path / "root")
+    (root / "boot/vmlinuz-1").unlink()
+    (root / "etc/fstab").write_text("LABEL=cloudimg-rootfs / ext4 defaults 0 1\n"
+                                    "LABEL=BOOT /boot ext4 defaults 0 2\n"
+                                    "LABEL=UEFI /boot/efi vfat umask=0077 0 1\n")
+    boot = tmp_path / "bootfs"
+    boot.mkdir()
+    (boot / "vmlinuz-6.8.0-1-generic").write_bytes(b"kernel")
+    parts = sfdisk(raw)
+    for number, label, tree in ((1, "cloudimg-rootfs", root), (16, "BOOT", boot)):
+        p = parts[number]
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", f"offset={int(p['start']) * 512}",
+                        "-d", str(tree), str(raw), f"{int(p['size']) // 2}k"], check=True)
+    image = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(image)], check=True)
+    mnt = tmp_path / "mnt"
+    with disk.OpenedImage(image, tmp_path / "work.raw", mnt) as opened:
+        assert opened.mounted == ["/", "/boot"]
+        assert (mnt / "etc/hostname").read_text() == "localhost\n"
+        assert (mnt / "boot/vmlinuz-6.8.0-1-generic").read_bytes() == b"kernel"
+        (mnt / "boot/grub").mkdir()
+        (mnt / "boot/grub/grub.cfg").write_text("linux /vmlinuz-6.8.0-1-generic root=LABEL=rootfs\n")
+        disk.add_kernel_args(mnt, ["audit=1"])
+        loops = list(opened.loops)
+    assert mounts_under(mnt) == []
+    listed = subprocess.run(["losetup", "--list", "--noheadings", "-O", "NAME"], capture_output=True,
+                            text=True).stdout.split()
+    assert not set(loops) & set(listed)
+    # the kernel argument landed on the /boot filesystem, not in the root's empty /boot directory
+    boot_fs = f"{tmp_path / 'work.raw'}?offset={227328 * 512}"
+    out = subprocess.run(["debugfs", "-R", "cat /grub/grub.cfg", boot_fs], capture_output=True,
+                         text=True).stdout
+    assert "audit=1" in out
+    assert not os.path.exists(mnt / "boot/grub")
