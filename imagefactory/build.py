@@ -16,80 +16,34 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import __version__, distros
 from .artifacts import Artifact, Cache, Fetcher
-from .chroot import Chroot, unmount_all
+from .builders import packer, rootfs
+from .builders.disk import detach_loops, virtual_size
+from .buildkey import build_key_of
+from .chroot import unmount_all
 from .config import FactoryConfig
-from .distros.base import Distro
+from .context import BuildContext, Step
 from .errors import BuildError
 from .fsutil import digests, exclusive_lock, write_json
 from .lock import LockFile, check_entry, needs_lock
 from .recipes.load import LoadedRecipe
 from .recipes.model import Recipe
-from .run import Result
+from .services import FactoryServices
+from .steps import stig
 from .store.local import LocalStore
-from .testing.harness import run_suites
+from .testing.harness import check_test_host, run_suites
+
+# BuildContext and Step live in `context` (below the builders); these names stay importable from
+# here for the callers that know them as build.BuildContext, build.Step and build.build_key_of.
+__all__ = ["BuildContext", "ProgressHook", "Step", "boot_test", "build", "build_key_of", "builder_steps",
+           "checksum", "common_tail", "new_build_id"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    run: Callable[[BuildContext], None]
-
-
-@dataclass
-class BuildContext:
-    """Mutable state of one build (the recipe itself is frozen)."""
-
-    loaded: LoadedRecipe
-    distro: Distro
-    workdir: Path
-    build_id: str
-    out_dir: Path  # `<build-id>.partial` until the build succeeds
-    scratch: Path
-    stack: contextlib.ExitStack
-    fetcher: Fetcher
-    manifest: dict[str, Any] = field(default_factory=dict)
-    timings: list[dict[str, Any]] = field(default_factory=list)
-    chroot: Chroot | None = None
-    skip_tests: bool = False
-    lock_entry: dict[str, Any] = field(default_factory=dict)
-    locked: list[Artifact] = field(default_factory=list)
-    kernel_args: list[str] = field(default_factory=list)  # added by steps (STIG), after the recipe's
-    # Packer builder state (builders/packer.py)
-    packer_source: tuple[Path, str] = (Path(), "")  # verified base image, its sha256
-    packer: Any = None  # (Packer, Rendered)
-    packer_output: Path = Path()
-    disk_handle: Any = None  # builders.disk.OpenedImage
-
-    @property
-    def recipe(self) -> Recipe:
-        return self.loaded.recipe
-
-    @property
-    def root(self) -> Path:
-        return self.scratch / "root"
-
-    @property
-    def raw(self) -> Path:
-        return self.scratch / "disk.raw"
-
-    @property
-    def image(self) -> Path:
-        return self.out_dir / f"image.{self.recipe.disk.format}"
-
-    def in_root(self, argv: Sequence[str], check: bool = True,
-                env: dict[str, str] | None = None) -> Result:
-        if self.chroot is None:
-            raise BuildError("internal: a chroot command ran outside enter-chroot/leave-chroot")
-        return self.chroot.run(argv, check=check, env=env)
 
 
 def new_build_id() -> str:
@@ -100,17 +54,11 @@ def new_build_id() -> str:
 
 def builder_steps(recipe: Recipe) -> list[Step]:
     if recipe.builder == "rootfs":
-        from .builders import rootfs
-
         return rootfs.steps(recipe)
-    from .builders import packer
-
     return packer.steps(recipe)
 
 
 def checksum(ctx: BuildContext) -> None:
-    from .builders.disk import virtual_size
-
     sha256, sha512 = digests(ctx.image)
     ctx.manifest["image"] = {
         "file": ctx.image.name,
@@ -125,8 +73,6 @@ def checksum(ctx: BuildContext) -> None:
 
 
 def boot_test(ctx: BuildContext) -> None:
-    from .steps import stig
-
     if ctx.skip_tests:
         ctx.manifest["tests"] = {"ok": None, "skipped": "--skip-tests"}
         return
@@ -201,6 +147,9 @@ def build(
     if needs_lock(recipe):
         lock_entry = LockFile(loaded.directory).entry(recipe)
         check_entry(recipe, lock_entry)
+    if not skip_tests:
+        # A boot test that cannot run (no OVMF for a UEFI clone) fails now, not after the build.
+        check_test_host(recipe)
     key = build_key_of(loaded)
     builds = workdir / "builds" / recipe.name
     build_id = new_build_id()
@@ -218,12 +167,13 @@ def build(
             with contextlib.ExitStack() as stack:
                 ctx = BuildContext(loaded, distro, workdir, build_id, partial, scratch, stack,
                                    Fetcher(Cache(workdir / "cache"), config),
+                                   FactoryServices(workdir, config),
                                    skip_tests=skip_tests,
                                    lock_entry=lock_entry,
                                    locked=[Artifact(**a) for a in lock_entry.get("artifacts", [])])
                 ctx.manifest.update(_manifest_head(ctx))
                 if key is not None:
-                    # What the nightly plan compares: every input named and hashed (nightly.keys).
+                    # What the nightly plan compares: every input named and hashed (buildkey).
                     ctx.manifest["build_key"] = key
                 log.info("build %s of %s (%d steps)", build_id, recipe.name, len(steps))
                 for step in steps:
@@ -237,8 +187,6 @@ def build(
             handler.close()
             unmount_all(scratch)  # belt and braces: nothing may stay mounted
             if recipe.builder == "packer":
-                from .builders.disk import detach_loops
-
                 detach_loops(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
             if not ok:
@@ -255,17 +203,6 @@ def build(
     if store is not None:
         manifest["stored"] = store.add(final)
     return manifest
-
-
-def build_key_of(loaded: LoadedRecipe) -> dict[str, Any] | None:
-    """The build key of a recipe in its recipe directory (None for a recipe file elsewhere)."""
-    from .nightly import build_key
-    from .recipes.load import RecipeBook
-
-    book = RecipeBook(loaded.directory)
-    if loaded.recipe.name not in book.names():
-        return None
-    return build_key(book, LockFile(loaded.directory), loaded.recipe.name).to_json()
 
 
 def _run_step(ctx: BuildContext, step: Step, progress: ProgressHook | None) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from .errors import BuildError
 from .run import Result, run
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,19 @@ class Chroot:
                 ("proc", ["mount", "-t", "proc", "proc"]),
                 ("sys", ["mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs"]),
                 ("dev", ["mount", "--bind", "/dev"]),
+                # A bind of a shared /dev is a peer of the host's: devpts mounted below it would
+                # appear on the host's /dev/pts (and stay there if the build is killed). As a
+                # slave it still sees the host's devices, and nothing of ours goes back.
+                ("dev", ["mount", "--make-rslave"]),
                 ("dev/pts", ["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666", "devpts"]),
             ):
                 target = self.root / sub
+                for part in (self.root / sub.split("/")[0], target):
+                    # mount(8) follows a link on the host: an image's `/proc -> /` would put
+                    # proc over the build host's root
+                    if part.is_symlink():
+                        raise BuildError(f"/{sub} in the image root is a symbolic link "
+                                         f"(to {os.readlink(part)}): refusing to mount over it")
                 target.mkdir(parents=True, exist_ok=True)
                 run([*argv, str(target)])
             policy = self.root / POLICY_RC_D

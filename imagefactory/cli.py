@@ -25,7 +25,7 @@ from rich.table import Table
 from .errors import ExitStatus, ImageFactoryError, UserError, ValidationError
 
 DEFAULT_WORKDIR = Path("/var/lib/imagefactory")
-STIG_CATALOGUES = ["ubuntu2204", "slmicro5", "rke2"]  # benchmarks with a catalogue in stig/
+STIG_CATALOGUES = ["ubuntu2204", "ubuntu2404", "slmicro5", "rke2"]  # those with a catalogue in stig/
 
 
 class App:

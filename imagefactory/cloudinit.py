@@ -47,8 +47,10 @@ def render(seed: SeedData) -> dict[str, str]:
     }
 
 
-def write_seed_iso(files: dict[str, str], path: Path) -> None:
-    """A NoCloud seed ISO (volume id `cidata`, Joliet + Rock Ridge), written atomically."""
+def write_seed_iso(files: dict[str, str], path: Path, mode: int = 0o644) -> None:
+    """A NoCloud seed ISO (volume id `cidata`, Joliet + Rock Ridge), written atomically. It is
+    0600 while written (mkstemp) and gets `mode` only when complete: a seed holding a cluster
+    token passes 0o600 and is never readable by others."""
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     try:
@@ -60,7 +62,7 @@ def write_seed_iso(files: dict[str, str], path: Path) -> None:
         os.close(fd)
         try:
             iso.write(tmp)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .archive import fetch, pocket_suites
 from .artifacts import Artifact, cloud_image_artifact, http_get, parse_sums, redirect_location
 from .config import FactoryConfig
 from .errors import BuildError, ImageFactoryError, UserError
@@ -194,60 +195,17 @@ def zarf_artifacts(cfg: FactoryConfig, zarf: Zarf, arch: str) -> list[Artifact]:
 # --- base source identity ------------------------------------------------------------------
 
 
+# The pockets a build adds to its release (archive.pocket_suites), tracked like the release itself.
+POCKETS = ("updates", "security")
+
+
 def security_suite(recipe: Recipe) -> tuple[str, str] | None:
-    """(archive base URL, suite) of the security updates a build of `recipe` installs, or None.
-
-    Debian/Ubuntu only (SLE Micro's zypper repositories are not tracked). An mmdebstrap source
-    uses its own mirror; a Packer build that applies updates (`packer.update`) uses the first of
-    its package mirrors. Ubuntu serves `<codename>-security` from the same archive; Debian from a
-    sibling archive, `debian-security` next to `debian` (deb.debian.org and the usual mirror
-    layouts). Derived in this one place: the rootfs builder should take its security source from
-    here as well, so that what the lock tracks is what a build installs.
-    """
-    from . import distros
-
-    family = recipe.os.family
-    if family not in ("debian", "ubuntu"):
-        return None
-    distro = distros.get(family)
-    codename = distro.releases.get(recipe.os.release)
-    src = recipe.source
-    if isinstance(src, MmdebstrapSource):
-        base = src.mirror
-    elif recipe.builder == "packer" and recipe.packer.update:
-        mirrors = distro.package_mirrors(recipe)
-        if not mirrors:
-            return None
-        base = mirrors[0]
-    else:
-        return None
-    if codename is None:
-        return None
-    base = base.rstrip("/")
-    if family == "debian":
-        parts = urllib.parse.urlsplit(base)
-        path = parts.path.rstrip("/")
-        path = f"{path}-security" if path else "/debian-security"
-        base = urllib.parse.urlunsplit(parts._replace(path=path))
-    return base, f"{codename}-security"
+    """(archive base URL, suite) of the security updates a build of `recipe` installs, or None
+    (`archive.pocket_suites`, the one place that derives the pockets)."""
+    return pocket_suites(recipe).get("security")
 
 
-def _fetch(url: str, timeout: float = 30) -> bytes | None:
-    """GET a small document; None when it does not exist (HTTP 404, a missing file:// path)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            data: bytes = resp.read()
-            return data
-    except urllib.error.HTTPError as e:
-        if e.code in (404, 410):
-            return None
-        raise BuildError(f"GET {url}: HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, FileNotFoundError):
-            return None
-        raise BuildError(f"GET {url}: {e.reason}", hint="check the network, proxy and mirror URL") from None
-    except OSError as e:
-        raise BuildError(f"GET {url}: {e}", hint="check the network, proxy and mirror URL") from None
+_fetch = fetch  # GET a small document; None when it does not exist
 
 
 def release_date(release: bytes) -> str | None:
@@ -307,8 +265,10 @@ def resolve_source(cfg: FactoryConfig, recipe: Recipe, cache: dict[str, Any] | N
     else:
         assert isinstance(src, LocalImageSource)
         out = {"type": "local-image", "image": src.image}
-    sec = security_suite(recipe)
-    out["security"] = release(sec[0], sec[1], False) if sec else None
+    pockets = pocket_suites(recipe)
+    for pocket in POCKETS:
+        where = pockets.get(pocket)
+        out[pocket] = release(where[0], where[1], False) if where else None
     return out
 
 
@@ -324,11 +284,14 @@ def source_matches(recipe: Recipe, locked: dict[str, Any]) -> bool:
             (src.url, src.checksum, src.checksum_url)
     else:
         same = locked.get("image") == src.image
-    sec = security_suite(recipe)
-    locked_sec = locked.get("security")
-    locked_pair = ((locked_sec.get("mirror"), locked_sec.get("suite")) if isinstance(locked_sec, dict)
-                   else None)
-    return same and locked_pair == sec
+    pockets = pocket_suites(recipe)
+    for pocket in POCKETS:
+        if pocket not in locked:
+            continue  # locked before the pocket was tracked: the build key says it is unknown
+        entry = locked.get(pocket)
+        pair = (entry.get("mirror"), entry.get("suite")) if isinstance(entry, dict) else None
+        same = same and pair == pockets.get(pocket)
+    return same
 
 
 def describe_source(src: dict[str, Any] | None) -> str:
@@ -403,9 +366,10 @@ def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     osrc, nsrc = old.get("source"), new.get("source")
     if _identity(osrc) != _identity(nsrc):
         lines.append(f"source: {describe_source(osrc)} -> {describe_source(nsrc)}")
-    osec, nsec = (osrc or {}).get("security"), (nsrc or {}).get("security")
-    if _identity(osec) != _identity(nsec):
-        lines.append(f"security: {describe_release(osec)} -> {describe_release(nsec)}")
+    for pocket in POCKETS:
+        opk, npk = (osrc or {}).get(pocket), (nsrc or {}).get(pocket)
+        if _identity(opk) != _identity(npk):
+            lines.append(f"{pocket}: {describe_release(opk)} -> {describe_release(npk)}")
     for part in ("rke2", "zarf"):
         o, n = (old.get(part) or {}).get("version"), (new.get(part) or {}).get("version")
         if o != n:

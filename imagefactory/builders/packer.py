@@ -22,27 +22,28 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 
 from .. import packer as pk
+from ..accel import resolve_accelerator
+from ..artifacts import cloud_image_artifact
 from ..cloudinit import SeedData, render, write_seed_iso
+from ..context import BuildContext, Step
+from ..distros import get as distro
 from ..errors import BuildError, UserError
 from ..fsutil import atomic_write
 from ..recipes.model import CloudImageSource, LocalImageSource, Recipe
-from ..steps import scripts
+from ..sshkeys import ephemeral_key
+from ..steps import rke2, scripts, stig
 from . import disk
 from .rootfs import offline_steps
-
-if TYPE_CHECKING:
-    from ..build import BuildContext, Step
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent.parent / "templates" / "packer"
@@ -111,29 +112,16 @@ def explain(problems: list[str]) -> str:
 
 
 def fetch_source(ctx: BuildContext) -> None:
-    from ..artifacts import cloud_image_artifact
-    from ..store.local import LocalStore
-
     src = ctx.recipe.source
     if isinstance(src, LocalImageSource):
-        try:
-            path = LocalStore(ctx.workdir / "store").resolve(src.image)
-        except UserError as missing:
-            # Built on another CI runner: take it from the catalogue (signature-verified).
-            path, version, sha256 = _from_catalogue(ctx, src.image, missing)
-            ctx.manifest["source"] = {"type": "local-image", "image": src.image, "version": version,
-                                      "sha256": sha256, "from": "catalogue"}
-            ctx.packer_source = (path, sha256)
-            return
-        manifest = json.loads((path.parent / "manifest.json").read_text())
-        sha256 = str(manifest["image"]["sha256"])
-        from ..fsutil import digests
-
-        if digests(path)[0] != sha256:
-            raise BuildError(f"{path}: does not match the sha256 in its manifest",
-                             hint="the stored image was modified; rebuild it")
-        ctx.manifest["source"] = {"type": "local-image", "image": src.image,
-                                  "version": manifest["version"], "sha256": sha256}
+        # The build store, else the signed catalogue (a base built on another CI runner): the
+        # services `build` put on the context know both; this builder knows neither.
+        base = ctx.services.base_image(src.image)
+        path, sha256 = base.path, base.sha256
+        ctx.manifest["source"] = {"type": "local-image", "image": src.image, "version": base.version,
+                                  "sha256": sha256}
+        if base.origin != "store":
+            ctx.manifest["source"]["from"] = base.origin
     else:
         assert isinstance(src, CloudImageSource)
         stage = (f"pre-stage it: pin 'source.checksum: sha256:<hex>' (a recipe extending "
@@ -154,52 +142,24 @@ def fetch_source(ctx: BuildContext) -> None:
     ctx.packer_source = (path, sha256)
 
 
-def _from_catalogue(ctx: BuildContext, ref: str, missing: UserError) -> tuple[Path, str, str]:
-    """A `local-image` base that is not in this host's build store, pulled from the default
-    catalogue store (the nightly builds a parent and its children on different runners). Needs
-    the signing public key; the file lands in WORKDIR/cache/images/<sha256> and is reused."""
-    from ..catalogue.catalogue import Catalogue, pull_cached
-    from ..catalogue.signing import PUBLIC_KEY_ENV, load_public_key
-    from ..catalogue.stores import open_store
-
-    cfg = ctx.fetcher.config
-    if not (cfg.signing.public_key or os.environ.get(PUBLIC_KEY_ENV)):
-        raise UserError(missing.message, hint=f"{missing.hint}; or configure signing.public_key so that "
-                        "it can come from the catalogue") from None
-    store = open_store(cfg, ctx.workdir)
-    key = load_public_key(cfg.signing.public_key)
-    try:
-        Catalogue(store).resolve(ref)
-    except UserError:
-        raise UserError(missing.message, hint=f"{missing.hint}; it is not in the catalogue "
-                        f"({store.describe()}) either: build or publish it first") from None
-    img, dest = pull_cached(store, ref, key, ctx.workdir / "cache" / "images")
-    m = img.manifest
-    log.info("base image %s from the catalogue %s", m.ref, store.describe())
-    return dest, m.version, m.image.sha256
-
-
 def packer_template(ctx: BuildContext) -> None:
-    from ..proxy import PackageProxy
-    from ..testing import libvirt as lv
-
     packer = pk.find_packer()
     ctx.manifest["packer"] = {"version": str(packer.version)}
     work = ctx.scratch / "packer"
     work.mkdir()
-    key, pub = lv.ephemeral_key(work)
+    key, pub = ephemeral_key(work)
     mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
     seed = work / "seed.iso"
     files = render(SeedData(f"i-{ctx.build_id}", "imagefactory-build", mac, (pub,),
                             purpose=f"the Packer build of {ctx.recipe.name}"))
     write_seed_iso(files, seed)
-    proxy = ctx.stack.enter_context(PackageProxy(ctx.distro.package_mirrors(ctx.recipe)))
+    proxy = ctx.stack.enter_context(ctx.services.package_proxy(ctx.distro.package_mirrors(ctx.recipe)))
     source, sha256 = ctx.packer_source
     rendered = render_template(
         ctx.recipe, work / "template", source_image=str(source), source_checksum=sha256,
         output_directory=work / "output", key=key, seed_iso=seed, mac=mac, proxy_port=proxy.port,
         console_log=ctx.scratch / "console-packer.log",
-        accelerator=lv.resolve_accelerator(ctx.recipe.effective_accelerator()).replace("qemu", "tcg"),
+        accelerator=resolve_accelerator(ctx.recipe.effective_accelerator()).replace("qemu", "tcg"),
         user=ctx.distro.default_user)
     problems = pk.validate(packer, rendered.directory, var_file=rendered.var_file)
     if problems:
@@ -243,9 +203,6 @@ def close_disk(ctx: BuildContext) -> None:
 
 
 def steps(recipe: Recipe) -> list[Step]:
-    from ..build import Step
-    from ..steps import rke2, stig
-
     return [
         Step("fetch-source", fetch_source),
         *([Step("fetch-inputs", rke2.fetch_inputs)] if recipe.rke2 or recipe.zarf else []),
@@ -273,12 +230,8 @@ def validate_recipe(recipe: Recipe, scratch: Path) -> list[str]:
         image, checksum = f"/var/lib/imagefactory/store/{src.image.replace(':', '/')}/image.qcow2", "0" * 64
     else:
         return [f"source type {src.type} cannot be built by the packer builder"]
-    from ..distros import get as distro
-
     work = scratch / f"validate-{recipe.name}"
     work.mkdir(parents=True)
-    from ..testing.libvirt import ephemeral_key
-
     key, _ = ephemeral_key(work)  # packer validate reads the key; it is thrown away with `work`
     seed = work / "seed.iso"
     write_seed_iso(render(SeedData("i-validate", "validate", "52:54:00:00:00:01")), seed)

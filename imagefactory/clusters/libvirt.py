@@ -203,10 +203,9 @@ class LibvirtCluster:
                 "user-data": user_data(seed),
                 "meta-data": yaml.safe_dump({"instance-id": g.instance_id, "local-hostname": node.name}),
                 "network-config": network_config(rec["mgmt_mac"], rec["link_mac"], rec["ip"], prefix),
-            }, g.seed)
-            # The seed holds the cluster token: root only. libvirt hands the files to its qemu
-            # user while the domain runs (dynamic ownership) and back afterwards.
-            g.seed.chmod(0o600)
+            }, g.seed, mode=0o600)
+            # The seed holds the cluster token: root only from its first byte. libvirt hands the
+            # files to its qemu user while the domain runs (dynamic ownership) and back afterwards.
             g.overlay.chmod(0o600)
             g.console.touch(mode=0o600)
             xml = lv.domain_xml(g, accel, int(node.pool.memory) // 1024**2, node.pool.cpu)

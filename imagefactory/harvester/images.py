@@ -120,19 +120,32 @@ def state(obj: dict[str, Any]) -> tuple[str, str]:
     return "initializing", retry.get("message", "")
 
 
-def _padded_sha512(path: Path, size: int, padded: int) -> str:
-    h = hashlib.sha512()
+def verified_sha512(path: Path, m: Manifest, padded: int) -> str:
+    """The SHA-512 Harvester checks: of the bytes as they will be sent (zero-padded to `padded`),
+    computed only from bytes whose SHA-256 matches the signed manifest. A local copy (the local
+    store's blob, a cached pull accepted on its name and size) that differs from what was signed
+    is refused before anything is created in Harvester."""
+    h256, h512 = hashlib.sha256(), hashlib.sha512()
     with open(path, "rb") as f:
         while chunk := f.read(4 * 1024 * 1024):
-            h.update(chunk)
-    h.update(b"\0" * (padded - size))
-    return h.hexdigest()
+            h256.update(chunk)
+            h512.update(chunk)
+    if h256.hexdigest() != m.image.sha256:
+        raise BuildError(f"{path}: sha256 {h256.hexdigest()} is not the signed manifest's {m.image.sha256}",
+                         hint="the local copy changed since it was published or pulled; remove it "
+                         "and upload again (it is pulled and verified afresh)")
+    if padded == m.image.size and h512.hexdigest() != m.image.sha512:
+        raise BuildError(f"{path}: sha512 is not the signed manifest's")
+    h512.update(b"\0" * (padded - m.image.size))
+    return h512.hexdigest()
 
 
 def multipart(path: Path, size: int, padded: int, tick: Callable[[int], None] | None = None,
-              block: int = 1024 * 1024) -> tuple[Iterator[bytes], int, str]:
+              block: int = 1024 * 1024, sha256: str | None = None) -> tuple[Iterator[bytes], int, str]:
     """A streamed multipart/form-data body with one file part `chunk`: (body, length, content type).
-    Memory stays at one block whatever the image size."""
+    Memory stays at one block whatever the image size. With `sha256`, the bytes read are hashed
+    as they go and the body fails before its last bytes (the request is aborted, Harvester never
+    gets a complete upload) if they are not those bytes."""
     boundary = "imagefactory-" + secrets.token_hex(12)
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"chunk\"; filename=\"{path.name}\"\r\n"
             "Content-Type: application/octet-stream\r\n\r\n").encode()
@@ -141,16 +154,29 @@ def multipart(path: Path, size: int, padded: int, tick: Callable[[int], None] | 
     def body() -> Iterator[bytes]:
         yield head
         sent = 0
+        h = hashlib.sha256()
         with open(path, "rb") as f:
+            pending = b""
             while chunk := f.read(block):
                 sent += len(chunk)
                 if sent > size:
                     raise BuildError(f"{path}: grew while it was being uploaded")
-                yield chunk
-                if tick:
-                    tick(len(chunk))
+                h.update(chunk)
+                # one block held back: the last image bytes go out only after the hash matched
+                if pending:
+                    yield pending
+                    if tick:
+                        tick(len(pending))
+                pending = chunk
         if sent != size:
             raise BuildError(f"{path}: {sent} bytes read, expected {size}")
+        if sha256 is not None and h.hexdigest() != sha256:
+            raise BuildError(f"{path}: changed while it was being uploaded (sha256 {h.hexdigest()}, "
+                             f"signed {sha256}); the upload was aborted")
+        if pending:
+            yield pending
+            if tick:
+                tick(len(pending))
         if padded > size:
             yield b"\0" * (padded - size)
         yield tail
@@ -255,7 +281,7 @@ class ImageUploader:
         if size != m.image.size:
             raise BuildError(f"{path}: {size} bytes, the signed manifest says {m.image.size}")
         padded = -(-size // SECTOR) * SECTOR
-        checksum = m.image.sha512 if padded == size else _padded_sha512(path, size, padded)
+        checksum = verified_sha512(path, m, padded)
         if padded != size:
             log.info("%s: %d bytes, padded with %d zero bytes to a multiple of %d", path.name, size,
                      padded - size, SECTOR)
@@ -265,7 +291,7 @@ class ImageUploader:
         # the two answers that mean "not ready yet" as terraform's provider does.
         for attempt in range(1, 6):
             tick = self.progress(f"upload {m.ref}", padded) if self.progress else None
-            body, length, ctype = multipart(path, size, padded, tick)
+            body, length, ctype = multipart(path, size, padded, tick, sha256=m.image.sha256)
             try:
                 self.api.upload(name, padded, body, length, ctype)
                 break

@@ -1,6 +1,7 @@
 """Nightly rebuilds: build keys, the rebuild plan, upstream update checks, CI output and summaries.
 
-- `keys`: `build_key(book, lock, name) -> BuildKey`, every input of an image named and hashed;
+- build keys (`imagefactory.buildkey`, below both `build` and this package, re-exported here):
+  `build_key(book, lock, name) -> BuildKey`, every input of an image named and hashed;
 - `plan`: `plan(book, lock, catalogue_latest, names) -> Plan`, rebuild or skip against the newest
   published manifest's `inputs.build_key`, in dependency order; `decide` (one recipe, for
   `build --if-changed`); `catalogue_latest(store)`;
@@ -11,17 +12,13 @@
 
 from __future__ import annotations
 
-from .. import __version__
+# The version that goes into every key is `imagefactory.buildkey.IMAGEFACTORY_VERSION` (replace it
+# there); it is not re-exported here, where replacing a copy would silently change nothing.
+from ..buildkey import BuildKey, KeyMaker, build_key
+from .plan import Plan, PlanEntry, catalogue_latest, decide, plan
+from .render import RunResult, render_github, render_gitlab, render_summary, render_text
+from .updates import CheckError, Update, check_updates
 
-# The imagefactory version in every build key: a new release rebuilds every image. Looked up at
-# call time by `keys`, so it can be replaced (tests, a build that wants to include a git commit).
-IMAGEFACTORY_VERSION: str = __version__
-
-from .keys import BuildKey, KeyMaker, build_key  # noqa: E402
-from .plan import Plan, PlanEntry, catalogue_latest, decide, plan  # noqa: E402
-from .render import RunResult, render_github, render_gitlab, render_summary, render_text  # noqa: E402
-from .updates import CheckError, Update, check_updates  # noqa: E402
-
-__all__ = ["IMAGEFACTORY_VERSION", "BuildKey", "CheckError", "KeyMaker", "Plan", "PlanEntry", "RunResult",
+__all__ = ["BuildKey", "CheckError", "KeyMaker", "Plan", "PlanEntry", "RunResult",
            "Update", "build_key", "catalogue_latest", "check_updates", "decide", "plan", "render_github",
            "render_gitlab", "render_summary", "render_text"]

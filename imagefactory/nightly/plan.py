@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..buildkey import BuildKey, KeyMaker
 from ..errors import ImageFactoryError, UserError, ValidationError
 from ..lock import LockFile
 from ..recipes.load import RecipeBook
-from .keys import BuildKey, KeyMaker
 
 Action = Literal["build", "skip", "invalid"]
 LatestManifest = Callable[[str], dict[str, Any] | None]

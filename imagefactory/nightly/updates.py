@@ -4,8 +4,8 @@ Checked (network; nothing is written):
 - `source`: an mmdebstrap source's `dists/<suite>/Release` (changed: new packages in the mirror);
   a cloud image's line in its SHA256SUMS (`checksum_url`; changed: a new image). A checksum
   pinned in the recipe never changes and is not fetched.
-- `security`: `dists/<codename>-security/Release` where builds install security updates (see
-  `lock.security_suite`); changed: security updates are available.
+- `updates`, `security`: `dists/<codename>-updates|-security/Release` where builds install them
+  (see `archive.pocket_suites`); changed: updates are available.
 - `rke2`: the channel's current release (a new patch, or a new minor for a channel such as
   `latest`); a pinned `rke2.version` never changes and is not asked about.
 - `zarf`: nothing. The recipe model takes only exact Zarf versions, which never change.
@@ -19,16 +19,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..archive import pocket_suites
 from ..config import FactoryConfig
 from ..errors import ImageFactoryError
 from ..lock import (
+    POCKETS,
     LockFile,
     describe_release,
     describe_source,
     input_key,
     resolve_rke2_version,
     resolve_source,
-    security_suite,
     source_matches,
 )
 from ..recipes.load import RecipeBook
@@ -38,7 +39,7 @@ from ..recipes.model import LocalImageSource, Recipe
 @dataclass(frozen=True)
 class Update:
     recipe: str
-    input: str  # source, security, rke2, lock
+    input: str  # source, updates, security, rke2, lock
     old: str | None
     new: str | None
     reason: str
@@ -97,9 +98,9 @@ def check_updates(cfg: FactoryConfig, book: RecipeBook, lock: LockFile, names: l
 def _source(cfg: FactoryConfig, r: Recipe, entry: dict[str, Any] | None,
             cache: dict[str, Any]) -> list[Update]:
     locked = (entry or {}).get("source")
-    if isinstance(r.source, LocalImageSource) and security_suite(r) is None:
+    if isinstance(r.source, LocalImageSource) and not pocket_suites(r):
         return []  # a local image's identity is its recipe's build key: nothing upstream to ask
-    # Pinned checksums and local images are not fetched here, only their security suite.
+    # Pinned checksums and local images are not fetched here, only their pockets.
     now = resolve_source(cfg, r, cache)
     if not isinstance(locked, dict) or not source_matches(r, locked):
         why = "is not in the lock yet" if not isinstance(locked, dict) else "differs from the one locked"
@@ -115,13 +116,14 @@ def _source(cfg: FactoryConfig, r: Recipe, entry: dict[str, Any] | None,
         out.append(Update(r.name, "source", describe_source(locked), describe_source(now),
                           f"new cloud image: {now.get('checksum_url')} lists sha256 {now.get('sha256')} for "
                           f"{str(now.get('url')).rsplit('/', 1)[-1]}"))
-    osec, nsec = locked.get("security") or {}, now.get("security") or {}
-    if osec.get("release_sha256") != nsec.get("release_sha256"):
-        what = ("security updates available" if nsec.get("release_sha256")
-                else "the security suite is no longer served")
-        out.append(Update(r.name, "security", describe_release(osec or None), describe_release(nsec or None),
-                          f"{what}: {nsec.get('url') or osec.get('url')} changed "
-                          f"(Date: {osec.get('date')} -> {nsec.get('date')})"))
+    for pocket in POCKETS:
+        old, new = locked.get(pocket) or {}, now.get(pocket) or {}
+        if old.get("release_sha256") != new.get("release_sha256"):
+            what = (f"{pocket} available" if new.get("release_sha256")
+                    else f"the {pocket} suite is no longer served")
+            out.append(Update(r.name, pocket, describe_release(old or None), describe_release(new or None),
+                              f"{what}: {new.get('url') or old.get('url')} changed "
+                              f"(Date: {old.get('date')} -> {new.get('date')})"))
     return out
 
 

@@ -8,19 +8,18 @@ Per-node settings (token, server, node name/IP, TLS SANs) are written at first b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from ..artifacts import Artifact
+from ..context import BuildContext, Step
 from ..errors import BuildError
 from ..firstboot import FIRSTBOOT_PATH, render_firstboot_script
-
-if TYPE_CHECKING:
-    from ..build import BuildContext, Step
-    from ..recipes.model import Recipe
+from ..recipes.model import Recipe
 
 STAGING = "var/tmp/imagefactory-rke2"  # inside the root: install.sh runs in the chroot
 IMAGES_DIR = "var/lib/rancher/rke2/agent/images"
@@ -91,9 +90,17 @@ def _artifacts(ctx: BuildContext, *roles: str) -> list[Artifact]:
 
 
 def _write(path: Path, text: str, mode: int) -> None:
+    """`text` into `path` with `mode` from the first byte (registries.yaml holds registry
+    credentials: never readable by others, not even briefly); a link at `path` is replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
+    if path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode & 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), mode & 0o600)  # an existing file keeps its mode through O_CREAT
+        f.write(text)
+        f.flush()
+        os.fchmod(f.fileno(), mode)
 
 
 def install_rke2(ctx: BuildContext) -> None:
@@ -191,8 +198,6 @@ def fetch_inputs(ctx: BuildContext) -> None:
 
 def steps(recipe: Recipe) -> list[Step]:
     """The RKE2/Zarf steps a recipe needs (none without rke2/zarf), run inside the chroot."""
-    from ..build import Step
-
     out: list[Step] = []
     if recipe.rke2:
         out += [Step("install-rke2", install_rke2), Step("configure-rke2", configure_rke2)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..distros import get as distro
 from ..recipes.model import Recipe
+from . import stig
 
 APT = r"""#!/bin/bash
 # imagefactory step "packages" (apt): install, update, purge. The same text runs in the rootfs
@@ -81,11 +82,10 @@ def packages_script(recipe: Recipe, *, install: list[str], remove: list[str]) ->
 
 def packer_scripts(recipe: Recipe) -> list[Script]:
     """The provisioners of a Packer build: packages (recipe + STIG), with all updates applied."""
-    from . import stig
-
     stig_remove, stig_install = stig.packages(recipe)
-    install = sorted({*recipe.packages.install, *stig_install})
-    remove = sorted({*recipe.packages.remove, *stig_remove})
+    d = distro(recipe.os.family)
+    install = sorted({*recipe.packages.install, *stig_install, *d.feature_packages(recipe)})
+    remove = sorted({*recipe.packages.remove, *stig_remove, *d.unwanted_packages})
     s = packages_script(recipe, install=install, remove=remove)
     return [Script(s.name, s.text, {"IMAGEFACTORY_UPDATE": "1" if recipe.packer.update else "0"},
                    s.reboot)]

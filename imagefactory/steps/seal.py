@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chroot import POLICY_RC_D
+from ..fsutil import resolve_in_root
 
 HOSTS = (
     "127.0.0.1\tlocalhost\n"
@@ -20,11 +21,20 @@ HOSTS = (
 HISTORY_FILES = (".bash_history", ".lesshst", ".python_history", ".viminfo", ".wget-hsts")
 
 
+def at(root: Path, rel: str) -> Path:
+    """`rel` inside the image root: its directories resolved as the image sees its own links
+    (`fsutil.resolve_in_root`: an absolute link restarts at the root, `..` stops there), so a
+    link such as `/var/log -> /var/log` in a downloaded cloud image never reaches the build
+    host's files. The last component is not followed: unlinking a link removes the link."""
+    parent = resolve_in_root(root, os.path.dirname(rel.strip("/")) or "/")
+    return root / parent.relative_to(os.path.realpath(root)) / os.path.basename(rel.strip("/"))
+
+
 def _homes(root: Path) -> list[Path]:
-    homes = [root / "root"]
-    if (root / "home").is_dir():
-        homes += [p for p in sorted((root / "home").iterdir()) if p.is_dir()]
-    return homes
+    homes = [at(root, "root")]
+    if at(root, "home").is_dir() and not at(root, "home").is_symlink():
+        homes += [p for p in sorted(at(root, "home").iterdir()) if p.is_dir()]
+    return [h for h in homes if not h.is_symlink()]  # a linked home is never walked into
 
 
 def _empty_dir(path: Path) -> None:
@@ -38,7 +48,7 @@ def _empty_dir(path: Path) -> None:
 
 
 def _files(path: Path) -> list[Path]:
-    if not path.is_dir():
+    if path.is_symlink() or not path.is_dir():  # a linked directory is one entry, never walked
         return [path] if path.exists() or path.is_symlink() else []
     return [p for p in path.rglob("*") if not p.is_dir() or p.is_symlink()]
 
@@ -49,40 +59,40 @@ def _files(path: Path) -> list[Path]:
 def seal_machine_id(root: Path, caches: tuple[str, ...]) -> None:
     # Empty (not missing): systemd then generates a new id on first boot and treats the boot
     # as a first boot (ConditionFirstBoot).
-    (root / "etc/machine-id").write_text("")
-    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    at(root, "etc/machine-id").write_text("")
+    at(root, "var/lib/dbus/machine-id").unlink(missing_ok=True)
 
 
 def check_machine_id(root: Path, caches: tuple[str, ...]) -> list[str]:
     out = []
-    mid = root / "etc/machine-id"
+    mid = at(root, "etc/machine-id")
     if not mid.is_file() or mid.read_text().strip():
         out.append("/etc/machine-id must exist and be empty")
-    dbus = root / "var/lib/dbus/machine-id"
+    dbus = at(root, "var/lib/dbus/machine-id")
     if dbus.exists() or dbus.is_symlink():
         out.append("/var/lib/dbus/machine-id must not exist")
     return out
 
 
 def seal_ssh_host_keys(root: Path, caches: tuple[str, ...]) -> None:
-    for key in (root / "etc/ssh").glob("ssh_host_*"):
+    for key in at(root, "etc/ssh").glob("ssh_host_*"):
         key.unlink()
 
 
 def check_ssh_host_keys(root: Path, caches: tuple[str, ...]) -> list[str]:
-    return [f"SSH host key baked in: /{k.relative_to(root)}" for k in (root / "etc/ssh").glob("ssh_host_*")]
+    return [f"SSH host key baked in: /{k.relative_to(root)}" for k in at(root, "etc/ssh").glob("ssh_host_*")]
 
 
 def seal_cloud_init(root: Path, caches: tuple[str, ...]) -> None:
-    _empty_dir(root / "var/lib/cloud")
-    _empty_dir(root / "run/cloud-init")
-    for log in (root / "var/log").glob("cloud-init*"):
+    _empty_dir(at(root, "var/lib/cloud"))
+    _empty_dir(at(root, "run/cloud-init"))
+    for log in at(root, "var/log").glob("cloud-init*"):
         log.unlink()
 
 
 def check_cloud_init(root: Path, caches: tuple[str, ...]) -> list[str]:
-    out = [f"cloud-init state left: /{p.relative_to(root)}" for p in _files(root / "var/lib/cloud")]
-    out += [f"cloud-init log left: /{p.relative_to(root)}" for p in (root / "var/log").glob("cloud-init*")]
+    out = [f"cloud-init state left: /{p.relative_to(root)}" for p in _files(at(root, "var/lib/cloud"))]
+    out += [f"cloud-init log left: /{p.relative_to(root)}" for p in at(root, "var/log").glob("cloud-init*")]
     return out
 
 
@@ -91,35 +101,35 @@ def check_cloud_init(root: Path, caches: tuple[str, ...]) -> list[str]:
 
 def seal_hostname(root: Path, caches: tuple[str, ...]) -> None:
     # cloud-init sets the real name from meta-data on first boot.
-    (root / "etc/hostname").write_text("localhost\n")
+    at(root, "etc/hostname").write_text("localhost\n")
 
 
 def check_hostname(root: Path, caches: tuple[str, ...]) -> list[str]:
-    p = root / "etc/hostname"
+    p = at(root, "etc/hostname")
     name = p.read_text().strip() if p.is_file() else ""
     return [] if name == "localhost" else [f"/etc/hostname is '{name}', expected 'localhost'"]
 
 
 def seal_resolv_conf(root: Path, caches: tuple[str, ...]) -> None:
-    p = root / "etc/resolv.conf"
+    p = at(root, "etc/resolv.conf")
     # A symlink (systemd-resolved, resolvconf) is the distro's design; a file is the host's.
     if p.is_file() and not p.is_symlink():
         p.unlink()
 
 
 def check_resolv_conf(root: Path, caches: tuple[str, ...]) -> list[str]:
-    p = root / "etc/resolv.conf"
+    p = at(root, "etc/resolv.conf")
     if p.is_symlink() or not p.exists():
         return []
     return ["/etc/resolv.conf is a file (the build host's); it must be absent or a symlink"]
 
 
 def seal_hosts(root: Path, caches: tuple[str, ...]) -> None:
-    (root / "etc/hosts").write_text(HOSTS)
+    at(root, "etc/hosts").write_text(HOSTS)
 
 
 def check_hosts(root: Path, caches: tuple[str, ...]) -> list[str]:
-    p = root / "etc/hosts"
+    p = at(root, "etc/hosts")
     text = p.read_text() if p.is_file() else ""
     lines = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     ok = any(f[0] == "127.0.0.1" and "localhost" in f[1:] for f in lines) and any(
@@ -136,7 +146,7 @@ def check_hosts(root: Path, caches: tuple[str, ...]) -> list[str]:
 
 def seal_package_caches(root: Path, caches: tuple[str, ...]) -> None:
     for rel in caches:
-        p = root / rel
+        p = at(root, rel)
         if p.is_dir():
             _empty_dir(p)
         elif p.exists():
@@ -144,11 +154,11 @@ def seal_package_caches(root: Path, caches: tuple[str, ...]) -> None:
 
 
 def check_package_caches(root: Path, caches: tuple[str, ...]) -> list[str]:
-    return [f"package cache left: /{f.relative_to(root)}" for rel in caches for f in _files(root / rel)]
+    return [f"package cache left: /{f.relative_to(root)}" for rel in caches for f in _files(at(root, rel))]
 
 
 def seal_logs(root: Path, caches: tuple[str, ...]) -> None:
-    for f in _files(root / "var/log"):
+    for f in _files(at(root, "var/log")):
         if f.is_symlink():
             continue
         if f.suffix in (".gz", ".xz", ".old") or f.name[-2:] in (".1", ".2", ".3"):
@@ -160,7 +170,7 @@ def seal_logs(root: Path, caches: tuple[str, ...]) -> None:
 def check_logs(root: Path, caches: tuple[str, ...]) -> list[str]:
     return [
         f"log not empty: /{f.relative_to(root)}"
-        for f in _files(root / "var/log")
+        for f in _files(at(root, "var/log"))
         if not f.is_symlink() and f.stat().st_size > 0
     ]
 
@@ -181,15 +191,15 @@ def check_shell_history(root: Path, caches: tuple[str, ...]) -> list[str]:
 
 
 def seal_random_seed(root: Path, caches: tuple[str, ...]) -> None:
-    (root / "var/lib/systemd/random-seed").unlink(missing_ok=True)
-    (root / "var/lib/urandom/random-seed").unlink(missing_ok=True)
+    at(root, "var/lib/systemd/random-seed").unlink(missing_ok=True)
+    at(root, "var/lib/urandom/random-seed").unlink(missing_ok=True)
 
 
 def check_random_seed(root: Path, caches: tuple[str, ...]) -> list[str]:
     return [
         f"random seed baked in: /{rel}"
         for rel in ("var/lib/systemd/random-seed", "var/lib/urandom/random-seed")
-        if (root / rel).exists()
+        if at(root, rel).exists()
     ]
 
 
@@ -205,31 +215,31 @@ def _key_files(root: Path) -> list[Path]:
 def seal_build_keys(root: Path, caches: tuple[str, ...]) -> None:
     for p in _key_files(root):
         p.unlink()
-    (root / "etc/sudoers.d/imagefactory-build").unlink(missing_ok=True)
+    at(root, "etc/sudoers.d/imagefactory-build").unlink(missing_ok=True)
 
 
 def check_build_keys(root: Path, caches: tuple[str, ...]) -> list[str]:
     out = [f"build key left: /{p.relative_to(root)}" for p in _key_files(root)]
-    if (root / "etc/sudoers.d/imagefactory-build").exists():
+    if at(root, "etc/sudoers.d/imagefactory-build").exists():
         out.append("build sudoers rule left: /etc/sudoers.d/imagefactory-build")
     return out
 
 
 def seal_policy_rc_d(root: Path, caches: tuple[str, ...]) -> None:
-    (root / POLICY_RC_D).unlink(missing_ok=True)
+    at(root, POLICY_RC_D).unlink(missing_ok=True)
 
 
 def check_policy_rc_d(root: Path, caches: tuple[str, ...]) -> list[str]:
-    return [f"/{POLICY_RC_D} left: services would never start"] if (root / POLICY_RC_D).exists() else []
+    return [f"/{POLICY_RC_D} left: services would never start"] if at(root, POLICY_RC_D).exists() else []
 
 
 def seal_tmp(root: Path, caches: tuple[str, ...]) -> None:
-    _empty_dir(root / "tmp")
-    _empty_dir(root / "var/tmp")
+    _empty_dir(at(root, "tmp"))
+    _empty_dir(at(root, "var/tmp"))
 
 
 def check_tmp(root: Path, caches: tuple[str, ...]) -> list[str]:
-    found = [p for d in ("tmp", "var/tmp") for p in _files(root / d)]
+    found = [p for d in ("tmp", "var/tmp") for p in _files(at(root, d))]
     return [f"temporary file left: /{p.relative_to(root)}" for p in found]
 
 
@@ -249,11 +259,11 @@ RKE2_CACHE = "var/lib/rancher/rke2/agent/images/.cache.json"
 
 
 def _rke2_state(root: Path) -> list[Path]:
-    found = [root / rel for rel in RKE2_NODE_STATE if (root / rel).exists()]
-    agent = root / RKE2_AGENT
+    found = [at(root, rel) for rel in RKE2_NODE_STATE if at(root, rel).exists()]
+    agent = at(root, RKE2_AGENT)
     if agent.is_dir():
         found += [p for p in agent.iterdir() if p.suffix in (".crt", ".key", ".kubeconfig")]
-    joins = root / "etc/rancher/rke2/config.yaml.d"
+    joins = at(root, "etc/rancher/rke2/config.yaml.d")
     if joins.is_dir():
         found += list(joins.iterdir())
     return found
@@ -265,14 +275,14 @@ def seal_rke2_node_state(root: Path, caches: tuple[str, ...]) -> None:
             shutil.rmtree(p)
         else:
             p.unlink()
-    cache = root / RKE2_CACHE
+    cache = at(root, RKE2_CACHE)
     if cache.exists():
         cache.write_bytes(b"")
 
 
 def check_rke2_node_state(root: Path, caches: tuple[str, ...]) -> list[str]:
     out = [f"RKE2 node state baked in: /{p.relative_to(root)}" for p in _rke2_state(root)]
-    cache = root / RKE2_CACHE
+    cache = at(root, RKE2_CACHE)
     if cache.exists() and cache.stat().st_size:
         out.append(f"/{RKE2_CACHE} is not empty (written by a run)")
     return out
@@ -287,7 +297,7 @@ CLOUD_INIT_SUDOERS = "etc/sudoers.d/90-cloud-init-users"
 def _login_users(root: Path) -> list[tuple[str, str]]:
     """(name, home) of regular login accounts in the image's passwd."""
     out = []
-    passwd = root / "etc/passwd"
+    passwd = at(root, "etc/passwd")
     for line in (passwd.read_text().splitlines() if passwd.is_file() else []):
         f = line.split(":")
         if len(f) >= 6 and f[2].isdigit() and int(f[2]) in LOGIN_UIDS:
@@ -304,12 +314,12 @@ def seal_build_users(root: Path, caches: tuple[str, ...]) -> None:
     users = dict(_login_users(root))
     if users:
         for name in ("passwd", "shadow"):
-            f = root / "etc" / name
+            f = at(root, "etc") / name
             if f.is_file():
                 keep = [ln for ln in f.read_text().splitlines(keepends=True) if ln.split(":")[0] not in users]
                 f.write_text("".join(keep))
         for name in ("group", "gshadow"):
-            f = root / "etc" / name
+            f = at(root, "etc") / name
             if not f.is_file():
                 continue
             lines = []
@@ -322,17 +332,17 @@ def seal_build_users(root: Path, caches: tuple[str, ...]) -> None:
                 lines.append(":".join(parts))
             f.write_text("".join(ln + "\n" for ln in lines))
         for home in users.values():
-            h = root / home.lstrip("/")
+            h = at(root, home)
             if home.startswith("/home/") and h.is_dir() and not h.is_symlink():
                 shutil.rmtree(h)
-    (root / CLOUD_INIT_SUDOERS).unlink(missing_ok=True)
+    at(root, CLOUD_INIT_SUDOERS).unlink(missing_ok=True)
     for key in _authorized_keys(root):
         key.unlink()
 
 
 def check_build_users(root: Path, caches: tuple[str, ...]) -> list[str]:
     out = [f"login user left from the build: {name}" for name, _ in _login_users(root)]
-    if (root / CLOUD_INIT_SUDOERS).exists():
+    if at(root, CLOUD_INIT_SUDOERS).exists():
         out.append(f"/{CLOUD_INIT_SUDOERS} left from the build")
     out += [f"SSH authorized keys baked in: /{p.relative_to(root)}" for p in _authorized_keys(root)]
     return out

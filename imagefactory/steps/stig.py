@@ -16,18 +16,28 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
+from ..context import BuildContext, Step
 from ..errors import BuildError
 from ..recipes.model import Recipe
+from ..stig import openscap
 from ..stig.actions import apply_fixes, check_root, package_plan
+from ..stig.report import (
+    GatePolicy,
+    GateResult,
+    ImageInfo,
+    ScannerInfo,
+    Selection,
+    StigReport,
+    build_report,
+    evaluate_gate,
+    write_reports,
+)
 from ..stig.results import RuleResult, ScanResults, read_scans, write_scans
 from ..stig.selection import Selected, recipe_waivers, selections
-
-if TYPE_CHECKING:
-    from ..build import BuildContext, Step
-    from ..stig.report import GateResult, StigReport
+from ..stig.waivers import WaiverSet, load_waivers
 
 log = logging.getLogger(__name__)
 OFFLINE_RESULTS = "stig-offline.json"  # imagefactory's offline check + OpenSCAP, kept in the build dir
@@ -102,8 +112,6 @@ def stig_check(ctx: BuildContext) -> None:
 
 def _openscap(ctx: BuildContext) -> list[ScanResults]:
     """Scan the root with OpenSCAP where SSG content exists for the family (advisory, offline)."""
-    from ..stig import openscap
-
     assert ctx.recipe.stig is not None
     info = ctx.manifest.setdefault("stig", {})
     family = ctx.recipe.os.family
@@ -142,17 +150,6 @@ def report(recipe: Recipe, recipe_dir: Path, manifest: dict[str, Any], scans: li
            ) -> tuple[StigReport, GateResult]:
     """Join every scan with the XCCDF, waivers and gate policy; write the reports into `outdir`
     (JSON, HTML, CKLB and CKL checklists) unless it is None."""
-    from ..stig.report import (
-        GatePolicy,
-        ImageInfo,
-        ScannerInfo,
-        Selection,
-        build_report,
-        evaluate_gate,
-        write_reports,
-    )
-    from ..stig.waivers import WaiverSet, load_waivers
-
     assert recipe.stig is not None
     today = today or dt.date.today()
     sels = selections(recipe)
@@ -205,14 +202,10 @@ def load_scans(directory: Path) -> list[ScanResults]:
 
 
 def steps_before_leaving_chroot(recipe: Recipe) -> list[Step]:
-    from ..build import Step
-
     if recipe.stig is None:
         return []
     return [Step("stig-packages", stig_packages), Step("stig-apply", stig_apply)]
 
 
 def steps_after_disk(recipe: Recipe) -> list[Step]:
-    from ..build import Step
-
     return [Step("stig-check", stig_check)] if recipe.stig is not None else []

@@ -18,19 +18,20 @@ import pytest
 
 from imagefactory.chroot import mounts_under
 from imagefactory.fsutil import exclusive_lock
+from tests.aptsign import publish
 from tests.conftest import require_root, write
 
 pytestmark = pytest.mark.integration
 
 FAKE_MMDEBSTRAP = """#!/bin/sh
 # Fake mmdebstrap: the target is the second-to-last argument. Makes a tiny root, then
-# behaves as $FAKE_MODE says.
+# behaves as $IMAGEFACTORY_FAKE_MODE says.
 eval target=\\${$(($# - 1))}
 mkdir -p "$target/etc" "$target/var/lib/dpkg" "$target/usr/sbin" "$target/tmp"
 echo "root:x:0:0::/root:/bin/sh" > "$target/etc/passwd"
 echo "root:x:0:" > "$target/etc/group"
-echo "started" > "$FAKE_STATE"
-case "$FAKE_MODE" in
+echo "started" > "$IMAGEFACTORY_FAKE_STATE"
+case "$IMAGEFACTORY_FAKE_MODE" in
   fail) echo "E: fake mmdebstrap failed" >&2; exit 1 ;;
   hang) sleep 60 ;;
 esac
@@ -39,11 +40,10 @@ exit 0
 
 
 @pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[str]:
-    """A loopback HTTP 'mirror' that serves just dists/bookworm/Release."""
+def mirror(tmp_path: Path, apt_keys: dict[str, Path]) -> Iterator[str]:
+    """A loopback HTTP 'mirror' that serves just dists/bookworm/InRelease, signed by a test key."""
     root = tmp_path / "mirror"
-    (root / "debian/dists/bookworm").mkdir(parents=True)
-    (root / "debian/dists/bookworm/Release").write_text("Suite: stable\nCodename: bookworm\n")
+    publish(root / "debian", "bookworm", "bookworm", apt_keys["archive-home"])
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a: object, **kw: object) -> None:
@@ -64,13 +64,14 @@ def env(tmp_path: Path, fake_bin: Path) -> dict[str, str]:
     mm = fake_bin / "mmdebstrap"
     mm.write_text(FAKE_MMDEBSTRAP)
     mm.chmod(0o755)
-    return {**os.environ, "FAKE_STATE": str(tmp_path / "state")}
+    return {**os.environ, "IMAGEFACTORY_FAKE_STATE": str(tmp_path / "state")}
 
 
-def recipe(recipe_dir: Path, mirror: str, extra: str = "") -> None:
+def recipe(recipe_dir: Path, mirror: str, extra: str = "", keyring: Path = Path("/nonexistent")) -> None:
     write(recipe_dir, "r", f"""\
 os: {{family: debian, release: "12"}}
-source: {{type: mmdebstrap, suite: bookworm, mirror: "{mirror.removesuffix('/debian')}/debian"}}
+source: {{type: mmdebstrap, suite: bookworm, mirror: "{mirror.removesuffix('/debian')}/debian",
+          keyring: {keyring}}}
 {extra}""")
 
 
@@ -94,10 +95,10 @@ def assert_nothing_left(workdir: Path) -> None:
 
 
 def test_failing_step_with_mounts_active(recipe_dir: Path, tmp_path: Path, mirror: str,
-                                         env: dict[str, str]) -> None:
+                                         env: dict[str, str], apt_keys: dict[str, Path]) -> None:
     # the packages step runs bash/apt-get in the chroot; the fake root has none, so it fails
     # while proc, sys and dev are mounted in it.
-    recipe(recipe_dir, mirror, "packages: {remove: [nano]}\n")
+    recipe(recipe_dir, mirror, "packages: {remove: [nano]}\n", apt_keys["archive"])
     p = build(recipe_dir, tmp_path / "w", env)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1, err
@@ -108,9 +109,10 @@ def test_failing_step_with_mounts_active(recipe_dir: Path, tmp_path: Path, mirro
     assert_nothing_left(tmp_path / "w")
 
 
-def test_failing_bootstrap(recipe_dir: Path, tmp_path: Path, mirror: str, env: dict[str, str]) -> None:
-    recipe(recipe_dir, mirror)
-    p = build(recipe_dir, tmp_path / "w", {**env, "FAKE_MODE": "fail"})
+def test_failing_bootstrap(recipe_dir: Path, tmp_path: Path, mirror: str, env: dict[str, str],
+                           apt_keys: dict[str, Path]) -> None:
+    recipe(recipe_dir, mirror, keyring=apt_keys["archive"])
+    p = build(recipe_dir, tmp_path / "w", {**env, "IMAGEFACTORY_FAKE_MODE": "fail"})
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1
     assert "E: fake mmdebstrap failed" in err
@@ -122,15 +124,16 @@ def test_unreachable_mirror(recipe_dir: Path, tmp_path: Path, env: dict[str, str
     p = build(recipe_dir, tmp_path / "w", env)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1
-    assert "error: mirror unreachable: http://127.0.0.1:9/debian/dists/bookworm/Release" in err
+    assert "error: mirror unreachable: http://127.0.0.1:9/debian/dists/bookworm/InRelease" in err
     assert "hint: check source.mirror" in err
     assert not (tmp_path / "state").exists()  # failed before bootstrapping
     assert_nothing_left(tmp_path / "w")
 
 
-def test_ctrl_c_cleans_up(recipe_dir: Path, tmp_path: Path, mirror: str, env: dict[str, str]) -> None:
-    recipe(recipe_dir, mirror)
-    p = build(recipe_dir, tmp_path / "w", {**env, "FAKE_MODE": "hang"})
+def test_ctrl_c_cleans_up(recipe_dir: Path, tmp_path: Path, mirror: str, env: dict[str, str],
+                          apt_keys: dict[str, Path]) -> None:
+    recipe(recipe_dir, mirror, keyring=apt_keys["archive"])
+    p = build(recipe_dir, tmp_path / "w", {**env, "IMAGEFACTORY_FAKE_MODE": "hang"})
     deadline = time.monotonic() + 60
     while not (tmp_path / "state").exists():
         assert time.monotonic() < deadline and p.poll() is None, p.communicate()

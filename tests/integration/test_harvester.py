@@ -24,7 +24,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imagefactory.catalogue import signing
-from imagefactory.catalogue.catalogue import Catalogue, RevokedImage
+from imagefactory.catalogue.catalogue import Catalogue, RevokedImage, verify_for_consumer
 from imagefactory.catalogue.publish import publish
 from imagefactory.catalogue.s3 import Credentials, S3Store
 from imagefactory.catalogue.stores import LocalDirStore
@@ -227,6 +227,36 @@ def test_multipart_body_is_exact() -> None:
     boundary = ctype.split("boundary=")[1]
     assert raw.startswith(f"--{boundary}\r\n".encode()) and raw.endswith(f"\r\n--{boundary}--\r\n".encode())
     assert b'name="chunk"' in raw and b"x" * 1000 + b"\0" * 24 + b"\r\n--" in raw
+
+
+def test_a_local_copy_that_is_not_what_was_signed_is_never_sent(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    build = qcow2_build(tmp_path, "20261130.030000-cccc", tail=4096 + 100)
+    store = local_store(tmp_path, signer, build)
+    img = verify_for_consumer(store, "rke2-node-debian", signer.public_key())
+    blob = store.path(img.manifest.image.key)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # same size: a size check alone would accept it
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    api = api_for(harvester, tmp_path)
+    with pytest.raises(BuildError, match="is not the signed manifest's"):
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="upload")
+    assert creates(harvester, "virtualmachineimages") == 0 and harvester.uploads == []
+
+
+def test_bytes_that_change_during_the_upload_abort_it(tmp_path: Path) -> None:
+    f = tmp_path / "image.qcow2"
+    f.write_bytes(b"x" * 1000)
+    body, _, _ = multipart(f, 1000, 1024, block=300, sha256=hashlib.sha256(b"y" * 1000).hexdigest())
+    got = b""
+    with pytest.raises(BuildError, match="changed while it was being uploaded"):
+        for chunk in body:
+            got += chunk
+    assert got.count(b"x") < 1000 and b"--\r\n" not in got[-8:]  # never the last bytes, never the tail
+    body, _, _ = multipart(f, 1000, 1024, block=300, sha256=hashlib.sha256(b"x" * 1000).hexdigest())
+    assert b"x" * 1000 + b"\0" * 24 in b"".join(body)
 
 
 def test_other_digest_under_the_same_name_needs_replace(

@@ -15,12 +15,12 @@ from imagefactory import packer as pk
 from imagefactory.builders.packer import explain, render_template
 from imagefactory.cloudinit import SeedData, render, write_seed_iso
 from imagefactory.recipes import RecipeBook
-from imagefactory.testing.libvirt import ephemeral_key
+from imagefactory.sshkeys import ephemeral_key
 from tests.conftest import RECIPES
 
 pytestmark = pytest.mark.integration
-PACKER_RECIPES = {"debian-12-packer", "ubuntu-22.04-base", "ubuntu-24.04-base", "rke2-node",
-                  "sle-micro-5.5-base", "rke2-node-sle-micro"}
+PACKER_RECIPES = {"debian-12-packer", "ubuntu-22.04-cloud", "ubuntu-24.04-cloud", "ubuntu-22.04-packer",
+                  "rke2-node-packer", "sle-micro-5.5-base", "rke2-node-sle-micro"}
 
 
 def test_every_packer_recipe_validates(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_every_packer_recipe_validates(tmp_path: Path) -> None:
 
 
 def test_packer_errors_name_the_recipe_key(tmp_path: Path) -> None:
-    recipe = RecipeBook(RECIPES).load("ubuntu-22.04-base").recipe
+    recipe = RecipeBook(RECIPES).load("ubuntu-22.04-cloud").recipe
     key, _ = ephemeral_key(tmp_path)
     write_seed_iso(render(SeedData("i", "h", "52:54:00:00:00:01")), tmp_path / "seed.iso")
     rendered = render_template(recipe, tmp_path / "t", source_image="https://example.invalid/x.img",

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+from imagefactory.archive import pocket_suites
 from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.config import FactoryConfig
-from imagefactory.lock import LockFile, diff, input_key, resolve_entry, security_suite
+from imagefactory.lock import POCKETS, LockFile, diff, input_key, resolve_entry
 from imagefactory.nightly import (
     BuildKey,
     CheckError,
@@ -121,17 +122,19 @@ packer: {{update: false}}
 def fake_source(recipe_dir: Path, name: str, release: str = "a" * 64) -> dict[str, Any]:
     """A lock `source` as `lock update` would record it, without the network."""
     r = RecipeBook(recipe_dir).load(name).recipe
-    sec = security_suite(r)
-    security = ({"mirror": sec[0], "suite": sec[1], "url": f"{sec[0]}/dists/{sec[1]}/Release",
-                 "release_sha256": "b" * 64, "date": DATE1} if sec else None)
+    where = pocket_suites(r)
+    pockets: dict[str, Any] = {p: None for p in POCKETS}
+    for p, (base, suite) in where.items():
+        pockets[p] = {"mirror": base, "suite": suite, "url": f"{base}/dists/{suite}/Release",
+                      "release_sha256": "b" * 64, "date": DATE1}
     src = r.source
     if src.type == "mmdebstrap":
         return {"type": "mmdebstrap", "mirror": src.mirror, "suite": src.suite, "release_sha256": release,
-                "date": DATE1, "url": f"{src.mirror}/dists/{src.suite}/Release", "security": security}
+                "date": DATE1, "url": f"{src.mirror}/dists/{src.suite}/Release", **pockets}
     if src.type == "cloud-image":
         return {"type": "cloud-image", "url": src.url, "checksum": src.checksum,
-                "checksum_url": src.checksum_url, "sha256": release, "security": security}
-    return {"type": "local-image", "image": src.image, "security": security}
+                "checksum_url": src.checksum_url, "sha256": release, **pockets}
+    return {"type": "local-image", "image": src.image, **pockets}
 
 
 def fake_lock(recipe_dir: Path) -> LockFile:
@@ -198,6 +201,10 @@ def new_security(e: dict[str, Any]) -> None:
     e["source"]["security"]["release_sha256"] = "c" * 64
 
 
+def new_updates(e: dict[str, Any]) -> None:
+    e["source"]["updates"]["release_sha256"] = "c" * 64
+
+
 def new_image(e: dict[str, Any]) -> None:
     e["source"]["sha256"] = "c" * 64
 
@@ -224,13 +231,14 @@ def reviewed_stig_catalogue(d: Path, mp: pytest.MonkeyPatch) -> None:
 
 
 def new_release_of_imagefactory(d: Path, mp: pytest.MonkeyPatch) -> None:
-    mp.setattr("imagefactory.nightly.IMAGEFACTORY_VERSION", "99.0")
+    mp.setattr("imagefactory.buildkey.IMAGEFACTORY_VERSION", "99.0")
 
 
 # case -> (recipe, change, the inputs that must change)
 MUTATIONS: dict[str, tuple[str, Change, set[str]]] = {
     "base-source": ("deb-base", in_lock("deb-base", new_release), {"source"}),
     "security-suite": ("deb-base", in_lock("deb-base", new_security), {"security"}),
+    "updates-suite": ("deb-base", in_lock("deb-base", new_updates), {"updates"}),
     "cloud-image": ("ubu-base", in_lock("ubu-base", new_image), {"source"}),
     "package-list": ("deb-base", more_packages, {"packages", "recipe"}),
     "rke2-version": ("deb-rke2", in_lock("deb-rke2", new_rke2), {"rke2"}),
@@ -272,7 +280,7 @@ def test_inputs_are_named(offline_recipes: Path) -> None:
     packer = key(offline_recipes, "deb-packer")
     assert packer.base_image == "deb-base"
     assert packer.inputs["base-image"] == key(offline_recipes, "deb-base").key
-    assert "security" not in packer.inputs  # packer.update: false installs no updates
+    assert "security" not in packer.inputs and "updates" not in packer.inputs  # packer.update: false
 
 
 def test_unknown_inputs_force_a_rebuild_and_old_locks_stay_readable(offline_recipes: Path) -> None:
@@ -282,10 +290,14 @@ def test_unknown_inputs_force_a_rebuild_and_old_locks_stay_readable(offline_reci
     recipe = RecipeBook(offline_recipes).load("deb-rke2").recipe
     assert lock.entry(recipe)["rke2"]["version"] == RKE2_OLD
     k = key(offline_recipes, "deb-rke2")
-    assert set(k.unknown) == {"source", "security"} and k.inputs["source"] == "unknown"
+    assert set(k.unknown) == {"source", "updates", "security"} and k.inputs["source"] == "unknown"
     # A source locked for another mirror is not this recipe's identity.
     edit_lock(lock, "deb-base", lambda e: e["source"].update(mirror="http://127.0.0.1:9/elsewhere"))
-    assert set(key(offline_recipes, "deb-base").unknown) == {"source", "security"}
+    assert set(key(offline_recipes, "deb-base").unknown) == {"source", "updates", "security"}
+    # A lock from before the updates pocket was tracked: that input alone is unknown.
+    edit_lock(lock, "deb-base", lambda e: e["source"].update(mirror=f"{UNUSED}/debian"))
+    edit_lock(lock, "deb-base", lambda e: e["source"].pop("updates"))
+    assert set(key(offline_recipes, "deb-base").unknown) == {"updates"}
     assert "parent" in key(offline_recipes, "deb-child").unknown
     # rke2/zarf changed in the recipe since the lock: stale.
     (offline_recipes / "deb-rke2.yaml").write_text(
@@ -408,7 +420,9 @@ def upstream_site(tmp_path: Path) -> Iterator[dict[str, Any]]:
     make_zarf_release(root, ZARF)
     up = UpstreamSite(root)
     up.release("debian", "bookworm", DATE1)
+    up.release("debian", "bookworm-updates", DATE1)
     up.release("debian-security", "bookworm-security", DATE1)
+    up.release("ubuntu", "jammy-updates", DATE1)
     up.release("ubuntu", "jammy-security", DATE1)
     up.cloud_image("cloud/jammy", "jammy-server-cloudimg-amd64.img", b"image 1")
     with ReleaseMirror(root, channels={"stable": RKE2_OLD}) as mirror:
@@ -452,8 +466,10 @@ def test_lock_records_every_base_source(site: dict[str, Any]) -> None:
     assert ubu["security"]["suite"] == "jammy-security"
     assert data["ubu-pinned"]["source"] == {"type": "cloud-image", "url": ubu["url"],
                                             "checksum": f"sha256:{'ab' * 32}", "checksum_url": None,
-                                            "sha256": "ab" * 32, "security": None}
-    assert data["deb-packer"]["source"] == {"type": "local-image", "image": "deb-base", "security": None}
+                                            "sha256": "ab" * 32, "updates": None, "security": None}
+    assert data["deb-packer"]["source"] == {"type": "local-image", "image": "deb-base", "updates": None,
+                                            "security": None}
+    assert deb["updates"]["suite"] == "bookworm-updates" and ubu["updates"]["suite"] == "jammy-updates"
     assert updated(site) == {}
     # A lock diff names the base change.
     site["up"].release("debian", "bookworm", DATE2, packages="base,new")
@@ -485,6 +501,9 @@ def test_updates_check_reports_exactly_the_affected_recipes(site: dict[str, Any]
     up.release("ubuntu", "jammy-security", DATE2, packages="openssl")
     found = updated(site)
     assert found == {"security": {"deb-base", "deb-child", "deb-rke2", "ubu-base", "ubu-rke2"}}
+    lock_all(site)
+    up.release("ubuntu", "jammy-updates", DATE2, packages="cloud-init")
+    assert updated(site) == {"updates": {"ubu-base", "ubu-rke2"}}
     lock_all(site)
     assert updated(site) == {}
 

@@ -20,6 +20,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imagefactory import build as build_module
+from imagefactory.buildkey import build_key_of
 from imagefactory.catalogue.catalogue import AlreadyPublished, Catalogue
 from imagefactory.catalogue.publish import publish
 from imagefactory.catalogue.stores import LocalDirStore
@@ -57,7 +58,7 @@ class FakeBuilds:
             self.workdir, name=name, version=version, size=4096, seed=len(self.built), tests_ok=self.green
         )
         m = json.loads((d / "manifest.json").read_text())
-        m["build_key"] = build_module.build_key_of(loaded)  # what the real build records
+        m["build_key"] = build_key_of(loaded)  # what the real build records
         m["packages"] = [{"name": n, "version": v} for n, v in sorted(self.packages.items())]
         (d / "manifest.json").write_text(json.dumps(m))
         return {**m, "path": str(d)}
@@ -258,6 +259,7 @@ def test_local_image_base_comes_from_the_catalogue(tmp_path: Path) -> None:
     from imagefactory.catalogue import signing
     from imagefactory.errors import UserError
     from imagefactory.recipes.model import LocalImageSource
+    from imagefactory.services import FactoryServices
 
     private, public = signing.generate(tmp_path / "keys", "t")
     key = signing.load_private_key(str(private))
@@ -269,10 +271,10 @@ def test_local_image_base_comes_from_the_catalogue(tmp_path: Path) -> None:
             "signing": {"public_key": str(public)},
         }
     )
+    # The builder reaches the store and the catalogue only through the services on its context.
     ctx = SimpleNamespace(
         recipe=SimpleNamespace(name="child", source=LocalImageSource(type="local-image", image="base")),
-        workdir=tmp_path / "work",
-        fetcher=SimpleNamespace(config=cfg),
+        services=FactoryServices(tmp_path / "work", cfg),
         manifest={},
         packer_source=None,
     )
@@ -294,7 +296,7 @@ def test_local_image_base_comes_from_the_catalogue(tmp_path: Path) -> None:
         "from": "catalogue",
     }
     # without the public key configured it cannot be trusted: the local-store error stands
-    ctx.fetcher = SimpleNamespace(config=cfg.model_copy(update={"signing": signing_config()}))
+    ctx.services = FactoryServices(tmp_path / "work", cfg.model_copy(update={"signing": signing_config()}))
     with pytest.raises(UserError) as e:
         fetch_source(ctx)  # type: ignore[arg-type]
     assert "signing.public_key" in (e.value.hint or "")

@@ -68,7 +68,7 @@ BUILD_OK = r"""
 [ "$1" = build ] || exit 9
 case "$*" in *-machine-readable*) ;; *) exit 8;; esac
 [ -n "$TMPDIR" ] && [ -d "$TMPDIR" ] && [ "$CHECKPOINT_DISABLE" = 1 ] || exit 7
-echo "$TMPDIR" > "$SEEN"
+echo "$TMPDIR" > "$IMAGEFACTORY_TEST_SEEN"
 echo "1700000000,,ui,say,Build 'qemu.image' starting%!(PACKER_COMMA) please wait"
 echo "1700000001,qemu.image,ui,message,    qemu.image: provisioner output"
 echo "1700000002,qemu.image,artifact,0,file,0,/out/image.qcow2"
@@ -78,7 +78,7 @@ echo "1700000002,qemu.image,artifact,0,file,0,/out/image.qcow2"
 def test_build_collects_artifacts_and_removes_tmpdir(fake_bin: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     fake(fake_bin, BUILD_OK)
-    monkeypatch.setenv("SEEN", str(tmp_path / "tmpdir-seen"))
+    monkeypatch.setenv("IMAGEFACTORY_TEST_SEEN", str(tmp_path / "tmpdir-seen"))  # allow-listed for children
     seen: list[pk.Event] = []
     out = pk.build(pk.find_packer(), tmp_path, on_event=seen.append)
     assert out.artifacts == ["/out/image.qcow2"]
@@ -144,13 +144,14 @@ def test_template_is_loopback_only_and_runs_the_shared_scripts(tmp_path: Path) -
 def test_both_builders_run_the_same_offline_steps() -> None:
     """The file-level middle (chroot .. check-seal) is one list: the Packer builder runs the rootfs
     builder's functions on its disk, minus the `packages` script it ran in the build VM."""
-    from imagefactory.build import Step, builder_steps
+    from imagefactory.build import builder_steps
+    from imagefactory.context import Step
     from imagefactory.recipes import RecipeBook
     from tests.conftest import RECIPES
 
     book = RecipeBook(RECIPES)
-    rootfs = builder_steps(book.load("rke2-node-debian").recipe)
-    packer = builder_steps(book.load("rke2-node").recipe)
+    rootfs = builder_steps(book.load("rke2-node").recipe)
+    packer = builder_steps(book.load("rke2-node-packer").recipe)
 
     def middle(steps: list[Step]) -> list[Step]:
         names = [s.name for s in steps]

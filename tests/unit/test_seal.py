@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,25 @@ def test_every_seal_step_has_a_booted_test() -> None:
     assert set(mirror) == {s.name for s in SEAL_STEPS}
     for test in mirror.values():
         assert f"def {test}(" in suite, test
+
+
+def test_links_in_a_downloaded_image_never_reach_the_host(tmp_path: Path) -> None:
+    """A cloud image (the Packer builder's root comes from upstream) whose directories are links
+    out of the root: sealing stays inside the root and the host's files survive."""
+    host = tmp_path / "host"  # stands in for the build host's own /var/log, /tmp, a home
+    for d in ("log", "tmp", "home/alice"):
+        (host / d).mkdir(parents=True)
+        (host / d / "keep.log").write_text("host data\n")
+    (host / "home/alice/.bash_history").write_text("host history\n")
+    root = dirty_root(tmp_path / "img")
+    shutil.rmtree(root / "var/log")
+    (root / "var/log").symlink_to(host / "log")  # absolute: resolved inside the root, not here
+    shutil.rmtree(root / "var/tmp", ignore_errors=True)
+    (root / "var/tmp").symlink_to("../../../../../../../../" + str(host / "tmp"))
+    (root / "home").mkdir(exist_ok=True)
+    (root / "home/alice").symlink_to(host / "home/alice")
+    seal.seal(root, CACHES)
+    for d in ("log", "tmp", "home/alice"):
+        assert (host / d / "keep.log").read_text() == "host data\n", d
+    assert (host / "home/alice/.bash_history").read_text() == "host history\n"
+    assert (root / "var/log").is_symlink()  # the image's own link, left as it was

@@ -1,5 +1,9 @@
 """Build keys: every input of an image, named and hashed, and one sha256 over all of them.
 
+`build` records a recipe's key in its build manifest (`build_key_of`) and the nightly plan
+(`imagefactory.nightly`) compares it with the published one; this module sits below both and
+imports neither.
+
 The inputs of recipe NAME (`BuildKey.inputs`, flat: input name -> version or hash):
 
 - `imagefactory`: the imagefactory version (`IMAGEFACTORY_VERSION`);
@@ -8,7 +12,8 @@ The inputs of recipe NAME (`BuildKey.inputs`, flat: input name -> version or has
   "packages" rather than only "recipe");
 - `templates`: a digest of the template files the recipe renders (their text is not in `recipe`);
 - `source`: the base as locked (`lock.resolve_source`): the suite's Release sha256 + Date for
-  mmdebstrap, the image's sha256 for a cloud image; `security`: the security suite's Release;
+  mmdebstrap, the image's sha256 for a cloud image; `updates`, `security`: the Release of each
+  pocket the build adds (`archive.pocket_suites`);
 - `base-image`: the build key of the recipe a `local-image` source names (its newest image is
   the base), or the pinned `NAME:VERSION`;
 - `rke2`, `zarf`: the locked version and a digest of the locked artifacts (name + sha256);
@@ -31,12 +36,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..lock import LockFile, input_key, security_suite
-from ..recipes.load import LoadedRecipe, RecipeBook
-from ..recipes.model import CloudImageSource, LocalImageSource, Recipe
+from . import __version__
+from .archive import pocket_suites
+from .errors import UserError
+from .lock import LockFile, input_key
+from .recipes.load import LoadedRecipe, RecipeBook
+from .recipes.model import CloudImageSource, LocalImageSource, Recipe
+from .stig.cac import MAPPED_BENCHMARKS, mapping_path
+from .stig.catalogue import catalogue_dir
+from .stig.selection import resolve_waiver_path
+from .stig.xccdf import benchmark_path, load_benchmark
 
 UNKNOWN = "unknown"
+# The imagefactory version in every build key: a new release rebuilds every image. Read at call
+# time (`_factory_version`), so it can be replaced here (tests, a build that wants to include a
+# git commit).
+IMAGEFACTORY_VERSION: str = __version__
 
 
 @dataclass(frozen=True)
@@ -69,9 +84,7 @@ def _canonical(obj: Any) -> bytes:
 
 
 def _factory_version() -> str:
-    # Read from the package at call time: the integrator and the tests may replace it.
-    from . import IMAGEFACTORY_VERSION
-
+    # The module global at call time, not a copy bound at import: it may be replaced.
     return IMAGEFACTORY_VERSION
 
 
@@ -161,18 +174,22 @@ class KeyMaker:
             elif not isinstance(src, LocalImageSource):
                 inputs["source"] = UNKNOWN
                 unknown["source"] = f"not in the lock; {hint}"
-            if security_suite(r) is not None:
-                inputs["security"] = UNKNOWN
-                unknown["security"] = f"not in the lock; {hint}"
+            for pocket in pocket_suites(r):
+                inputs[pocket] = UNKNOWN
+                unknown[pocket] = f"not in the lock; {hint}"
             return
         if locked["type"] == "mmdebstrap":
             inputs["source"] = _release_value(locked)
         elif locked["type"] == "cloud-image":
             sha = locked.get("sha256")
             inputs["source"] = f"sha256:{sha}" if sha else locked.get("checksum")
-        sec = locked.get("security")
-        if isinstance(sec, dict):
-            inputs["security"] = _release_value(sec)
+        for pocket in pocket_suites(r):
+            entry = locked.get(pocket)
+            if isinstance(entry, dict):
+                inputs[pocket] = _release_value(entry)
+            elif pocket not in locked:  # a lock written before this pocket was tracked
+                inputs[pocket] = UNKNOWN
+                unknown[pocket] = f"not in the lock; {hint}"
 
     def _locked(self, r: Recipe, inputs: dict[str, Any], unknown: dict[str, str]) -> None:
         if r.rke2 is None and r.zarf is None:
@@ -199,11 +216,6 @@ class KeyMaker:
         r = loaded.recipe
         if r.stig is None:
             return
-        from ..stig.cac import MAPPED_BENCHMARKS, mapping_path
-        from ..stig.catalogue import catalogue_dir
-        from ..stig.selection import resolve_waiver_path
-        from ..stig.xccdf import benchmark_path, load_benchmark
-
         for name in dict.fromkeys(r.stig.benchmarks):
             bench = load_benchmark(name)
             release = re.search(r"Release:\s*(\S+)", bench.release_info)  # e.g. V2R8 for people
@@ -226,3 +238,12 @@ def _release_value(rel: dict[str, Any]) -> str:
 def build_key(book: RecipeBook, lock: LockFile, name: str) -> BuildKey:
     """The build key of recipe `name` (its parents' keys included); raises on an invalid recipe."""
     return KeyMaker(book, lock).key(name)
+
+
+def build_key_of(loaded: LoadedRecipe) -> dict[str, Any] | None:
+    """The build key of a recipe in its recipe directory (None for a recipe file elsewhere), as
+    `build` records it in the manifest."""
+    book = RecipeBook(loaded.directory)
+    if loaded.recipe.name not in book.names():
+        return None
+    return build_key(book, LockFile(loaded.directory), loaded.recipe.name).to_json()
