@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .cli import App
     from .recipes.model import Recipe
     from .stig.report import GateResult, StigReport
+    from .stig.results import ScanResults
 
 TEST_RECORD = "test.json"  # what `imagefactory test` ran: image, digest, merged recipe, results
 
@@ -57,7 +58,8 @@ def run_report(app: App, d: Path, out: Path | None, waivers: list[Path], as_of: 
     if recipe.stig is None:
         raise UserError(f"{d}: the image's recipe has no stig section",
                         hint="nothing was hardened or checked")
-    scans = stig.load_scans(d)
+    image = data.get("image", {}).get("path") if (d / TEST_RECORD).is_file() else None
+    scans = recorded_scans(d, Path(image) if image else None)
     if not scans:
         raise UserError(f"{d}: no STIG results ({stig.BOOTED_RESULTS}, {stig.OFFLINE_RESULTS})",
                         hint="results are written by a build with tests or by 'imagefactory test'")
@@ -66,6 +68,25 @@ def run_report(app: App, d: Path, out: Path | None, waivers: list[Path], as_of: 
             raise UserError(f"{w}: waiver file not found")
     return stig.report(recipe, app.book().directory, data, scans, out, today=as_of,
                        extra_waivers=waivers)
+
+
+def recorded_scans(d: Path, image: Path | None = None) -> list[ScanResults]:
+    """The STIG results recorded in `d`. An `imagefactory test` output directory has the booted
+    ones only: the offline ones of the same image (imagefactory's check and OpenSCAP, which the
+    report compares) are taken from the build directory of `image`, the tested image, when that
+    directory's manifest names it."""
+    from .steps import stig
+    from .stig.results import read_scans
+
+    scans = stig.load_scans(d)
+    if image is None or (d / stig.OFFLINE_RESULTS).is_file() or image.parent.resolve() == d.resolve():
+        return scans
+    offline, manifest = image.parent / stig.OFFLINE_RESULTS, image.parent / "manifest.json"
+    try:
+        built = json.loads(manifest.read_text()).get("image", {}).get("file") == image.name
+    except (OSError, ValueError, AttributeError):
+        built = False
+    return scans + read_scans(offline) if built and offline.is_file() else scans
 
 
 def show_report(app: App, report: StigReport, gate: GateResult, out: Path | None) -> None:
@@ -118,7 +139,7 @@ def test_stig(app: App, recipe: Recipe, image: Path, out: Path) -> dict[str, Any
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if manifest.get("image", {}).get("file") != image.name:
         manifest = {"image": {"sha256": digests(image)[0]}}  # not the built image: report what ran
-    scans = stig.load_scans(out)
+    scans = recorded_scans(out, image)
     report, gate = stig.report(recipe, app.book().directory, manifest, scans, out)
     return {"gate": gate.model_dump(mode="json"), "summary": report.summary(), "report": str(out)}
 

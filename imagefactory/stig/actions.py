@@ -63,7 +63,7 @@ from .kinds_fs import (
     UniqueIds,
 )
 from .kinds_svc import AuditRule, SshdOption, YamlKey, YamlListContains
-from .sources import HostSource, RootSource, Source
+from .sources import HostSource, Pending, RootSource, Source
 
 if TYPE_CHECKING:
     from .catalogue import Control
@@ -167,6 +167,8 @@ def evaluate(check: Kind, src: Source, ctx: CheckContext) -> CheckResult:
         return check.evaluate(src, ctx)
     except (OSError, ValueError, BuildError) as e:
         return err(f"{check.kind_name()}: {e}")
+    except Pending as e:  # evaluated again once the batch with this fact has been fetched
+        return err(f"{check.kind_name()}: pending: {e}")
 
 
 def _combine(results: list[CheckResult]) -> CheckResult:

@@ -24,6 +24,7 @@ from .xccdf import STIG_DIR
 
 CAC_DIR = STIG_DIR / "cac"
 RULE_PREFIX = "xccdf_org.ssgproject.content_rule_"
+VALUE_PREFIX = "xccdf_org.ssgproject.content_value_"
 # Benchmarks (catalogue names) ComplianceAsCode has a STIG control file for; rke2 has none.
 MAPPED_BENCHMARKS = ("ubuntu2204", "ubuntu2404", "slmicro5")
 
@@ -31,6 +32,11 @@ MAPPED_BENCHMARKS = ("ubuntu2204", "ubuntu2404", "slmicro5")
 def rule_id(short: str) -> str:
     """`disable_ctrlaltdel_reboot` -> `xccdf_org.ssgproject.content_rule_disable_ctrlaltdel_reboot`."""
     return short if short.startswith(RULE_PREFIX) else RULE_PREFIX + short
+
+
+def value_id(short: str) -> str:
+    """`var_accounts_tmout` -> `xccdf_org.ssgproject.content_value_var_accounts_tmout`."""
+    return short if short.startswith(VALUE_PREFIX) else VALUE_PREFIX + short
 
 
 def short_name(xccdf_id: str) -> str:
@@ -53,6 +59,10 @@ class CacMapping:
 
     def stig_ids(self, xccdf_or_short: str) -> tuple[str, ...]:
         return self.by_rule.get(short_name(xccdf_or_short), ())
+
+    def all_rules(self) -> tuple[str, ...]:
+        """Every full XCCDF rule id the mapping names, once, in file order."""
+        return tuple(rule_id(r) for r in dict.fromkeys(r for rules in self.rules.values() for r in rules))
 
 
 def mapping_path(benchmark: str, directory: Path | None = None) -> Path:

@@ -50,7 +50,8 @@ class ControlSpec(BaseModel):
     """One catalogue entry as written in YAML."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    id: str = Field(pattern=r"^[A-Z0-9]+-[A-Z0-9]+-\d{6}$", description="STIG id (XCCDF <version>)")
+    # Five digits too: the Ubuntu 24.04 V1R1 XCCDF has UBTU-24-90890 (V1R5: UBTU-24-909890).
+    id: str = Field(pattern=r"^[A-Z0-9]+-[A-Z0-9]+-\d{5,6}$", description="STIG id (XCCDF <version>)")
     phase: Phase
     applies_to: tuple[str, ...] = Field(min_length=1)
     reason: str | None = None

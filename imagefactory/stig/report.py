@@ -16,7 +16,13 @@ Decisions (the rules users see in the report):
   the evidence as `also: ...` lines; when OpenSCAP says fail/error but our check passes, the
   evidence says so explicitly (`note: OpenSCAP disagrees`) - ours stays authoritative because its
   check follows DISA's check text, while OpenSCAP's SSG rules often check a stricter or different
-  setting.
+  setting. OpenSCAP alone never decides a rule that has a control in scope: a first-boot or
+  verify control without our result keeps its reason (not checked), with OpenSCAP's result in the
+  evidence - e.g. FIPS mode, set per deployment, fails in every image scanned offline. It decides
+  only rules imagefactory does not automate.
+- **imagefactory vs OpenSCAP.** Each benchmark carries a `comparison` (`stig.compare`): ids
+  both scanners judged, agreements, every disagreement with both sides' evidence, and the ids
+  OpenSCAP could not judge, by reason.
 - **Rules without any result.** On a `debian` target (no DISA STIG for Debian) only the
   family-generic controls (`applies_to` includes debian) are in scope: every other rule - with or
   without a control - is `notapplicable` with an explanation. On other targets a rule without a
@@ -56,6 +62,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write
 from .catalogue import Control, load_catalogue
 from .checklist import checklist_name, to_ckl, to_cklb, truncate
+from .compare import ScannerComparison, compare_scanners
 from .results import RESULTS, Result, RuleResult, ScanResults, Source, WaiverDecision
 from .xccdf import Rule
 
@@ -176,6 +183,8 @@ class BenchmarkReport(_Model):
     rows: tuple[Row, ...]
     waived: tuple[Row, ...] = Field(description="rows with a waiver, expired ones included")
     notes: tuple[str, ...] = ()
+    comparison: ScannerComparison | None = Field(
+        None, description="imagefactory vs OpenSCAP (stig.compare); None when OpenSCAP reported nothing")
 
     @property
     def key(self) -> str:
@@ -235,7 +244,8 @@ class StigReport(_Model):
                                                     "open_by_cat": self.gate.open_by_cat},
             "benchmarks": [{"benchmark": b.benchmark, "target": b.target, "release": b.release,
                             "rules": b.counts.total, "open": b.counts.open, "waived": b.counts.waived,
-                            "results": {res: sum(b.counts.results[c][res] for c in CATS) for res in RESULTS}}
+                            "results": {res: sum(b.counts.results[c][res] for c in CATS) for res in RESULTS},
+                            "vs_openscap": b.comparison.counts.model_dump() if b.comparison else None}
                            for b in self.benchmarks],
             "report": REPORT_JSON,
         }
@@ -268,9 +278,13 @@ def _pick(cands: list[tuple[RuleResult, ScanResults]]) -> tuple[Result, Source, 
                 and best.status == "pass":
             lines.append(f"note: OpenSCAP disagrees ({rr.status}); imagefactory's check of DISA's "
                          "check text is authoritative")
-        lines.append(f"also: {rr.source} ({other.scanner}, {other.mode}): {rr.status}"
-                     + (f" ({_oneline(rr.evidence)})" if rr.evidence.strip() else ""))
+        lines.append(_also(rr, other))
     return best.status, best.source, "\n".join(lines)
+
+
+def _also(rr: RuleResult, scan: ScanResults) -> str:
+    return (f"also: {rr.source} ({scan.scanner}, {scan.mode}): {rr.status}"
+            + (f" ({_oneline(rr.evidence)})" if rr.evidence.strip() else ""))
 
 
 def _missing(control: Control | None, sel: Selection, image: ImageInfo, title: str) -> tuple[Result, str]:
@@ -333,10 +347,12 @@ def _status(result: Result, waiver: WaiverDecision | None, cat: int) -> tuple[St
 
 def _row(rule: Rule, control: Control | None, sel: Selection, image: ImageInfo, title: str,
          cands: list[tuple[RuleResult, ScanResults]], waiver: WaiverDecision | None) -> Row:
-    if cands:
+    in_scope = control is not None and sel.target in control.applies_to
+    if cands and (not in_scope or any(rr.source != "openscap" for rr, _ in cands)):
         result, source, evidence = _pick(cands)
-    else:
+    else:  # a control of ours without our result keeps its reason; OpenSCAP's word is advisory
         (result, evidence), source = _missing(control, sel, image, title), "catalogue"
+        evidence = "\n".join([evidence] + [_also(rr, scan) for rr, scan in cands])
     status, open_, note = _status(result, waiver, rule.cat)
     tailored = sel.disabled.get(rule.stig_id)
     comments = [_phase_note(control, sel)]
@@ -360,9 +376,13 @@ def _benchmark_report(sel: Selection, scans: list[ScanResults], image: ImageInfo
     for scan in scans:
         for sid, rr in scan.results.items():
             cands.setdefault(sid, []).append((rr, scan))
+    current = {rule.stig_id: w for rule, _ in cat.all_rules()
+               if (w := _current(waivers.get(rule.stig_id), today)) is not None}
     rows = tuple(_row(rule, control, sel, image, bench.title, cands.get(rule.stig_id, []),
-                      _current(waivers.get(rule.stig_id), today))
+                      current.get(rule.stig_id))
                  for rule, control in cat.all_rules())
+    comparison = compare_scanners(scans, benchmark=sel.benchmark, cats={r.stig_id: r.cat for r in rows},
+                                  waivers=current)
     notes = []
     unknown = sorted(set(cands) - set(bench.rules))
     if unknown:
@@ -374,7 +394,8 @@ def _benchmark_report(sel: Selection, scans: list[ScanResults], image: ImageInfo
     return BenchmarkReport(benchmark=sel.benchmark, target=sel.target, benchmark_id=bench.id,
                            title=bench.title, version=bench.version, release_info=bench.release_info,
                            counts=Counts.of(rows), rows=rows,
-                           waived=tuple(r for r in rows if r.waiver is not None), notes=tuple(notes))
+                           waived=tuple(r for r in rows if r.waiver is not None), notes=tuple(notes),
+                           comparison=comparison)
 
 
 def build_report(scans: list[ScanResults], *, image: ImageInfo, selections: list[Selection],

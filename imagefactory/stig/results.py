@@ -13,7 +13,7 @@ notchecked. A waiver never changes a result; it changes whether an open result c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +30,15 @@ class RuleResult:
     status: Result
     evidence: str
     source: Source
+    # OpenSCAP: the SSG rules folded into this STIG id -> each one's result as read (e.g. "pass",
+    # "fail (unscored by tailoring)", "pass, not trusted offline (OVAL probes: dpkginfo)")
+    rules: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "evidence": self.evidence, "source": self.source}
+        if self.rules:  # only OpenSCAP's results have rules; older files have none
+            out["rules"] = dict(self.rules)
+        return out
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class ScanResults:
     def to_json(self) -> dict[str, Any]:
         return {"benchmark": self.benchmark, "target": self.target, "mode": self.mode,
                 "scanner": self.scanner, "content": self.content,
-                "results": {k: asdict(v) for k, v in self.results.items()}}
+                "results": {k: v.to_json() for k, v in self.results.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScanResults:

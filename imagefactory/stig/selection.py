@@ -6,10 +6,12 @@ report and `stig report IMAGE` all agree on what was asked for.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
 from .actions import Tailoring
 from .catalogue import Catalogue, load_catalogue
 
@@ -58,8 +60,12 @@ def resolve_waiver_path(name: str, recipe_dir: Path) -> Path:
 
     if "/" not in name and not name.endswith((".yaml", ".yml")):
         return default_waiver_path(name)
-    p = Path(name)
-    return p if p.is_absolute() else recipe_dir / p
+    p = recipe_dir / name
+    # the model refuses '/x' and '..'; a symlink out of the recipe directory is refused here
+    if not os.path.realpath(p).startswith(os.path.realpath(recipe_dir) + os.sep):
+        raise UserError(f"stig.waivers: '{name}' leads out of the recipe directory {recipe_dir}",
+                        hint="keep waiver files inside the recipe directory")
+    return p
 
 
 def recipe_waivers(recipe: Recipe, recipe_dir: Path) -> WaiverSet:

@@ -25,6 +25,11 @@ SAFE_PATTERN = re.compile(r"^/[A-Za-z0-9_.*?@+,:=%\[\]/-]*$")
 MAX_SYMLINK_HOPS = 40
 
 
+class Pending(Exception):
+    """A host whose facts arrive in batches does not have this one yet: the check is evaluated
+    again once the batch has been fetched (see `imagefactory.testing.facts`)."""
+
+
 @dataclass(frozen=True)
 class Stat:
     path: str  # path inside the image, e.g. /etc/shadow
@@ -204,7 +209,13 @@ class RootSource:
 
 
 class HostSource:
-    """A booted machine through a testinfra-like `host` (file, run, package, sysctl)."""
+    """A booted machine through a testinfra-like `host` (file, run, package, sysctl).
+
+    The host may answer from facts gathered in batches (`imagefactory.testing.facts`): then it
+    also offers `read_file(path)` and `glob_paths(pattern)` (answered without a process in the
+    guest), and raises `Pending` for a fact it has not fetched yet: reads and globs then return
+    nothing for now (so a check reading many files asks for all of them in one round), everything
+    else raises."""
 
     where = "host"
 
@@ -219,31 +230,56 @@ class HostSource:
         r = self.host.run(cmd)
         return int(r.rc), str(r.stdout)
 
+    def _read(self, path: str) -> str | None:
+        if (read_file := getattr(self.host, "read_file", None)) is not None:
+            text: str | None = read_file(path)
+            return text
+        # One round trip instead of testinfra's exists + cat; a missing or unreadable file is
+        # None and the caller says so.
+        r = self.host.run(f"cat -- {shlex.quote(path)}")
+        return str(r.stdout) if int(r.rc) == 0 else None
+
     def read(self, path: str) -> str | None:
         if path not in self._reads:
-            # One round trip instead of testinfra's exists + cat; a missing or unreadable file is
-            # None and the caller says so.
-            r = self.host.run(f"cat -- {shlex.quote(path)}")
-            self._reads[path] = str(r.stdout) if int(r.rc) == 0 else None
+            try:
+                self._reads[path] = self._read(path)
+            except Pending:
+                # A host that gathers facts in batches has recorded the read; the check goes on
+                # (asking for the other files it reads in the same batch) and is evaluated again
+                # once they have been fetched. Nothing is cached.
+                return None
         return self._reads[path]
+
+    def _glob(self, pattern: str) -> list[str]:
+        if (glob_paths := getattr(self.host, "glob_paths", None)) is not None:
+            found: list[str] = glob_paths(pattern)
+            return sorted(found)
+        _rc, out = self.run(f"for f in {pattern}; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
+                           f"printf '%s\\n' \"$f\"; fi; done")
+        return sorted(line for line in out.splitlines() if line)
 
     def glob(self, pattern: str) -> list[str]:
         if not SAFE_PATTERN.match(pattern):
             raise BuildError(f"unsafe path pattern for a host check: {pattern!r}")
         if pattern not in self._globs:
-            _rc, out = self.run(f"for f in {pattern}; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
-                               f"printf '%s\\n' \"$f\"; fi; done")
-            self._globs[pattern] = sorted(line for line in out.splitlines() if line)
+            try:
+                self._globs[pattern] = self._glob(pattern)
+            except Pending:  # as in read: recorded, asked again next round, not cached
+                return []
         return list(self._globs[pattern])
 
     def _parse(self, out: str) -> list[Stat]:
+        # Owner and group names from the image's own account files, as find's %u/%g would print
+        # them (files only; an unknown id stays a number) - without find looking up every file.
+        users, groups = _ids(self.read("/etc/passwd")), _ids(self.read("/etc/group"))
         kinds = {"f": "file", "d": "dir", "l": "link"}
         res = []
         for line in out.splitlines():
-            f = line.split("\t")
-            if len(f) == 7:
-                kind = kinds.get(f[5], "other")
-                res.append(Stat(f[6], int(f[0], 8), int(f[1]), int(f[2]), f[3], f[4], kind))
+            f = line.split("\t", 4)
+            if len(f) == 5:
+                uid, gid = int(f[1]), int(f[2])
+                res.append(Stat(f[4], int(f[0], 8), uid, gid, users.get(uid, f[1]), groups.get(gid, f[2]),
+                                kinds.get(f[3], "other")))
         return res
 
     def stat(self, path: str) -> Stat | None:
@@ -260,6 +296,5 @@ class HostSource:
             return []
         depth = "" if recursive else " -maxdepth 0"
         filt = f" -name {shlex.quote(name)}" if name else ""
-        _rc, out = self.run(f"find -H {quoted}{depth}{filt} -printf '%m\\t%U\\t%G\\t%u\\t%g\\t%y\\t%p\\n' "
-                           "2>/dev/null")
+        _rc, out = self.run(f"find -H {quoted}{depth}{filt} -printf '%m\\t%U\\t%G\\t%y\\t%p\\n' 2>/dev/null")
         return self._parse(out)

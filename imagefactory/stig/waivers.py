@@ -41,7 +41,7 @@ from .catalogue import OS_FAMILIES, RKE2_ROLES, Catalogue, catalogue_dir, sequen
 from .results import WaiverDecision, WaiverType
 from .xccdf import STIG_DIR
 
-STIG_ID_PATTERN = r"^[A-Z0-9]+-[A-Z0-9]+-\d{6}$"
+STIG_ID_PATTERN = r"^[A-Z0-9]+-[A-Z0-9]+-\d{5,6}$"  # UBTU-24-90890: five digits in the 24.04 V1R1 XCCDF
 WAIVER_TYPES: tuple[str, ...] = ("false-positive", "operational-requirement", "risk-accepted",
                                  "not-applicable", "compensating")
 

@@ -47,9 +47,11 @@ def offline_upstreams(recipes: Path, root: Path, url: str) -> None:
     up = UpstreamSite(root)
     date = "Sat, 30 Nov 2026 00:00:00 UTC"
     up.release("debian", "bookworm", date)
+    up.release("debian", "bookworm-updates", date)
     up.release("debian-security", "bookworm-security", date)
-    for suite in ("jammy-security", "noble-security"):
-        up.release("ubuntu", suite, date)
+    for codename in ("jammy", "noble"):
+        for suite in (codename, f"{codename}-updates", f"{codename}-security"):
+            up.release("ubuntu", suite, date)
     for rel in ("22.04", "24.04"):
         up.cloud_image(f"cloud/releases/{rel}/release", f"ubuntu-{rel}-server-cloudimg-amd64.img",
                        rel.encode())
@@ -60,11 +62,13 @@ def offline_upstreams(recipes: Path, root: Path, url: str) -> None:
     (suse / f"{qcow}.sha256").write_text(f"{hashlib.sha256(b'sle micro').hexdigest()}  {qcow}\n")
     for p in recipes.glob("*.yaml"):
         text = (p.read_text().replace("http://deb.debian.org", url)
+                .replace("http://archive.ubuntu.com", url)
                 .replace("https://cloud-images.ubuntu.com", f"{url}/cloud")
                 .replace("https://download.suse.com", f"{url}/suse"))
         data = yaml.safe_load(text)
         if data.get("builder") == "packer" or p.stem.startswith(("ubuntu-", "debian-12-packer")):
-            mirrors = [f"{url}/ubuntu"] if "ubuntu" in p.stem else [f"{url}/debian"]
+            ubuntu = "ubuntu" in p.stem or p.stem in ("rke2-node", "rke2-node-packer")
+            mirrors = [f"{url}/ubuntu"] if ubuntu else [f"{url}/debian"]
             data.setdefault("packer", {})["package_mirrors"] = mirrors
             text = yaml.safe_dump(data, sort_keys=False)
         p.write_text(text)
@@ -90,7 +94,8 @@ def test_lock_update_resolves_channels_and_records_hashes(site: dict[str, Any]) 
     # every recipe: the RKE2 ones with their artifacts, all with their base source (nightly)
     assert set(entries) == set(RecipeBook(site["recipes"]).names())
     assert entries["debian-12-base"]["source"]["security"]["suite"] == "bookworm-security"
-    assert len(entries["ubuntu-22.04-base"]["source"]["sha256"]) == 64
+    assert len(entries["ubuntu-22.04-cloud"]["source"]["sha256"]) == 64
+    assert entries["ubuntu-22.04-base"]["source"]["updates"]["suite"] == "jammy-updates"
     e = entries["rke2-node-debian"]
     assert e["rke2"] == {"version": RKE2_OLD, "channel": "stable", "arch": "amd64"}
     names = {a["name"]: a for a in e["artifacts"]}
@@ -226,7 +231,7 @@ def _cloud_recipe(site: dict[str, Any], sums: str) -> tuple[Path, str]:
     image.write_bytes(b"QFI\xfb" + b"\0" * 4096)
     (d / "SHA256SUMS").write_text(sums.format(sha=hashlib.sha256(image.read_bytes()).hexdigest()))
     base = f"{site['mirror'].url}/releases/22.04/release"
-    recipe = site["recipes"] / "ubuntu-22.04-base.yaml"
+    recipe = site["recipes"] / "ubuntu-22.04-cloud.yaml"
     text = recipe.read_text()
     text = text.replace(f"{site['mirror'].url}/cloud/releases/22.04/release", base)  # see offline_upstreams
     recipe.write_text(text)
@@ -237,7 +242,7 @@ def test_cloud_image_fetched_and_verified_against_sha256sums(site: dict[str, Any
     other = "0" * 64
     image, _ = _cloud_recipe(site, "{sha} *ubuntu-22.04-server-cloudimg-amd64.img\n"
                                    f"{other} *other.img\n")
-    r = cli(site, "--json", "artifacts", "fetch", "ubuntu-22.04-base")
+    r = cli(site, "--json", "artifacts", "fetch", "ubuntu-22.04-cloud")
     assert r.returncode == 0, r.stderr
     cached = Path(json.loads(r.stdout)["artifacts"][image.name])
     assert cached.read_bytes() == image.read_bytes()
@@ -246,7 +251,7 @@ def test_cloud_image_fetched_and_verified_against_sha256sums(site: dict[str, Any
 def test_cloud_image_checksum_mismatch_is_refused(site: dict[str, Any]) -> None:
     image, url = _cloud_recipe(site, "{sha} *ubuntu-22.04-server-cloudimg-amd64.img\n")
     image.write_bytes(image.read_bytes() + b"republished behind the same URL")
-    r = cli(site, "artifacts", "fetch", "ubuntu-22.04-base")
+    r = cli(site, "artifacts", "fetch", "ubuntu-22.04-cloud")
     assert r.returncode == 1
     assert f"error: {image.name} from {url}: sha256 mismatch: expected " in r.stderr
     assert "Traceback" not in r.stderr
@@ -254,25 +259,26 @@ def test_cloud_image_checksum_mismatch_is_refused(site: dict[str, Any]) -> None:
 
 def test_cloud_image_missing_from_sums(site: dict[str, Any]) -> None:
     _cloud_recipe(site, "{sha} *something-else.img\n")
-    r = cli(site, "artifacts", "fetch", "ubuntu-22.04-base")
+    r = cli(site, "artifacts", "fetch", "ubuntu-22.04-cloud")
     assert r.returncode == 1 and "lists no ubuntu-22.04-server-cloudimg-amd64.img" in r.stderr
 
 
 def test_build_rke2_node_fails_early_when_the_cloud_image_is_unreachable(site: dict[str, Any]) -> None:
-    """The documented Packer path (`build rke2-node`, Ubuntu 22.04): with the inputs locked, an
-    unreachable cloud image stops the build at its first step, naming the URL and how to pre-stage."""
-    assert cli(site, "lock", "update", "rke2-node").returncode == 0
+    """The Packer path of the RKE2 node (`build rke2-node-packer`, Ubuntu 22.04 from Canonical's
+    cloud image): with the inputs locked, an unreachable cloud image stops the build at its first
+    step, naming the URL and how to pre-stage."""
+    assert cli(site, "lock", "update", "rke2-node-packer").returncode == 0
     base = f"{site['mirror'].url}/releases/22.04/release"  # the stand-in serves no such image
-    recipe = site["recipes"] / "ubuntu-22.04-base.yaml"
+    recipe = site["recipes"] / "ubuntu-22.04-cloud.yaml"
     recipe.write_text(recipe.read_text().replace(f"{site['mirror'].url}/cloud/releases/22.04/release", base))
-    r = cli(site, "build", "rke2-node", "--skip-tests")
+    r = cli(site, "build", "rke2-node-packer", "--skip-tests")
     assert r.returncode == 1, r.stderr
     assert f"error: cannot get the cloud image {base}/ubuntu-22.04-server-cloudimg-amd64.img" in r.stderr
     assert "pre-stage it: pin 'source.checksum" in r.stderr and "<mirror>/sha256/<hex>" in r.stderr
-    log = next((site["work"] / "builds/rke2-node").glob("*.failed.log")).read_text()
+    log = next((site["work"] / "builds/rke2-node-packer").glob("*.failed.log")).read_text()
     assert "==> fetch-source" in log and "==> packer-template" not in log  # nothing ran after it
     assert "Traceback" not in r.stderr
     offline = site["tmp"] / "offline.yaml"
     offline.write_text(yaml.safe_dump({"upstream": upstream_bases(site["mirror"].url), "offline": True}))
-    r = cli(site, "build", "rke2-node", "--skip-tests", config=offline)
+    r = cli(site, "build", "rke2-node-packer", "--skip-tests", config=offline)
     assert r.returncode == 2 and "offline: cannot read" in r.stderr and "SHA256SUMS" in r.stderr

@@ -1,7 +1,8 @@
 """The real oscap (openscap-scanner 1.3.7) with the packaged SSG content (0.1.65) on crafted
-Ubuntu 22.04-looking trees: file-based CIS rules follow the tree, tailoring deselects and unscores
-rules, and the results fold into STIG ids. A full CIS Level 1 Server scan takes ~4-5 s here, so
-the tests scan the whole profile like the product does."""
+Ubuntu 22.04-looking trees: file-based CIS rules follow the tree, tailoring widens the profile to
+the STIG and deselects and unscores rules, the results fold into STIG ids, and a disagreement with
+imagefactory's own check shows up in the report. A full CIS Level 1 Server scan takes ~4-5 s here,
+the widened one ~15 s, so the tests scan the whole profile like the product does."""
 
 from __future__ import annotations
 
@@ -177,6 +178,23 @@ def test_other_distro_tree_is_notapplicable_everywhere(tmp_path: Path) -> None:
     assert evaluated == {"notapplicable"}
 
 
+def test_ubuntu_2404_tree_is_not_scanned_with_the_2204_content(tmp_path: Path) -> None:
+    """SSG 0.1.65 has no Ubuntu 24.04 product, and its 22.04 content's platform check wants jammy:
+    a noble tree is recorded as "no content" instead of a scan where every rule is notapplicable."""
+    if (openscap.content_dir() / "ssg-ubuntu2404-ds.xml").is_file():
+        pytest.skip("this SCAP content has an Ubuntu 24.04 product")
+    root = tmp_path / "root"
+    _put(root, "/etc/lsb-release", "DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=24.04\nDISTRIB_CODENAME=noble\n")
+    _put(root, "/usr/lib/os-release", 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n')
+    (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    assert openscap.content_info("ubuntu") is not None  # the 22.04 datastream is installed
+    assert openscap.scan_offline(root, family="ubuntu", outdir=tmp_path / "out") is None
+    assert not (tmp_path / "out").exists()
+    assert "has no Ubuntu 24.04 product" in str(openscap.no_content_reason("ubuntu", "24.04"))
+    assert openscap.compile_tailoring(tmp_path / "t.xml", family="ubuntu", benchmark="ubuntu2404",
+                                      waivers={}, disabled={}) is None
+
+
 def test_families_without_content_are_not_scanned(tmp_path: Path) -> None:
     assert openscap.scan_offline(tmp_path, family="debian", outdir=tmp_path / "out") is None
     assert not (tmp_path / "out").exists()
@@ -190,3 +208,73 @@ def test_bad_tailoring_is_a_build_error(tmp_path: Path) -> None:
     bogus.write_text("<not-xccdf/>")
     with pytest.raises(BuildError, match="exit code 1"):
         openscap.scan_offline(root, family="ubuntu", outdir=tmp_path / "out", tailoring=bogus)
+
+
+# --- the tailoring widened to the STIG, and the comparison with imagefactory's checks ---------
+
+CTRLALTDEL = rule_id("disable_ctrlaltdel_reboot")  # UBTU-22-211015: not in the CIS profile
+
+
+@pytest.fixture(scope="module")
+def stig_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, openscap.OscapScan]:
+    """A tree where imagefactory and SSG 0.1.65 disagree on UBTU-22-412030: DISA's fix, a plain
+    `TMOUT=900` in /etc/profile.d, passes DISA's check text; SSG's accounts_tmout wants `declare -xr`.
+    Scanned with the widened tailoring, UBTU-22-291010 disabled."""
+    tmp = tmp_path_factory.mktemp("stig")
+    root = ubuntu_root(tmp / "root", compliant=False)
+    _put(root, "/etc/profile.d/99-terminal_tmout.sh", "TMOUT=900\n")
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/ctrl-alt-del.target").symlink_to("/dev/null")
+    _put(root, "/dev/null", "")  # the symlink probe resolves the link inside the root
+    tailoring = openscap.compile_tailoring(tmp / "tailoring.xml", family="ubuntu", benchmark="ubuntu2204",
+                                           waivers={}, disabled={"UBTU-22-291010": "USB storage needed"})
+    assert tailoring is not None
+    scan = openscap.scan_offline(root, family="ubuntu", outdir=tmp / "out", tailoring=tailoring)
+    assert scan is not None
+    return root, scan
+
+
+def test_widened_tailoring_evaluates_the_stig_rules(stig_scan: tuple[Path, openscap.OscapScan]) -> None:
+    _, scan = stig_scan
+    from imagefactory.stig.cac import load_mapping
+
+    assert scan.results[CTRLALTDEL] == "pass"  # selected by the widening, its Group re-selected
+    assert scan.results[USB] == "notselected"  # disabled control: deselected although CIS selects it
+    assert scan.results[TMOUT] == "fail"
+    mapped = set(load_mapping("ubuntu2204").all_rules()) & set(scan.results)
+    evaluated = {r for r in mapped if scan.results[r] != "notselected"}
+    assert len(evaluated) == len(mapped) - 1 > 150  # every mapped rule the content has, but USB's
+
+
+def test_a_disagreement_appears_in_the_report(stig_scan: tuple[Path, openscap.OscapScan]) -> None:
+    from datetime import UTC, datetime
+
+    from imagefactory.stig.actions import check_root
+    from imagefactory.stig.catalogue import load_catalogue
+    from imagefactory.stig.report import ImageInfo, Selection, build_report, render_html
+    from imagefactory.stig.results import RuleResult, ScanResults
+
+    root, scan = stig_scan
+    cat = load_catalogue("ubuntu2204")
+    controls = [c for c in cat.controls_for("ubuntu") if c.id in ("UBTU-22-412030", "UBTU-22-211015")]
+    checked = check_root(root, "ubuntu", controls, packages=[])
+    assert {k: v.status for k, v in checked.items()} == {"UBTU-22-412030": "pass", "UBTU-22-211015": "pass"}
+    ours = ScanResults("ubuntu2204", "ubuntu", "offline",
+                       {k: RuleResult(v.status, v.evidence, "offline") for k, v in checked.items()},
+                       scanner="imagefactory 0.1.0")
+    theirs = openscap.to_stig(scan, "ubuntu2204", "ubuntu")
+    image = ImageInfo(name="t", recipe="t", build_id="1", digest="0" * 64, os_family="ubuntu",
+                      os_release="22.04", created="2026-05-01T00:00:00Z")
+    rep = build_report([ours, theirs], image=image, selections=[Selection(benchmark="ubuntu2204",
+                                                                           target="ubuntu")],
+                       waivers={}, scanners=[], today=date(2026, 5, 1),
+                       generated=datetime(2026, 5, 1, tzinfo=UTC))
+    cmp = rep.benchmarks[0].comparison
+    assert cmp is not None
+    assert cmp.agreed == {"UBTU-22-211015": "pass"}
+    (d,) = cmp.disagreements
+    assert (d.stig_id, d.imagefactory, d.openscap) == ("UBTU-22-412030", "pass", "fail")
+    assert d.openscap_rules == {TMOUT: "fail"} and "TMOUT=900" in d.imagefactory_evidence
+    assert d.note is not None and "declare -xr" in d.note
+    assert "UBTU-22-291010" not in theirs.results  # deselected (disabled control): not judged
+    assert 'href="#ubuntu2204-ubuntu-UBTU-22-412030"' in render_html(rep)

@@ -89,6 +89,53 @@ def ubuntu_root(tmp_path: Path, name: str = "root") -> Path:
     return root
 
 
+# A minimal noble as mmdebstrap leaves it: merged /usr, sshd socket-activated, PAM from
+# pam-auth-update's profiles (common-* as noble generates them), no rsyslog/auditd/apparmor yet.
+NOBLE_SSH_SERVICE = ("[Unit]\nDescription=OpenBSD Secure Shell server\nAfter=network.target auditd.service\n"
+                     "[Service]\nExecStartPre=/usr/sbin/sshd -t\nExecStart=/usr/sbin/sshd -D $SSHD_OPTS\n"
+                     "Type=notify\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n")
+NOBLE_SSH_SOCKET = ("[Unit]\nDescription=OpenBSD Secure Shell server socket\n"
+                    "Before=sockets.target ssh.service\n[Socket]\nListenStream=0.0.0.0:22\n"
+                    "ListenStream=[::]:22\nAccept=no\n"
+                    "[Install]\nWantedBy=sockets.target\nRequiredBy=ssh.service\n")
+NOBLE = {
+    "etc/passwd": "root:x:0:0:root:/root:/bin/bash\nsyslog:x:102:102::/nonexistent:/usr/sbin/nologin\n",
+    "etc/group": "root:x:0:\nadm:x:4:syslog\nsudo:x:27:\nsyslog:x:102:\nsystemd-journal:x:999:\n",
+    "etc/shadow": "root:*:20000:0:99999:7:::\nsyslog:!:20000::::::\n",
+    "etc/os-release": 'PRETTY_NAME="Ubuntu 24.04.1 LTS"\nNAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n',
+    "etc/ssh/sshd_config": "Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\n"
+                           "UsePAM yes\nX11Forwarding yes\nPrintMotd no\nAcceptEnv LANG LC_*\n",
+    "etc/ssh/ssh_config": "Include /etc/ssh/ssh_config.d/*.conf\n\nHost *\n#   ForwardAgent no\n"
+                          "#   Ciphers aes128-ctr,aes192-ctr,aes256-ctr,aes128-cbc,3des-cbc\n"
+                          "#   MACs hmac-md5,hmac-sha1,umac-64@openssh.com\n    SendEnv LANG LC_*\n"
+                          "    HashKnownHosts yes\n",
+    "etc/pam.d/common-auth": "auth\t[success=1 default=ignore]\tpam_unix.so nullok\n"
+                             "auth\trequisite\t\t\tpam_deny.so\nauth\trequired\t\t\tpam_permit.so\n",
+    "etc/pam.d/common-password": "password\t[success=1 default=ignore]\tpam_unix.so obscure yescrypt\n"
+                                 "password\trequisite\t\t\tpam_deny.so\npassword\trequired\t\t\tpam_permit.so\n",
+    "etc/security/faillock.conf": "# audit\n# silent\n# deny = 3\n# fail_interval = 900\n"
+                                  "# unlock_time = 600\n",
+    "etc/login.defs": "PASS_MAX_DAYS\t99999\nPASS_MIN_DAYS\t0\nUMASK\t\t022\nENCRYPT_METHOD SHA512\n",
+    "etc/sysctl.d/10-kernel-hardening.conf": "kernel.dmesg_restrict = 0\n",
+    "etc/sudoers": "root ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n",
+    "usr/lib/systemd/system/ssh.service": NOBLE_SSH_SERVICE,
+    "usr/lib/systemd/system/ssh.socket": NOBLE_SSH_SOCKET,
+    "var/lib/dpkg/status": "Package: openssh-server\nStatus: install ok installed\n\n"
+                           "Package: telnetd\nStatus: install ok installed\n",
+    "var/log/faillog": "",
+    "usr/bin/tool": "#!/bin/sh\n",
+}
+NOBLE_LINKS = {
+    "bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib",
+    "etc/systemd/system/sockets.target.wants/ssh.socket": "/usr/lib/systemd/system/ssh.socket",
+    "etc/systemd/system/ssh.service.requires/ssh.socket": "/usr/lib/systemd/system/ssh.socket",
+}
+
+
+def noble_root(tmp_path: Path, name: str = "noble") -> Path:
+    return make_root(tmp_path / name, NOBLE, NOBLE_LINKS)
+
+
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     out: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -394,11 +441,16 @@ def test_file_permissions(tmp_path: Path) -> None:
     root = ubuntu_root(tmp_path)
     assert status(root, "ubuntu", "UBTU-22-232015")[0] == "fail"
     assert status(root, "ubuntu", "UBTU-22-232026")[0] == "fail"
-    fix(root, "ubuntu", "UBTU-22-232015", "UBTU-22-232025", "UBTU-22-232026")
+    fix(root, "ubuntu", "UBTU-22-232015", "UBTU-22-232026")
     assert (root / "usr/bin/tool").stat().st_mode & 0o7777 == 0o755
-    assert (root / "var/log").stat().st_mode & 0o7777 == 0o755
     assert (root / "var/log/dpkg.log").stat().st_mode & 0o7777 == 0o644 & 0o640
-    for i in ("UBTU-22-232015", "UBTU-22-232025", "UBTU-22-232026"):
+    # /var/log itself: verified on the host, not applicable while rsyslog runs (the check text)
+    [c] = controls("ubuntu2204", "UBTU-22-232025")[0].checks_for("ubuntu")
+    assert host_check(c, FakeHost(commands={"systemctl is-active rsyslog.service; stat -c 'mode %a' /var/log":
+                                            "active\nmode 775\n"})).status == "pass"
+    assert host_check(c, FakeHost(commands={"systemctl is-active rsyslog.service; stat -c 'mode %a' /var/log":
+                                            "inactive\nmode 775\n"})).status == "fail"
+    for i in ("UBTU-22-232015", "UBTU-22-232026"):
         assert status(root, "ubuntu", i)[0] == "pass", i
     # ownership is resolved with the image's own /etc/passwd, never the build host's
     (root / "usr/bin/tool").chmod(0o4755)  # setuid is not judged, only rwx bits
@@ -409,9 +461,16 @@ def test_file_permissions(tmp_path: Path) -> None:
     assert (root / "usr/bin/tool").lstat().st_uid == 0
     assert status(root, "ubuntu", "UBTU-22-232050")[0] == "pass"
     check = FileMode(type="file_mode", paths=("/usr/bin",), recursive=True, kind="file", max_mode="0755")
-    find = "0777\t0\t0\troot\troot\tf\t/usr/bin/bad\n0755\t0\t0\troot\troot\tf\t/usr/bin/good\n"
+    find = "0777\t0\t0\tf\t/usr/bin/bad\n0755\t0\t0\tf\t/usr/bin/good\n"
     r = host_check(check, FakeHost(commands={"find -H /usr/bin -printf": find}))
     assert r.status == "fail" and r.evidence == "/usr/bin/bad: mode 0777 > 0755"
+    # on the host too, names come from the image's own account files (not a lookup per file)
+    owned = FileMode(type="file_mode", paths=("/usr/bin",), recursive=True, owner="root", group="root")
+    accounts = {"/etc/passwd": "root:x:0:0::/root:/bin/sh\nbin:x:2:2::/:/bin/false\n",
+                "/etc/group": "root:x:0:\n"}
+    find = "0755\t0\t0\tf\t/usr/bin/ok\n0755\t2\t0\tf\t/usr/bin/bins\n0755\t0\t4242\tf\t/usr/bin/odd\n"
+    r = host_check(owned, FakeHost(files=accounts, commands={"find -H /usr/bin -printf": find}))
+    assert (r.status, r.evidence) == ("fail", "/usr/bin/bins: owner bin; /usr/bin/odd: group 4242")
 
 
 def test_rke2_config_list_entry(tmp_path: Path) -> None:
@@ -483,12 +542,14 @@ SLEM_LINKS = {"etc/pam.d/common-password": "common-password-pc", "etc/pam.d/comm
 
 
 @pytest.mark.parametrize(("name", "family"), [
-    ("ubuntu2204", "ubuntu"), ("ubuntu2204", "debian"), ("slmicro5", "sle-micro"), ("rke2", "server"),
-    ("rke2", "agent")])
+    ("ubuntu2204", "ubuntu"), ("ubuntu2204", "debian"), ("ubuntu2404", "ubuntu"), ("slmicro5", "sle-micro"),
+    ("rke2", "server"), ("rke2", "agent")])
 def test_whole_catalogue_applies_idempotently_and_its_checks_pass(tmp_path: Path, name: str,
                                                                   family: str) -> None:
     if name == "slmicro5":
         root = make_root(tmp_path / "root", SLEM, SLEM_LINKS)
+    elif name == "ubuntu2404":
+        root = noble_root(tmp_path)
     elif name == "rke2":
         root = make_root(tmp_path / "root", {"etc/passwd": "root:x:0:0::/root:/bin/sh\n",
                                              "etc/group": "root:x:0:\n"})
@@ -497,7 +558,8 @@ def test_whole_catalogue_applies_idempotently_and_its_checks_pass(tmp_path: Path
     ctl = load_catalogue(name).controls_for(family)
     first = apply_fixes(root, family, ctl)
     # only units whose packages the builder has not installed yet may fail on the fake root
-    assert set(first.failed) <= {"UBTU-22-431015", "UBTU-22-652010", "UBTU-22-653015"}
+    assert set(first.failed) <= {"UBTU-22-431015", "UBTU-22-652010", "UBTU-22-653015",
+                                 "UBTU-24-100510", "UBTU-24-100200", "UBTU-24-100410"}
     snap = snapshot(root)
     second = apply_fixes(root, family, ctl)
     assert snapshot(root) == snap
@@ -535,6 +597,179 @@ def test_slem_specifics(tmp_path: Path) -> None:
     assert (root / "usr/etc/ssh/sshd_config").read_text() == SLEM["usr/etc/ssh/sshd_config"]
     for i in ids:
         assert status(root, "sle-micro", i, name="slmicro5")[0] == "pass", i
+
+
+# --- Ubuntu 24.04 (noble) ------------------------------------------------------------------------
+
+
+def n24(root: Path, stig_id: str, **kw: Any) -> tuple[str, str]:
+    return status(root, "ubuntu", stig_id, name="ubuntu2404", **kw)
+
+
+def host24(stig_id: str, host: FakeHost) -> Any:
+    return check_host(host, "ubuntu", controls("ubuntu2404", stig_id))[stig_id]
+
+
+def test_noble_ssh_service_next_to_the_socket(tmp_path: Path) -> None:
+    root = noble_root(tmp_path)
+    st, ev = n24(root, "UBTU-24-100810")  # socket-activated as Ubuntu ships it: ssh.service disabled
+    assert st == "fail" and "no enablement symlinks" in ev
+    before = {p: os.readlink(root / p) for p in NOBLE_LINKS if p.startswith("etc/")}
+    fix(root, "ubuntu", "UBTU-24-100810", name="ubuntu2404")
+    units = root / "etc/systemd/system"
+    assert os.readlink(units / "multi-user.target.wants/ssh.service") == "/usr/lib/systemd/system/ssh.service"
+    assert os.readlink(units / "sshd.service") == "/usr/lib/systemd/system/ssh.service"
+    assert {p: os.readlink(root / p) for p in before} == before  # ssh.socket keeps its listener
+    assert n24(root, "UBTU-24-100810")[0] == "pass"  # service_active is checked on the host only
+    up = {"systemctl is-enabled ssh.service": "enabled\n", "systemctl is-active ssh.service": "active\n"}
+    assert host24("UBTU-24-100810", FakeHost(commands=up)).status == "pass"
+    lazy = {"systemctl is-enabled ssh.service": "disabled\n", "systemctl is-active ssh.service": "active\n"}
+    r = host24("UBTU-24-100810", FakeHost(commands=lazy))
+    assert r.status == "fail" and "is-enabled ssh.service: disabled" in r.evidence
+
+
+def test_noble_sshd_and_client_algorithms(tmp_path: Path) -> None:
+    root = noble_root(tmp_path)
+    (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
+    (root / "etc/ssh/sshd_config.d/10-legacy.conf").write_text("Ciphers aes128-cbc\n")
+    st, ev = n24(root, "UBTU-24-100820")
+    assert st == "fail" and "10-legacy.conf:1: Ciphers aes128-cbc" in ev
+    assert n24(root, "UBTU-24-100850") == ("fail", "Ciphers not set in /etc/ssh/ssh_config, "
+                                                   "/etc/ssh/ssh_config.d/*.conf")
+    ids = ("UBTU-24-100820", "UBTU-24-100830", "UBTU-24-100840", "UBTU-24-100850", "UBTU-24-100860")
+    fix(root, "ubuntu", *ids, name="ubuntu2404")
+    ciphers = "aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes128-ctr"
+    assert (root / "etc/ssh/sshd_config.d/50-imagefactory-stig.conf").read_text().splitlines()[0] == (
+        f"Ciphers {ciphers}")
+    assert (root / "etc/ssh/sshd_config.d/10-legacy.conf").read_text().startswith("# Ciphers aes128-cbc")
+    client = (root / "etc/ssh/ssh_config").read_text().splitlines()
+    assert client[4] == f"Ciphers {ciphers}" and client[:3] == ["Include /etc/ssh/ssh_config.d/*.conf", "",
+                                                               "Host *"]  # under Host *, after the Include
+    for i in ids:
+        assert n24(root, i)[0] == "pass", i
+    # the client reads ssh_config.d first: a conflicting drop-in fails the check
+    (root / "etc/ssh/ssh_config.d").mkdir()
+    (root / "etc/ssh/ssh_config.d/20-x.conf").write_text("Ciphers aes128-cbc\n")
+    st, ev = n24(root, "UBTU-24-100850")
+    assert st == "fail" and "20-x.conf:1" in ev
+    c = controls("ubuntu2404", "UBTU-24-100840")[0].checks_for("ubuntu")[0]
+    kex = "ecdh-sha2-nistp521,ecdh-sha2-nistp384,ecdh-sha2-nistp256,diffie-hellman-group-exchange-sha256," \
+          "diffie-hellman-group16-sha512,diffie-hellman-group14-sha256"
+    assert host_check(c, FakeHost(commands={"sshd -T": f"kexalgorithms {kex}\n"})).status == "pass"
+    assert host_check(c, FakeHost(commands={"sshd -T": "kexalgorithms curve25519-sha256\n"})).status == "fail"
+
+
+def test_noble_sysctl(tmp_path: Path) -> None:
+    root = noble_root(tmp_path)
+    assert n24(root, "UBTU-24-600140") == (
+        "fail", "/etc/sysctl.d/10-kernel-hardening.conf:1: kernel.dmesg_restrict = 0")
+    fix(root, "ubuntu", "UBTU-24-600140", name="ubuntu2404")
+    assert (root / "etc/sysctl.d/10-kernel-hardening.conf").read_text() == "# kernel.dmesg_restrict = 0\n"
+    assert n24(root, "UBTU-24-600140")[0] == "pass"
+    c = controls("ubuntu2404", "UBTU-24-600140")[0].checks_for("ubuntu")[0]
+    assert host_check(c, FakeHost(sysctls={"kernel.dmesg_restrict": 0})).status == "fail"
+
+
+def test_noble_pam_faillock_and_nullok(tmp_path: Path) -> None:
+    root = noble_root(tmp_path)
+    assert n24(root, "UBTU-24-200610")[0] == "fail"
+    assert n24(root, "UBTU-24-300028")[0] == "fail"  # nullok in the profile-generated common-auth
+    fix(root, "ubuntu", "UBTU-24-200610", "UBTU-24-300028", "UBTU-24-300017", "UBTU-24-400220",
+        name="ubuntu2404")
+    assert (root / "etc/pam.d/common-auth").read_text().splitlines() == [
+        "auth\trequired\tpam_faildelay.so\tdelay=4000000",
+        "auth\t[success=1 default=ignore]\tpam_unix.so",
+        "auth\t[default=die]\tpam_faillock.so authfail",  # skipped by success=1 on a good password
+        "auth\tsufficient\tpam_faillock.so authsucc",
+        "auth\trequisite\t\t\tpam_deny.so",
+        "auth\trequired\t\t\tpam_permit.so",
+    ]
+    assert (root / "etc/pam.d/common-password").read_text().splitlines()[0] == (
+        "password\t[success=1 default=ignore]\tpam_unix.so\tobscure sha512 shadow rounds=100000")
+    # noble's faillock.conf has every key commented out: values replace their comment, flags are appended
+    assert (root / "etc/security/faillock.conf").read_text() == (
+        "# audit\n# silent\ndeny = 3\nfail_interval = 900\nunlock_time = 0\naudit\nsilent\n")
+    for i in ("UBTU-24-200610", "UBTU-24-300028", "UBTU-24-300017", "UBTU-24-400220"):
+        assert n24(root, i)[0] == "pass", i
+    (root / "etc/security/faillock.conf").write_text("audit\nsilent\ndeny = 3\nfail_interval = 900\n"
+                                                     "unlock_time = 600\n")
+    st, ev = n24(root, "UBTU-24-200610")
+    assert st == "fail" and "unlock_time = 600" in ev
+
+
+def test_noble_audit_rules_and_immutable_config(tmp_path: Path) -> None:
+    root = noble_root(tmp_path)
+    su = "-a always,exit -F path=/bin/su -F perm=x -F auid>=1000 -F auid!=-1 -k privileged-priv_change"
+    assert n24(root, "UBTU-24-900070") == ("fail", f"missing in /etc/audit/rules.d: {su}")
+    assert n24(root, "UBTU-24-909000")[0] == "fail"
+    fix(root, "ubuntu", "UBTU-24-900070", "UBTU-24-909000", "UBTU-24-900040", name="ubuntu2404")
+    rules = root / "etc/audit/rules.d"
+    assert (rules / "stig.rules").read_text() == su + "\n"
+    assert (rules / "99-imagefactory-stig-immutable.rules").read_text() == "-e 2\n"
+    assert {p.stat().st_mode & 0o777 for p in rules.iterdir()} == {0o640}
+    for i in ("UBTU-24-900070", "UBTU-24-909000", "UBTU-24-900040"):
+        assert n24(root, i)[0] == "pass", i
+    other = make_root(tmp_path / "other", {"etc/audit/rules.d/site.rules":
+                                           "-a always,exit -F path=/bin/su -F perm=x -F auid>=1000 "
+                                           "-F auid!=unset -k su\n-e 1\n"})
+    assert n24(other, "UBTU-24-900070")[0] == "pass"
+    assert n24(other, "UBTU-24-909000")[0] == "fail"
+    loaded = "-a always,exit -S all -F path=/bin/su -F perm=x -F auid>=1000 -F auid!=-1 -F key=x\n"
+    assert host24("UBTU-24-900070", FakeHost(commands={"auditctl -l": loaded})).status == "pass"
+    assert host24("UBTU-24-900070", FakeHost(commands={"auditctl -l": "No rules\n"})).status == "fail"
+    f = {"/etc/audit/rules.d/99-imagefactory-stig-immutable.rules": "-e 2\n"}
+    lock = FakeHost(files=f, commands={"auditctl -s": "enabled 2\nfailure 1\n"})
+    assert host24("UBTU-24-909000", lock).status == "pass"
+    r = host24("UBTU-24-909000", FakeHost(files=f, commands={"auditctl -s": "enabled 1\nfailure 1\n"}))
+    assert r.status == "fail" and "enabled 1" in r.evidence  # the file is there, the rules not locked
+
+
+def test_noble_packages_and_usb_storage(tmp_path: Path) -> None:
+    root = noble_root(tmp_path)
+    assert n24(root, "UBTU-24-100030") == ("fail", "telnetd is installed")
+    res = fix(root, "ubuntu", "UBTU-24-100030", "UBTU-24-100010", "UBTU-24-100200", name="ubuntu2404",
+              tailoring=Tailoring(disable={"UBTU-24-100200": "no rsyslog in this test"}))
+    assert (res.packages_to_remove, res.packages_to_install) == (["telnetd", "systemd-timesyncd"], [])
+    assert n24(root, "UBTU-24-100030", packages=["openssh-server"])[0] == "pass"
+    c = controls("ubuntu2404", "UBTU-24-100030")[0].checks_for("ubuntu")[0]
+    assert host_check(c, FakeHost(packages=["telnetd"])).status == "fail"
+    # usb-storage: 24.04 wants `install usb-storage /bin/true`; a /bin/false line does not pass
+    make_root(root, {"etc/modprobe.d/usb.conf": "install usb-storage /bin/false\nblacklist usb-storage\n"})
+    st, ev = n24(root, "UBTU-24-300039")
+    assert st == "fail" and "bin/true" in ev
+    fix(root, "ubuntu", "UBTU-24-300039", name="ubuntu2404")
+    assert (root / "etc/modprobe.d/imagefactory-stig.conf").read_text() == (
+        "install usb-storage /bin/true\nblacklist usb-storage\n")
+    assert n24(root, "UBTU-24-300039")[0] == "pass"
+
+
+def test_noble_phases_and_texts(tmp_path: Path) -> None:
+    root = noble_root(tmp_path)
+    ids = ("UBTU-24-300021", "UBTU-24-200680", "UBTU-24-700120", "UBTU-24-102000", "UBTU-24-200640")
+    (root / "etc/sudoers.d").mkdir()
+    (root / "etc/sudoers.d/90-cloud-init-users").write_text("ubuntu ALL=(ALL) NOPASSWD:ALL\n")
+    res = apply_fixes(root, "ubuntu", controls("ubuntu2404", *ids))
+    assert res.applied == ["UBTU-24-200640"]
+    assert res.skipped["UBTU-24-300021"].startswith("waive-by-default: ")
+    assert "NOPASSWD" in (root / "etc/sudoers.d/90-cloud-init-users").read_text()
+    assert not (root / "etc/profile.d/ssh_confirm.sh").exists()
+    enable = Tailoring(enable=("UBTU-24-300021", "UBTU-24-200680"))
+    res = apply_fixes(root, "ubuntu", controls("ubuntu2404", *ids), enable)
+    assert res.applied == ["UBTU-24-300021", "UBTU-24-200680", "UBTU-24-200640"]
+    assert (root / "etc/sudoers.d/90-cloud-init-users").read_text() == "# ubuntu ALL=(ALL) NOPASSWD:ALL\n"
+    # the SSH banner acknowledgement script is the XCCDF's, with the banner of UBTU-24-200640
+    fixtext = load_benchmark("ubuntu2404").rules["UBTU-24-200680"].fixtext
+    want = fixtext[fixtext.index("#!/bin/bash"):fixtext.index("fi", fixtext.index("done")) + 2]
+    assert " ".join((root / "etc/profile.d/ssh_confirm.sh").read_text().split()) == " ".join(want.split())
+    for i in ("UBTU-24-300021", "UBTU-24-200680", "UBTU-24-200640"):
+        assert n24(root, i)[0] == "pass", i
+    # /var/log: not applicable while rsyslog runs (it keeps the directory group-writable)
+    assert "UBTU-24-700120" not in check_root(root, "ubuntu", controls("ubuntu2404", "UBTU-24-700120"))
+    cmd = "systemctl is-active rsyslog.service; stat -c 'mode %a' /var/log"
+    for out, want_status in (("active\nmode 775\n", "pass"), ("inactive\nmode 755\n", "pass"),
+                             ("inactive\nmode 775\n", "fail"), ("inactive\nmode 757\n", "fail")):
+        assert host24("UBTU-24-700120", FakeHost(commands={cmd: out})).status == want_status, out
+    assert n24(root, "UBTU-24-700400") == ("pass", '/etc/os-release:3: VERSION_ID="24.04"')
 
 
 # --- tailoring, placeholders, phases ------------------------------------------------------------

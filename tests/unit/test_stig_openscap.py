@@ -4,6 +4,7 @@ tailoring file, the offline-probe analysis of a datastream, and `scan_offline` a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import xml.etree.ElementTree as ET
 from datetime import date
@@ -201,6 +202,28 @@ def test_rules_with_offline_unreliable_probes_are_not_trusted() -> None:
     assert out.results["UBTU-22-255025"].status == "fail"
 
 
+def test_to_stig_records_each_rule_result() -> None:
+    scan = scan_of({A: "informational", B: "pass"}, outcomes={A: "fail"}, unreliable={B: ("dpkginfo",)})
+    rr = openscap.to_stig(scan, "ubuntu2204", "ubuntu").results["UBTU-22-255025"]
+    assert rr.rules == {A: "fail (unscored by tailoring)",
+                        B: "pass, not trusted offline (OVAL probes: dpkginfo)"}
+    assert rr.to_json()["rules"] == rr.rules
+    partial = openscap.to_stig(scan_of({A: "fail", B: "notselected"}), "ubuntu2204", "ubuntu")
+    assert partial.results["UBTU-22-255025"].rules[B] == (
+        "notselected (deselected by tailoring, or not in the profile)")
+
+
+def test_known_content_bugs_are_not_trusted() -> None:
+    """SSG 0.1.65's no_empty_passwords reads RHEL's /etc/pam.d/system-auth: it passes on any Ubuntu."""
+    nep = PREFIX + "no_empty_passwords"
+    rr = openscap.to_stig(scan_of({nep: "pass"}), "ubuntu2204", "ubuntu").results["UBTU-22-611060"]
+    assert rr.status == "notchecked" and "SSG 0.1.65 content bug" in rr.evidence
+    assert "system-auth" in rr.evidence
+    newer = dataclasses.replace(INFO, ssg_version="0.1.74")
+    fixed = dataclasses.replace(scan_of({nep: "pass"}), content=newer)
+    assert openscap.to_stig(fixed, "ubuntu2204", "ubuntu").results["UBTU-22-611060"].status == "pass"
+
+
 # --- tailoring -------------------------------------------------------------------------------
 
 
@@ -209,9 +232,56 @@ def waiver(wid: str, type_: WaiverType, *, expired: bool = False) -> WaiverDecis
                           date(2025, 6, 1) if expired else None, expired)
 
 
-def test_compile_tailoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(openscap.ENV_CONTENT, "/content")
+GROUP, VALUE = "xccdf_org.ssgproject.content_group_", "xccdf_org.ssgproject.content_value_"
+CIS = "xccdf_org.ssgproject.content_profile_cis_level1_server"
+# A datastream shaped like SSG 0.1.65's Ubuntu 22.04 content: every rule selected="false", the CIS
+# profile selects a few and deselects whole Groups, Values with selectors.
+TAILORING_DS = """<?xml version="1.0"?>
+<ds:data-stream-collection xmlns:ds="http://scap.nist.gov/schema/scap/source/1.2"
+    xmlns:x="http://checklists.nist.gov/xccdf/1.2">
+ <ds:component id="xccdf">
+  <x:Benchmark id="xccdf_org.ssgproject.content_benchmark_UBUNTU2204">
+   <x:version>0.1.65</x:version>
+   <x:Profile id="{cis}"><x:title>CIS</x:title>
+     <x:select idref="{p}accounts_tmout" selected="true"/>
+     <x:select idref="{g}audit" selected="false"/>
+     <x:refine-value idref="{v}var_accounts_tmout" selector="cis"/>
+   </x:Profile>
+   <x:Group id="{g}system"><x:title>system</x:title>
+     <x:Value id="{v}var_accounts_tmout" type="number"><x:value>600</x:value>
+       <x:value selector="15_min">900</x:value><x:value selector="cis">900</x:value></x:Value>
+     <x:Value id="{v}login_banner_text"><x:value selector="dod_banners">You are accessing</x:value></x:Value>
+     <x:Value id="{v}var_password_pam_unix_rounds" type="number"><x:value>5000</x:value>
+       <x:value selector="65536">65536</x:value></x:Value>
+     <x:Group id="{g}accounts"><x:title>accounts</x:title>
+       <x:Rule id="{p}accounts_tmout" selected="false"/>
+       <x:Rule id="{p}disable_ctrlaltdel_reboot" selected="false"/>
+       <x:Rule id="{p}sshd_disable_empty_passwords" selected="false"/>
+       <x:Rule id="{p}sshd_do_not_permit_user_env" selected="false"/>
+     </x:Group>
+     <x:Group id="{g}audit"><x:title>audit</x:title>
+       <x:Rule id="{p}aide_build_database" selected="false"/>
+       <x:Rule id="{p}banner_etc_issue_net" selected="false"/>
+       <x:Rule id="{p}not_a_stig_rule" selected="false"/>
+     </x:Group>
+   </x:Group>
+  </x:Benchmark>
+ </ds:component>
+</ds:data-stream-collection>
+""".replace("{p}", PREFIX).replace("{g}", GROUP).replace("{v}", VALUE).replace("{cis}", CIS)
+
+
+@pytest.fixture
+def tailoring_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "content"
+    d.mkdir()
+    (d / "ssg-ubuntu2204-ds.xml").write_text(TAILORING_DS)
+    monkeypatch.setenv(openscap.ENV_CONTENT, str(d))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    return d
+
+
+def test_compile_tailoring_widens_the_profile_to_the_stig(tmp_path: Path, tailoring_content: Path) -> None:
     out = openscap.compile_tailoring(
         tmp_path / "sub" / "tailoring.xml", family="ubuntu", benchmark="ubuntu2204",
         waivers={"UBTU-22-211015": waiver("W-NA", "not-applicable"),
@@ -223,17 +293,25 @@ def test_compile_tailoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert out == tmp_path / "sub" / "tailoring.xml"
     root = ET.parse(out).getroot()
     assert root.tag == f"{X}Tailoring" and root.get("id") == "xccdf_imagefactory_tailoring_ubuntu"
-    assert root.find(f"{X}benchmark").get("href") == "/content/ssg-ubuntu2204-ds.xml"  # type: ignore[union-attr]
+    assert root.find(f"{X}benchmark").get("href") == f"{tailoring_content}/ssg-ubuntu2204-ds.xml"  # type: ignore[union-attr]
     assert root.find(f"{X}version").get("time") == "2023-11-14T22:13:20"  # type: ignore[union-attr]
     prof = root.find(f"{X}Profile")
     assert prof is not None and prof.get("id") == "xccdf_imagefactory_profile_tailored"
-    assert prof.get("extends") == "xccdf_org.ssgproject.content_profile_cis_level1_server"
-    assert prof.findtext(f"{X}title")
+    assert prof.get("extends") == CIS
+    assert "widened to the ubuntu2204 STIG" in (prof.findtext(f"{X}title") or "")
     selects = {s.get("idref"): s for s in prof.findall(f"{X}select")}
+    on = {k for k, s in selects.items() if s.get("selected") == "true"}
+    off = {k for k, s in selects.items() if s.get("selected") == "false"}
+    # every mapped rule the content has, and the Groups around it (CIS deselects the audit Group)
+    assert on == {A, B, PREFIX + "banner_etc_issue_net",
+                  GROUP + "system", GROUP + "accounts", GROUP + "audit"}
+    # waivers and disabled controls keep their rules deselected, even where CIS selects them
+    assert off == {PREFIX + "disable_ctrlaltdel_reboot", PREFIX + "aide_build_database",
+                   PREFIX + "accounts_tmout"}  # not-applicable, disabled, disabled+waived
+    assert PREFIX + "not_a_stig_rule" not in selects  # not mapped: left to the base profile
+    assert PREFIX + "sysctl_kernel_dmesg_restrict" not in selects  # mapped, not in this content
+    assert selects[PREFIX + "banner_etc_issue_net"].findtext(f"{X}remark") == "STIG: UBTU-22-255020"
     refines = {r.get("idref"): r for r in prof.findall(f"{X}refine-rule")}
-    assert set(selects) == {PREFIX + "disable_ctrlaltdel_reboot", PREFIX + "aide_build_database",
-                            PREFIX + "accounts_tmout"}  # not-applicable, disabled, disabled+waived
-    assert all(s.get("selected") == "false" for s in selects.values())
     assert set(refines) == {A, B}  # risk-accepted; the expired waiver compiles into nothing
     assert all(r.get("role") == "unscored" for r in refines.values())
     remark = selects[PREFIX + "disable_ctrlaltdel_reboot"].findtext(f"{X}remark") or ""
@@ -244,15 +322,36 @@ def test_compile_tailoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert remarks[0] == "UBTU-22-412030: disabled by tailoring: no shells" and "W-BOTH" in str(remarks[1])
     assert "W-RISK (risk-accepted)" in (refines[A].findtext(f"{X}remark") or "")
     assert "sysctl_kernel_dmesg_restrict" not in out.read_text()  # UBTU-22-213010: expired
+    # the mapping's variables: the STIG's selector (over CIS's), the 0.1.65 name of the banner
+    # variable, and a literal value where the content has no such selector
+    values = {v.get("idref"): v.get("selector") for v in prof.findall(f"{X}refine-value")}
+    assert values == {VALUE + "var_accounts_tmout": "15_min", VALUE + "login_banner_text": "dod_banners"}
+    assert {v.get("idref"): v.text for v in prof.findall(f"{X}set-value")} == {
+        VALUE + "var_password_pam_unix_rounds": "100000"}
+    assert "3 rules ComplianceAsCode maps to ubuntu2204 STIG ids (V2R8) selected" in (
+        prof.findtext(f"{X}description") or "")
 
 
-def test_compile_tailoring_without_content(tmp_path: Path) -> None:
+def test_compile_tailoring_is_reproducible(tmp_path: Path, tailoring_content: Path) -> None:
+    a = openscap.compile_tailoring(tmp_path / "a.xml", family="ubuntu", benchmark="ubuntu2204", waivers={},
+                                   disabled={"UBTU-22-211015": "x"})
+    b = openscap.compile_tailoring(tmp_path / "b.xml", family="ubuntu", benchmark="ubuntu2204", waivers={},
+                                   disabled={"UBTU-22-211015": "x"})
+    assert a is not None and b is not None and a.read_bytes() == b.read_bytes()
+
+
+def test_compile_tailoring_without_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert openscap.compile_tailoring(tmp_path / "t.xml", family="debian", benchmark="ubuntu2204",
                                       waivers={}, disabled={}) is None
     assert not (tmp_path / "t.xml").exists()
     with pytest.raises(UserError, match="unknown OS family"):
         openscap.compile_tailoring(tmp_path / "t.xml", family="windows", benchmark="ubuntu2204",
                                    waivers={}, disabled={})
+    # the datastream is not installed: nothing to widen (and nothing to scan)
+    monkeypatch.setenv(openscap.ENV_CONTENT, str(tmp_path / "nothing"))
+    assert openscap.compile_tailoring(tmp_path / "t.xml", family="ubuntu", benchmark="ubuntu2204",
+                                      waivers={}, disabled={}) is None
+    assert not (tmp_path / "t.xml").exists()
 
 
 # --- content and scanner discovery -----------------------------------------------------------
@@ -281,9 +380,13 @@ DS = """<?xml version="1.0"?>
    <x:Rule id="{p}needs_package"><x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
      <x:check-content-ref name="oval:needs_package:def:1"/></x:check></x:Rule>
    <x:Group id="xccdf_org.ssgproject.content_group_pam"><x:title>g</x:title><x:platform idref="#pam"/>
+     <x:Value id="xccdf_org.ssgproject.content_value_v"><x:value>1</x:value>
+       <x:value selector="two">2</x:value></x:Value>
      <x:Rule id="{p}in_pam_group"><x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
        <x:check-content-ref name="oval:file_only:def:1"/></x:check></x:Rule>
    </x:Group>
+   <x:Rule id="{p}reads_proc"><x:check system="http://oval.mitre.org/XMLSchema/oval-definitions-5">
+     <x:check-content-ref name="oval:reads_proc:def:1"/></x:check></x:Rule>
   </x:Benchmark>
  </ds:component>
  <ds:component id="oval"><d:oval_definitions>
@@ -297,11 +400,23 @@ DS = """<?xml version="1.0"?>
      <d:criterion test_ref="oval:dpkg:tst:1"/></d:criteria></d:definition>
    <d:definition id="oval:os:def:1"><d:criteria>
      <d:criterion test_ref="oval:tfc:tst:1"/></d:criteria></d:definition>
+   <d:definition id="oval:reads_proc:def:1"><d:criteria>
+     <d:criterion test_ref="oval:tfc:tst:1"/><d:criterion test_ref="oval:cpuinfo:tst:1"/>
+   </d:criteria></d:definition>
   </d:definitions>
   <d:tests>
-   <ind:textfilecontent54_test id="oval:tfc:tst:1"/>
+   <ind:textfilecontent54_test id="oval:tfc:tst:1"><ind:object object_ref="oval:etc:obj:1"/>
+   </ind:textfilecontent54_test>
    <lin:dpkginfo_test id="oval:dpkg:tst:1"/>
+   <ind:textfilecontent54_test id="oval:cpuinfo:tst:1"><ind:object object_ref="oval:cpuinfo:obj:1"/>
+   </ind:textfilecontent54_test>
   </d:tests>
+  <d:objects>
+   <ind:textfilecontent54_object id="oval:etc:obj:1"><ind:filepath>/etc/profile</ind:filepath>
+   </ind:textfilecontent54_object>
+   <ind:textfilecontent54_object id="oval:cpuinfo:obj:1"><ind:filepath>/proc/cpuinfo</ind:filepath>
+   </ind:textfilecontent54_object>
+  </d:objects>
  </d:oval_definitions></ds:component>
 </ds:data-stream-collection>
 """.replace("{p}", PREFIX)
@@ -338,7 +453,16 @@ def test_offline_probes_follow_checks_and_platforms(content: Path) -> None:
     probes = openscap.offline_probes(content / "ssg-ubuntu2204-ds.xml")
     # file_only: textfilecontent only; the profile's platform does not leak into rules
     assert probes == {PREFIX + "needs_package": frozenset({"dpkginfo"}),  # via extend_definition
-                      PREFIX + "in_pam_group": frozenset({"dpkginfo"})}  # via the group's platform
+                      PREFIX + "in_pam_group": frozenset({"dpkginfo"}),  # via the group's platform
+                      PREFIX + "reads_proc": frozenset({"files under /proc"})}  # empty in an image root
+
+
+def test_datastream_index_rules_groups_and_values(content: Path) -> None:
+    index = openscap.datastream_index(content / "ssg-ubuntu2204-ds.xml")
+    assert index.rules == {PREFIX + r for r in ("file_only", "needs_package", "in_pam_group", "reads_proc")}
+    assert index.groups[PREFIX + "in_pam_group"] == ("xccdf_org.ssgproject.content_group_pam",)
+    assert index.groups[PREFIX + "file_only"] == ()
+    assert index.values == {"xccdf_org.ssgproject.content_value_v": frozenset({"", "two"})}
 
 
 def _fake_oscap(bin_dir: Path, body: str) -> None:
@@ -359,21 +483,21 @@ def test_scanner_info(fake_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert openscap.scanner_info() is None
 
 
-# A fake `oscap xccdf eval`: records its argv and OSCAP_PROBE_ROOT, copies $FAKE_ARF to the
-# --results-arf path, writes the --report path and exits $FAKE_RC.
+# A fake `oscap xccdf eval`: records its argv and OSCAP_PROBE_ROOT, copies $IMAGEFACTORY_FAKE_ARF to the
+# --results-arf path, writes the --report path and exits $IMAGEFACTORY_FAKE_RC.
 FAKE_EVAL = """\
 if [ "$1" = "--version" ]; then echo "OpenSCAP command line tool (oscap) 1.3.7"; exit 0; fi
-echo "$OSCAP_PROBE_ROOT" > "$FAKE_LOG"
-echo "$@" >> "$FAKE_LOG"
+echo "$OSCAP_PROBE_ROOT" > "$IMAGEFACTORY_FAKE_LOG"
+echo "$@" >> "$IMAGEFACTORY_FAKE_LOG"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --results-arf) cp "$FAKE_ARF" "$2"; shift ;;
+    --results-arf) cp "$IMAGEFACTORY_FAKE_ARF" "$2"; shift ;;
     --report) echo "<html/>" > "$2"; shift ;;
   esac
   shift
 done
 echo "OpenSCAP Error: something broke" >&2
-exit "$FAKE_RC"
+exit "$IMAGEFACTORY_FAKE_RC"
 """
 
 
@@ -382,15 +506,15 @@ def fake_eval(tmp_path: Path, fake_bin: Path, content: Path, monkeypatch: pytest
     _fake_oscap(fake_bin, FAKE_EVAL)
     arf = tmp_path / "canned-arf.xml"
     arf.write_text(ARF)
-    monkeypatch.setenv("FAKE_ARF", str(arf))
-    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "oscap.log"))
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_ARF", str(arf))
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_LOG", str(tmp_path / "oscap.log"))
     (tmp_path / "root").mkdir()
     return tmp_path / "oscap.log"
 
 
 def test_scan_offline_runs_oscap_on_the_root(tmp_path: Path, fake_eval: Path, content: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_RC", "2")
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_RC", "2")
     tailoring = tmp_path / "t.xml"
     scan = openscap.scan_offline(tmp_path / "root", family="ubuntu", outdir=tmp_path / "out",
                                  tailoring=tailoring)
@@ -409,7 +533,7 @@ def test_scan_offline_runs_oscap_on_the_root(tmp_path: Path, fake_eval: Path, co
 
 def test_scan_offline_untailored_uses_the_family_profile(tmp_path: Path, fake_eval: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_RC", "0")
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_RC", "0")
     scan = openscap.scan_offline(tmp_path / "root", family="ubuntu", outdir=tmp_path / "out")
     assert scan is not None and scan.tailoring is None
     argv = fake_eval.read_text()
@@ -419,7 +543,7 @@ def test_scan_offline_untailored_uses_the_family_profile(tmp_path: Path, fake_ev
 @pytest.mark.parametrize("rc", ["1", "3"])
 def test_scan_offline_errors(tmp_path: Path, fake_eval: Path, monkeypatch: pytest.MonkeyPatch,
                              rc: str) -> None:
-    monkeypatch.setenv("FAKE_RC", rc)
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_RC", rc)
     out = tmp_path / "out"
     out.mkdir()
     (out / "openscap-arf.xml").write_text("stale")
@@ -430,8 +554,8 @@ def test_scan_offline_errors(tmp_path: Path, fake_eval: Path, monkeypatch: pytes
 def test_scan_offline_without_results_is_an_error(tmp_path: Path, fake_eval: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A stale ARF from an earlier run must not be read as this run's results."""
-    monkeypatch.setenv("FAKE_RC", "0")
-    monkeypatch.setenv("FAKE_ARF", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_RC", "0")
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_ARF", str(tmp_path / "nothing-here"))
     out = tmp_path / "out"
     out.mkdir()
     (out / "openscap-arf.xml").write_text(ARF)
@@ -470,3 +594,65 @@ exec sleep 300
         openscap.scan_offline(root, family="ubuntu", outdir=tmp_path / "out", timeout=1, attempts=2)
     assert calls.read_text().split() == ["run", "run"]
     assert time.monotonic() - start < 60
+
+
+# --- content per release: Ubuntu 24.04 is never scanned with the 22.04 datastream ------------------
+
+NOBLE_OS_RELEASE = 'PRETTY_NAME="Ubuntu 24.04.1 LTS"\nNAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n'
+
+
+def _os_release(root: Path, text: str) -> Path:
+    """The layout of Debian and Ubuntu: /etc/os-release -> ../usr/lib/os-release."""
+    (root / "usr/lib").mkdir(parents=True, exist_ok=True)
+    (root / "usr/lib/os-release").write_text(text)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    return root
+
+
+def test_ubuntu_2404_has_no_content_in_ssg_0_1_65(content: Path) -> None:
+    # the directory holds ssg-ubuntu2204-ds.xml only, like Debian 12's ssg-debderived 0.1.65
+    assert openscap.content_info("ubuntu", "22.04") == openscap.content_info("ubuntu")
+    assert openscap.content_info("ubuntu", "24.04") is None
+    why = str(openscap.no_content_reason("ubuntu", "24.04"))
+    assert "has no Ubuntu 24.04 product" in why and f"{content}/ssg-ubuntu2404-ds.xml not found" in why
+    # newer content (IMAGEFACTORY_SCAP_CONTENT) with an Ubuntu 24.04 product is used, STIG profile
+    (content / "ssg-ubuntu2404-ds.xml").write_text(DS)
+    assert openscap.content_info("ubuntu", "24.04") == ContentInfo(
+        "ubuntu", content / "ssg-ubuntu2404-ds.xml", "xccdf_org.ssgproject.content_profile_stig", "0.1.99")
+
+
+def test_tailoring_follows_the_benchmark_release(tmp_path: Path, content: Path) -> None:
+    out = tmp_path / "t.xml"
+    assert openscap.compile_tailoring(out, family="ubuntu", benchmark="ubuntu2404", waivers={},
+                                      disabled={"UBTU-24-300026": "kiosk"}) is None
+    assert not out.exists()
+    (content / "ssg-ubuntu2404-ds.xml").write_text(DS)
+    assert openscap.compile_tailoring(out, family="ubuntu", benchmark="ubuntu2404", waivers={},
+                                      disabled={"UBTU-24-300026": "kiosk"}) == out
+    root = ET.parse(out).getroot()
+    assert root.find(f"{X}benchmark").get("href") == f"{content}/ssg-ubuntu2404-ds.xml"  # type: ignore[union-attr]
+    prof = root.find(f"{X}Profile")
+    assert prof is not None and prof.get("extends") == "xccdf_org.ssgproject.content_profile_stig"
+    assert [s.get("idref") for s in prof.findall(f"{X}select")] == [PREFIX + "disable_ctrlaltdel_reboot"]
+
+
+def test_scan_offline_picks_the_content_of_the_image_release(tmp_path: Path, fake_eval: Path, content: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEFACTORY_FAKE_RC", "0")
+    noble = _os_release(tmp_path / "noble", NOBLE_OS_RELEASE)
+    assert openscap.root_release(noble, "ubuntu") == "24.04"
+    assert openscap.root_release(noble, "debian") is None  # another distribution's tree
+    # a noble root with only 22.04 content: recorded as no content, oscap never runs
+    assert openscap.scan_offline(noble, family="ubuntu", outdir=tmp_path / "out") is None
+    assert not fake_eval.exists() and not (tmp_path / "out").exists()
+    jammy = _os_release(tmp_path / "jammy", NOBLE_OS_RELEASE.replace("24.04", "22.04"))
+    # the caller's release wins over the tree's
+    assert openscap.scan_offline(jammy, family="ubuntu", outdir=tmp_path / "out", release="24.04") is None
+    assert not fake_eval.exists()
+    scan = openscap.scan_offline(jammy, family="ubuntu", outdir=tmp_path / "out")
+    assert scan is not None and scan.content.datastream == content / "ssg-ubuntu2204-ds.xml"
+    (content / "ssg-ubuntu2404-ds.xml").write_text(DS)
+    scan = openscap.scan_offline(noble, family="ubuntu", outdir=tmp_path / "out")
+    assert scan is not None and scan.content.datastream == content / "ssg-ubuntu2404-ds.xml"
+    assert "--profile xccdf_org.ssgproject.content_profile_stig " in fake_eval.read_text()
