@@ -62,3 +62,33 @@ def exclusive_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def resolve_in_root(root: Path, path: str, *, max_links: int = 40) -> Path:
+    """`path` (absolute, as seen inside the image) resolved against `root` the way the image's
+    own kernel would: symlinks are followed component by component, absolute link targets
+    restart at `root` and `..` never climbs above it. The host's filesystem is never reached,
+    whatever links the image holds (Debian ships `/var/run -> /run`, alternatives point at
+    `/usr/lib/...`). The result need not exist."""
+    base = os.path.realpath(root)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(base, *resolved, part)
+        if os.path.islink(candidate):
+            links += 1
+            if links > max_links:
+                raise BuildError(f"{path}: too many levels of symbolic links inside {root}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return Path(base, *resolved)

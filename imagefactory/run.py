@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -56,9 +57,36 @@ def _pump(stream: object, sink: list[str], echo: bool, on_line: Callable[[str], 
         line = raw.decode("utf-8", "replace").rstrip("\n")
         sink.append(line)
         if echo:
-            log.debug("  %s", line)
+            log.debug("  %s", redact(line))
         if on_line is not None:
             on_line(line)
+
+
+# What a child may see of our environment: the basics every tool expects, locale, proxies and CA
+# settings, packer's and libvirt's own knobs, our non-secret settings. Anything else - cloud and
+# S3 keys, the manifest signing key, CI tokens - never reaches mmdebstrap, packer, a maintainer
+# script in a chroot or any other child; a caller hands a child what it needs through `env`.
+ALLOWED_ENV = re.compile(
+    r"PATH|HOME|USER|LOGNAME|SHELL|TERM|TZ|TMPDIR|LANG|LANGUAGE|LC_\w+"
+    r"|(?i:https?_proxy|no_proxy|ftp_proxy|all_proxy)|SSL_CERT_(?:FILE|DIR)|REQUESTS_CA_BUNDLE"
+    r"|PACKER_\w+|CHECKPOINT_DISABLE|LIBVIRT_\w+|VIRTUAL_ENV|PYTHONPATH|PYTHONDONTWRITEBYTECODE"
+    r"|SOURCE_DATE_EPOCH"
+    r"|IMAGEFACTORY_\w+")
+# ...and never a name that says it is a secret, even when the pattern above would let it through
+SECRET_ENV = re.compile(r"(?i)SECRET|TOKEN|PASSW|PRIVATE|CREDENTIAL|SIGNING_KEY|ACCESS_KEY|API_KEY")
+
+
+USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://***@host`: recipes refuse such URLs, but a
+    command line or a message built from configuration never shows one in a log."""
+    return USERINFO.sub(r"\1***@", text)
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if ALLOWED_ENV.fullmatch(k) and not SECRET_ENV.search(k)}
 
 
 def run(
@@ -76,16 +104,17 @@ def run(
 ) -> Result:
     """Run `argv`, log it and its output, and return its captured output.
 
-    `env` is *added* to the current environment. Output goes to the build log (DEBUG): the
-    console shows the command lines, and a failure carries the tail of stderr. `quiet`
-    keeps stdout out of the log (for commands whose output is data, e.g. `qemu-img info`).
+    `env` is *added* to the allow-listed part of the current environment (`child_environment`).
+    Output goes to the build log (DEBUG): the console shows the command lines, and a failure
+    carries the tail of stderr. `quiet` keeps stdout out of the log (for commands whose output
+    is data, e.g. `qemu-img info`).
     `on_line` sees each stdout line as it arrives (progress parsing). `own_group` starts the
     command in its own process group, so that on Ctrl-C or timeout SIGINT reaches it and all its
     children (packer and its qemu), followed by SIGKILL to the group after `grace` seconds.
     """
     args = [os.fspath(a) for a in argv]
-    log.info("+ %s", shlex.join(args))
-    full_env = dict(os.environ)
+    log.info("+ %s", redact(shlex.join(args)))
+    full_env = child_environment(os.environ)
     if env:
         full_env.update(env)
     try:
@@ -164,7 +193,7 @@ def spawn_daemon(argv: Sequence[str | os.PathLike[str]], log_file: Path, ready: 
     that must outlive this command (the libvirt cluster's switch); wait until it has written its
     pid to `ready` and return the pid."""
     args = [os.fspath(a) for a in argv]
-    log.info("+ %s &", shlex.join(args))
+    log.info("+ %s &", redact(shlex.join(args)))
     ready.unlink(missing_ok=True)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

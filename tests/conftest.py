@@ -45,3 +45,11 @@ def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("PATH", f"{d}:{os.environ['PATH']}")
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def apt_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Two throwaway archive signing keys (`archive`, `other`): keyring files and gpg homes."""
+    from tests.aptsign import make_keys
+
+    yield from make_keys(tmp_path_factory.mktemp("apt-keys"))

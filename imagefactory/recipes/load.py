@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,14 @@ class Located:
     where: dict[Path_, tuple[str, int]] = field(default_factory=dict)
 
 
+RECIPE_NAME = re.compile(r"(?!.*\.\.)(?!.*\.ya?ml$)[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_RECIPE_BYTES = 1024**2
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+# C0 controls but tab, newline and carriage return, and DEL: never in a recipe's text
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _fmt_path(path: Path_) -> str:
     out = ""
     for part in path:
@@ -43,10 +52,35 @@ def _fmt_path(path: Path_) -> str:
     return out
 
 
+def decode_recipe(data: bytes, file: str) -> str:
+    """The recipe's text: bounded in size, UTF-8, no control characters (each a file:line error)."""
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ValidationError([Problem(file, None, "", f"larger than {MAX_RECIPE_BYTES // 1024} KiB, "
+                                       "the most a recipe may be", "is this the right file?")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValidationError([Problem(file, line, "", f"not UTF-8 (byte 0x{data[e.start]:02x} at "
+                                       f"offset {e.start})", "save the file as UTF-8")]) from None
+    bad = CONTROL.search(text)
+    if bad:
+        line = text[:bad.start()].count("\n") + 1
+        raise ValidationError([Problem(file, line, "", f"control character {bad.group()!r} in the text",
+                                       "remove it (a recipe is plain text)")])
+    return text
+
+
 def parse_yaml(text: str, file: str) -> Located:
-    """Parse YAML into plain data, recording each key's line; duplicate keys are errors."""
+    """Parse YAML into plain data, recording each key's line; duplicate keys are errors. Nesting
+    depth and the number of values (aliases expanded) are bounded: an alias bomb or a
+    self-referencing alias is an error naming the line, not minutes of CPU and gigabytes."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ValidationError([Problem(file, None, "", f"nested deeper than YAML's parser can follow "
+                                       f"(a recipe nests at most {MAX_DEPTH} levels)",
+                                       "look for runaway brackets")]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -60,13 +94,29 @@ def parse_yaml(text: str, file: str) -> Located:
     where: dict[Path_, tuple[str, int]] = {}
     problems: list[Problem] = []
 
+    count = 0
+
     def convert(n: yaml.Node, path: Path_) -> Any:
-        where.setdefault(path, (file, n.start_mark.line + 1))
+        nonlocal count
+        count += 1
+        line = n.start_mark.line + 1
+        if len(path) > MAX_DEPTH:
+            raise ValidationError([Problem(file, line, _fmt_path(path[:3]) + "...",
+                                           f"nested more than {MAX_DEPTH} levels deep",
+                                           "an alias that contains itself? (x: &a [*a])")])
+        if count > MAX_VALUES:
+            raise ValidationError([Problem(file, line, _fmt_path(path), f"more than {MAX_VALUES} "
+                                           "values once aliases are expanded",
+                                           "an alias bomb? use fewer nested aliases")])
+        where.setdefault(path, (file, line))
         if isinstance(n, yaml.MappingNode):
             out: dict[str, Any] = {}
             for k, v in n.value:
-                key = constructor.construct_object(k, deep=True)
                 line = k.start_mark.line + 1
+                if not isinstance(k, yaml.ScalarNode):
+                    problems.append(Problem(file, line, _fmt_path(path), "a key must be a plain string"))
+                    continue
+                key = constructor.construct_object(k, deep=True)
                 if not isinstance(key, str):
                     problems.append(Problem(file, line, _fmt_path(path), f"key {key!r} is not a string"))
                     continue
@@ -182,10 +232,11 @@ class RecipeBook:
 
     def _read(self, path: Path) -> Located:
         try:
-            text = path.read_text()
+            with path.open("rb") as f:
+                data = f.read(MAX_RECIPE_BYTES + 1)  # never the whole of a huge file
         except OSError as e:
             raise UserError(f"{path}: cannot read: {e.strerror}") from None
-        return parse_yaml(text, str(path))
+        return parse_yaml(decode_recipe(data, str(path)), str(path))
 
     def merged(self, ref: str) -> tuple[Located, list[Path]]:
         """Load `ref` and its `extends` chain, merged; raises on missing parents and cycles."""
@@ -208,9 +259,12 @@ class RecipeBook:
             parent = layer.data.get("extends")
             if parent is None:
                 break
-            if not isinstance(parent, str):
+            if not isinstance(parent, str) or not RECIPE_NAME.fullmatch(parent):
+                # a name, never a path: `extends` cannot reach out of the recipe directory
                 raise ValidationError([Problem(str(path), layer.where[("extends",)][1], "extends",
-                                               "must be a recipe name")])
+                                               f"{parent!r} is not a recipe name",
+                                               "name a recipe in the same directory, without "
+                                               "'/', '..' or '.yaml'")])
             parent_path = path.parent / f"{parent}.yaml"
             if not parent_path.is_file():
                 close = difflib.get_close_matches(parent, self.names(), n=3)
@@ -272,6 +326,12 @@ def _problems(e: PydanticValidationError, located: Located, default_file: str) -
             hint = "add it here or in a recipe this one extends"
         elif err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
             hint = "source.type is 'mmdebstrap' or 'cloud-image'"
+        value = err.get("input")
+        if err["type"] not in ("extra_forbidden", "missing") and isinstance(value, str | int | float) \
+                and str(value) not in msg:
+            # the offending value itself: in a merged list the index counts the parents' items too
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            msg = f"{msg} (got {shown})"
         out.append(Problem(file, line, _fmt_path(path), msg, hint))
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +34,19 @@ class OS(Strict):
         return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
 
+def check_url(v: str, pattern: str = r"^(https?|file)://\S+$",
+              what: str = "an http://, https:// or file:// URL") -> str:
+    """A recipe URL: the scheme and shape `pattern` allows, and no user-info - credentials in a
+    URL end up in build logs, manifests and the published catalogue."""
+    if not re.match(pattern, v):
+        raise ValueError(f"'{v}' must be {what}")
+    if "@" in urlsplit(v).netloc:
+        raise ValueError("a URL with credentials (user:password@) is refused: it would be logged and "
+                         "published; give the mirror's credentials to apt/packer out of band "
+                         "(an auth.conf or netrc on the build host)")
+    return v
+
+
 class MmdebstrapSource(Strict):
     type: Literal["mmdebstrap"]
     mirror: str = Field("http://deb.debian.org/debian", description="apt mirror URL")
@@ -45,9 +59,7 @@ class MmdebstrapSource(Strict):
     @field_validator("mirror")
     @classmethod
     def _mirror_url(cls, v: str) -> str:
-        if not re.match(r"^(https?|file)://\S+$", v):
-            raise ValueError("must be an http://, https:// or file:// URL")
-        return v
+        return check_url(v)
 
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -64,9 +76,7 @@ class CloudImageSource(Strict):
     @field_validator("url", "checksum_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(https?|file)://\S+$", v):
-            raise ValueError("must be an http://, https:// or file:// URL")
-        return v
+        return None if v is None else check_url(v)
 
     @field_validator("checksum")
     @classmethod
@@ -99,9 +109,34 @@ class LocalImageSource(Strict):
 Source = Annotated[MmdebstrapSource | CloudImageSource | LocalImageSource, Field(discriminator="type")]
 
 
+# Debian/RPM package names (with an optional apt `=version` pin): letters, digits and + . - _;
+# never a shell word, a path or an option (`vim; touch x`, `../../etc/shadow`, `-o...`)
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+.-]*(=[A-Za-z0-9.+~:_-]+)?")
+# systemd unit names: name[@instance][.type]; no path, no option
+UNIT_NAME = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_:.\\-]*(@[A-Za-z0-9_:.\\-]*)?")
+MAX_DISK = 64 * 1024**4  # qcow2's practical limit; far beyond any golden image
+MAX_GUEST_MEMORY = 256 * 1024**3
+
+
+def _names(v: tuple[str, ...], grammar: re.Pattern[str], what: str) -> tuple[str, ...]:
+    for name in v:
+        if not grammar.fullmatch(name):
+            raise ValueError(f"'{name}' is not a valid {what}")
+    return v
+
+
 class Packages(Strict):
     install: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
+
+    @field_validator("install", "remove")
+    @classmethod
+    def _package_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _names(v, PACKAGE_NAME, "package name (letters, digits, '+', '.', '-', '_'; "
+                      "optionally =VERSION)")
+    auto_updates: bool = Field(
+        False, description="Debian/Ubuntu: run apt's periodic jobs (unattended security upgrades) in "
+        "the deployed VM; off: the timers are masked (air-gapped sites update by rebuilding)")
 
 
 class FileSpec(Strict):
@@ -148,16 +183,56 @@ class Services(Strict):
     disable: tuple[str, ...] = ()
     mask: tuple[str, ...] = ()
 
+    @field_validator("enable", "disable", "mask")
+    @classmethod
+    def _unit_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _names(v, UNIT_NAME, "systemd unit name (name[@instance][.type], no '/')")
+
 
 class Kernel(Strict):
     cmdline: tuple[str, ...] = Field((), description="extra kernel command line arguments")
+    package: str | None = Field(
+        None, description="kernel package (flavour), e.g. linux-image-generic; default: the family's "
+        "(Debian linux-image-cloud-amd64, Ubuntu linux-image-virtual)")
+
+    @field_validator("package")
+    @classmethod
+    def _package(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-z0-9][a-z0-9+.-]+$", v):
+            raise ValueError("must be a package name")
+        return v
+
+
+Firmware = Literal["bios", "uefi", "hybrid"]
 
 
 class Disk(Strict):
-    size: ByteSize = Field(ByteSize(4 * 1024**3), description="virtual disk size, e.g. 4GiB")
+    size: ByteSize = Field(ByteSize(4 * 1024**3), le=MAX_DISK, description="virtual disk size, e.g. 4GiB")
     format: Literal["qcow2", "raw"] = "qcow2"
     compression: Literal["none", "zlib", "zstd"] = "zstd"
-    partition_table: Literal["msdos", "gpt"] = "msdos"
+    firmware: Firmware = Field(
+        "hybrid", description="what the disk boots on: bios (SeaBIOS/legacy), uefi, or hybrid (both: "
+        "GPT with a BIOS boot partition and an EFI system partition, like the distributions' cloud images)")
+    secure_boot: bool = Field(
+        True, description="uefi/hybrid: the distribution's signed shim, GRUB and kernel, checked at build "
+        "time; the boot test boots the UEFI clone with Secure Boot enforced")
+    partition_table: Literal["msdos", "gpt"] | None = Field(
+        None, description="default: gpt (msdos for firmware: bios); uefi and hybrid need gpt")
+
+    @property
+    def table(self) -> Literal["msdos", "gpt"]:
+        """The partition table actually written."""
+        if self.partition_table is not None:
+            return self.partition_table
+        return "msdos" if self.firmware == "bios" else "gpt"
+
+    @property
+    def uefi(self) -> bool:
+        return self.firmware in ("uefi", "hybrid")
+
+    @property
+    def bios(self) -> bool:
+        return self.firmware in ("bios", "hybrid")
 
 
 class Tests(Strict):
@@ -165,7 +240,8 @@ class Tests(Strict):
     clones: int = Field(2, ge=1, le=4, description="VMs booted from the image at once")
     boot_timeout: int = Field(900, ge=30, description="seconds to wait for SSH")
     timeout: int = Field(900, ge=30, description="seconds for the test suites")
-    memory: ByteSize = Field(ByteSize(1024**3), description="guest memory")
+    memory: ByteSize = Field(ByteSize(1024**3), ge=256 * 1024**2, le=MAX_GUEST_MEMORY,
+                             description="guest memory")
     cpus: int = Field(2, ge=1, le=16)
 
 
@@ -243,12 +319,12 @@ class Zarf(Strict):
     @classmethod
     def _package_urls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for url in v:
-            if not re.match(r"^(https?|file)://\S+/[^/]+\.tar(\.zst)?$", url):
-                raise ValueError(f"'{url}' must be an http(s):// or file:// URL of a .tar.zst package")
+            check_url(url, r"^(https?|file)://\S+/[^/]+\.tar(\.zst)?$",
+                      "an http(s):// or file:// URL of a .tar.zst package")
         return v
 
 
-STIG_BENCHMARKS = ("ubuntu2204", "slmicro5", "rke2")  # the benchmarks with a catalogue in stig/
+STIG_BENCHMARKS = ("ubuntu2204", "ubuntu2404", "slmicro5", "rke2")  # those with a catalogue in stig/
 
 
 class StigTailoring(Strict):
@@ -279,16 +355,34 @@ class PackerOptions(Strict):
         "allow-list proxy (default: the distro's public mirrors)")
     update: bool = Field(True, description="apply all available package updates in the build VM")
 
+    @field_validator("package_mirrors")
+    @classmethod
+    def _mirror_urls(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for url in v or ():
+            check_url(url, r"^https?://\S+$", "an http:// or https:// URL prefix")
+        return v
+
 
 class Stig(Strict):
-    benchmarks: tuple[Literal["ubuntu2204", "slmicro5", "rke2"], ...] = Field(
-        description="STIG catalogues to apply: the OS one (ubuntu2204 also covers Debian's "
-        "family-generic controls; slmicro5 for SLE Micro) and rke2 for RKE2 nodes")
+    benchmarks: tuple[Literal["ubuntu2204", "ubuntu2404", "slmicro5", "rke2"], ...] = Field(
+        description="STIG catalogues to apply: the OS one (ubuntu2204 for Ubuntu 22.04 and Debian 12's "
+        "family-generic controls, ubuntu2404 for Ubuntu 24.04, slmicro5 for SLE Micro) and rke2 for "
+        "RKE2 nodes")
     tailoring: StigTailoring = StigTailoring()
     waivers: tuple[str, ...] = Field(
         (), description="waiver files: a shipped set by name (stig/waivers/<name>.yaml, e.g. rke2-node) "
         "or a path relative to the recipe directory")
     gate: StigGate = StigGate()
+
+    @field_validator("waivers")
+    @classmethod
+    def _waivers_inside(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            # the shipped set or the recipe directory: never an absolute path or a climb out
+            if name.startswith("/") or ".." in name.split("/"):
+                raise ValueError(f"'{name}': a shipped set's name or a path inside the recipe "
+                                 "directory (no leading '/', no '..')")
+        return v
     rke2_role: Literal["server", "agent"] = Field(
         "server", description="RKE2 role the image is reported for (server covers the agent controls)")
     openscap: bool = Field(True, description="also scan offline with OpenSCAP where SSG content exists")

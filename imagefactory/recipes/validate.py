@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .. import distros
-from ..errors import Problem, ValidationError
+from .. import distros, templates
+from ..errors import Problem, UserError, ValidationError
 
 if TYPE_CHECKING:
     from .load import LoadedRecipe, Path_
+
+
+# Trees that are the build host's own while a build runs (bind mounts, proc, sysfs) and runtime
+# filesystems in the booted guest: a `files` entry there is refused.
+HOST_TREES = ("proc", "sys", "dev", "run")
+# what follows a comma inside a kernel argument's value and is never an argument of its own: a
+# number, or a serial speed with its framing (console=ttyS0,115200n8)
+SPLIT_OPTION = re.compile(r"[0-9]+(?:[noe][5-8]r?)?")
 
 
 def _gib(n: int) -> str:
@@ -52,6 +61,18 @@ def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]])
             f"use at least {_gib(distro.min_disk)}")
     if r.disk.size % (1024**2):
         add(("disk", "size"), "must be a whole number of MiB", "e.g. 4GiB or 3584MiB")
+    if r.disk.partition_table == "msdos" and r.disk.uefi:
+        add(("disk", "partition_table"), f"firmware '{r.disk.firmware}' needs a GPT disk",
+            "remove partition_table (gpt is the default) or set disk.firmware: bios")
+
+    for i, arg in enumerate(r.kernel.cmdline):
+        # `cmdline: [console=tty0, console=ttyS0,115200n8]` is three items in YAML's flow style:
+        # the serial speed becomes an argument of its own (passed to init) and the console runs
+        # at the default speed.
+        before = r.kernel.cmdline[i - 1] if i else ""
+        if "=" in before and "=" not in arg and SPLIT_OPTION.fullmatch(arg):
+            add(("kernel", "cmdline", i), f"'{arg}' looks like the rest of '{before},{arg}', split "
+                "by the comma of a YAML flow list", f'quote the argument: "{before},{arg}"')
 
     seen: dict[str, int] = {}
     for i, f in enumerate(r.files):
@@ -59,15 +80,28 @@ def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]])
             add(("files", i, "path"), f"'{f.path}' is also written by files[{seen[f.path]}]",
                 "keep one entry per path")
         seen[f.path] = i
-        if f.template is not None and not (loaded.directory / f.template).is_file():
-            add(("files", i, "template"), f"template '{f.template}' not found in {loaded.directory}",
-                "template paths are relative to the recipe directory")
+        if f.template is not None:
+            # Rendered now, in the sandbox, with the merged recipe: an error names the template's
+            # own file and line before anything is built.
+            try:
+                templates.render(loaded.directory, f.template, r)
+            except templates.TemplateProblem as e:
+                add(("files", i, "template"), f"template {e.where}: {e.message}",
+                    "template paths are relative to the recipe directory; templates see `recipe` "
+                    "and nothing of Python's internals")
+        if f.path.split("/")[1] in HOST_TREES:
+            add(("files", i, "path"), f"'{f.path}' is under /{f.path.split('/')[1]}, which is the "
+                "build host's during the build and a runtime filesystem in the guest",
+                "write under /etc, /usr or /var (use a systemd-tmpfiles entry for /run)")
 
     lists = {"enable": r.services.enable, "disable": r.services.disable, "mask": r.services.mask}
     for a, b in (("enable", "disable"), ("enable", "mask")):
         for unit in sorted(set(lists[a]) & set(lists[b])):
             add(("services", b), f"'{unit}' is in both services.{a} and services.{b}", "keep it in one list")
 
+    for pkg in sorted(set(r.packages.install) & set(distro.unwanted_packages)):
+        add(("packages", "install"), f"'{pkg}' is never shipped in {r.os.family} images "
+            "(it phones home, nags or needs snapd)", "remove it from packages.install")
     both = sorted(set(r.packages.install) & set(r.packages.remove))
     for pkg in both:
         add(("packages", "remove"), f"'{pkg}' is both installed and removed", "keep it in one list")
@@ -103,8 +137,8 @@ def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]])
 
 
 # OS family/release -> the catalogue that covers it (Debian: the family-generic Ubuntu 22.04 controls).
-OS_BENCHMARK = {("ubuntu", "22.04"): "ubuntu2204", ("debian", "12"): "ubuntu2204",
-                ("sle-micro", "5.5"): "slmicro5"}
+OS_BENCHMARK = {("ubuntu", "22.04"): "ubuntu2204", ("ubuntu", "24.04"): "ubuntu2404",
+                ("debian", "12"): "ubuntu2204", ("sle-micro", "5.5"): "slmicro5"}
 
 
 def _stig_problems(loaded: LoadedRecipe, add: Callable[..., None]) -> list[Problem]:
@@ -140,7 +174,11 @@ def _stig_problems(loaded: LoadedRecipe, add: Callable[..., None]) -> list[Probl
             add(("stig", "tailoring", "enable", i), f"{sid} is applied anyway (phase {known[sid].phase})",
                 "enable lists only waive-by-default controls")
     for i, name in enumerate(s.waivers):
-        path = resolve_waiver_path(name, loaded.directory)
+        try:
+            path = resolve_waiver_path(name, loaded.directory)
+        except UserError as e:
+            add(("stig", "waivers", i), e.message, e.hint)
+            continue
         if not path.is_file():
             add(("stig", "waivers", i), f"waiver file '{name}' not found ({path})",
                 "a shipped set by name (stig/waivers/NAME.yaml) or a path relative to the recipe")

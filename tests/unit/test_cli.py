@@ -50,8 +50,8 @@ def test_validate_all_shipped_recipes_json() -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["valid"] is True
-    assert {x["name"] for x in doc["recipes"]} >= {"debian-12-base", "ubuntu-22.04-base",
-                                                  "ubuntu-24.04-base", "sle-micro-5.5-base"}
+    assert {x["name"] for x in doc["recipes"]} >= {"debian-12-base", "ubuntu-22.04-base", "ubuntu-24.04-base",
+                                                  "ubuntu-22.04-cloud", "sle-micro-5.5-base", "rke2-node"}
 
 
 def test_list_show_render(recipe_dir: Path) -> None:
@@ -78,7 +78,7 @@ def test_packer_build_offline_without_a_pinned_image_is_refused_clearly(tmp_path
     cfg = tmp_path / "offline.yaml"
     cfg.write_text("offline: true\n")
     r = cli("--recipes", str(RECIPES), "--workdir", str(tmp_path / "w"), "--config", str(cfg),
-            "build", "ubuntu-22.04-base")
+            "build", "ubuntu-22.04-cloud")
     assert r.returncode == 2, r.stderr
     sums = "https://cloud-images.ubuntu.com/releases/22.04/release/SHA256SUMS"
     assert f"offline: cannot read {sums}" in r.stderr
@@ -107,6 +107,10 @@ def test_stig_list_and_show() -> None:
     assert shown["catalogue"]["phase"] == "bake"
     missing = cli("stig", "show", "UBTU-22-999999")
     assert missing.returncode == 2 and "no such STIG id" in missing.stderr
+    noble = json.loads(cli("--json", "stig", "list", "--benchmark", "ubuntu2404").stdout)["rules"]
+    assert len(noble) == 188 and sum(x["automated"] for x in noble) == 148
+    shown = json.loads(cli("--json", "stig", "show", "UBTU-24-100810").stdout)
+    assert (shown["benchmark"], shown["cat"], shown["catalogue"]["phase"]) == ("ubuntu2404", 1, "bake")
 
 
 def _tested_dir(d: Path, results: dict[str, str]) -> Path:

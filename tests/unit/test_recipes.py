@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from imagefactory.distros import get as distro
 from imagefactory.errors import UserError, ValidationError
 from imagefactory.recipes import RecipeBook
 from imagefactory.recipes.load import Located, merge, parse_yaml
-from imagefactory.recipes.model import recipe_json_schema
+from imagefactory.recipes.model import MmdebstrapSource, recipe_json_schema
 from tests.conftest import MINIMAL, RECIPES, write
 
 
@@ -17,17 +19,31 @@ def problems(book: RecipeBook, name: str) -> list[str]:
     return [str(p) for p in e.value.problems]
 
 
-@pytest.mark.parametrize("name", ["debian-12-base", "ubuntu-22.04-base", "ubuntu-24.04-base",
-                                  "sle-micro-5.5-base"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES.glob("*.yaml")))
 def test_shipped_recipes_validate(name: str) -> None:
     r = RecipeBook(RECIPES).load(name).recipe
     assert r.name == name
 
 
-def test_ubuntu_recipes_point_at_upstream_cloud_images() -> None:
+def test_ubuntu_base_recipes_build_from_the_archive_with_hybrid_secure_boot_disks() -> None:
+    book = RecipeBook(RECIPES)
+    for rel, codename in (("22.04", "jammy"), ("24.04", "noble")):
+        r = book.load(f"ubuntu-{rel}-base").recipe
+        assert (r.builder, r.source.type) == ("rootfs", "mmdebstrap")
+        assert isinstance(r.source, MmdebstrapSource)
+        assert (r.source.mirror, r.source.suite) == ("http://archive.ubuntu.com/ubuntu", codename)
+        assert r.source.keyring is None  # the shipped, fingerprint-checked keyring
+        assert (r.disk.firmware, r.disk.secure_boot, r.disk.table) == ("hybrid", True, "gpt")
+    node = book.load("rke2-node").recipe
+    assert (node.extends, node.builder, node.os.release) == ("ubuntu-22.04-base", "rootfs", "22.04")
+    assert book.load("rke2-node-packer").recipe.builder == "packer"
+    assert book.load("ubuntu-22.04-packer").recipe.source.type == "local-image"
+
+
+def test_ubuntu_cloud_recipes_point_at_upstream_cloud_images() -> None:
     book = RecipeBook(RECIPES)
     for rel in ("22.04", "24.04"):
-        src = book.load(f"ubuntu-{rel}-base").recipe.source
+        src = book.load(f"ubuntu-{rel}-cloud").recipe.source
         assert src.type == "cloud-image"
         assert src.url == (f"https://cloud-images.ubuntu.com/releases/{rel}/release/"
                            f"ubuntu-{rel}-server-cloudimg-amd64.img")
@@ -99,14 +115,15 @@ def test_error_in_parent_points_at_parent_file(recipe_dir: Path) -> None:
     parent = write(recipe_dir, "parent", MINIMAL + "tests: {clones: 0}\n")
     write(recipe_dir, "child", "extends: parent\n")
     found = problems(RecipeBook(recipe_dir), "child")
-    assert found == [f"{parent}:3: tests.clones: Input should be greater than or equal to 1"]
+    assert found == [f"{parent}:3: tests.clones: Input should be greater than or equal to 1 (got 0)"]
 
 
 def test_list_item_errors_point_at_the_item(recipe_dir: Path) -> None:
     write(recipe_dir, "parent", MINIMAL + "files:\n  - {path: /a, content: x}\n")
     child = write(recipe_dir, "child", "extends: parent\nfiles:\n  - {path: /b, content: y, mode: 999}\n")
     found = problems(RecipeBook(recipe_dir), "child")
-    assert found == [f"{child}:3: files[1].mode: must be octal permission bits such as '0644'"]
+    # files[1] counts the parent's item too: the value says which one the user wrote
+    assert found == [f"{child}:3: files[1].mode: must be octal permission bits such as '0644' (got 999)"]
 
 
 def test_missing_extends_target(recipe_dir: Path) -> None:
@@ -150,7 +167,22 @@ def test_name_is_not_a_key(recipe_dir: Path) -> None:
         ("packages: {install: [a], remove: [a]}\n", "packages.remove: 'a' is both installed and removed"),
         ("services: {enable: [x], mask: [x]}\n", "services.mask: 'x' is in both services.enable"),
         ("tests: {clones: 1}\n", "tests.clones: the hygiene suite needs 2 clones"),
-        ("files: [{path: /a, template: nope.j2}]\n", "files[0].template: template 'nope.j2' not found"),
+        ("files: [{path: /a, template: nope.j2}]\n", "files[0].template: template nope.j2: not found"),
+        ("files: [{path: /a, template: ../outside.j2}]\n",
+         "files[0].template: template ../outside.j2: not found"),
+        ("files: [{path: /run/x.conf, content: a}]\n", "files[0].path: '/run/x.conf' is under /run"),
+        ("kernel: {cmdline: [quiet, console=ttyS0,115200n8]}\n",
+         "kernel.cmdline[2]: '115200n8' looks like the rest of 'console=ttyS0,115200n8', split by the "
+         "comma of a YAML flow list (hint: quote the argument: \"console=ttyS0,115200n8\")"),
+        ("kernel: {cmdline: [console=ttyS1,9600n8]}\n", "kernel.cmdline[1]: '9600n8' looks like the rest"),
+        ("source: {mirror: 'http://bob:hunter2@mirror.example/debian'}\n",
+         "source.mirror: a URL with credentials (user:password@) is refused"),
+        ("source: {mirror: 'ftp://mirror.example/debian'}\n",
+         "source.mirror: 'ftp://mirror.example/debian' must be an http://, https:// or file://"),
+        ("files: [{path: /proc/sys/kernel/x, content: a}]\n",
+         "files[0].path: '/proc/sys/kernel/x' is under /proc"),
+        ("disk: {firmware: uefi, partition_table: msdos}\n",
+         "disk.partition_table: firmware 'uefi' needs a GPT disk"),
     ],
 )
 def test_semantic_checks(recipe_dir: Path, extra: str, expected: str) -> None:
@@ -293,6 +325,28 @@ def test_stig_semantics(recipe_dir: Path, extra: str, expected: str) -> None:
     assert len(found) == 1 and found[0].startswith(f"{p}:3: {expected}"), found
 
 
+def test_stig_ubuntu_2404_takes_the_2404_benchmark(recipe_dir: Path) -> None:
+    noble = "os: {family: ubuntu, release: '24.04'}\nsource: {type: mmdebstrap, suite: noble}\n"
+    write(recipe_dir, "ok", noble + "stig:\n  benchmarks: [ubuntu2404]\n  tailoring:\n"
+                                    "    enable: [UBTU-24-100310]\n    disable: {UBTU-24-300039: usb}\n")
+    r = RecipeBook(recipe_dir).load("ok").recipe
+    assert r.stig is not None and r.stig.benchmarks == ("ubuntu2404",)
+    p = write(recipe_dir, "old", noble + "stig: {benchmarks: [ubuntu2204]}\n")
+    found = problems(RecipeBook(recipe_dir), "old")
+    assert len(found) == 1 and found[0].startswith(
+        f"{p}:3: stig.benchmarks: ubuntu 24.04 takes exactly one OS benchmark: ubuntu2404"), found
+    # the tailoring names controls of the selected catalogue: 22.04 ids are not 24.04 controls
+    write(recipe_dir, "ids", noble + "stig:\n  benchmarks: [ubuntu2404]\n"
+                                     "  tailoring: {enable: [UBTU-22-251015]}\n")
+    found = problems(RecipeBook(recipe_dir), "ids")
+    assert len(found) == 1 and "UBTU-22-251015" in found[0], found
+    # and 22.04 is not covered by the 24.04 catalogue
+    jammy = "os: {family: ubuntu, release: '22.04'}\nsource: {type: mmdebstrap, suite: jammy}\n"
+    write(recipe_dir, "jammy", jammy + "stig: {benchmarks: [ubuntu2404]}\n")
+    found = problems(RecipeBook(recipe_dir), "jammy")
+    assert len(found) == 1 and "takes exactly one OS benchmark: ubuntu2204" in found[0], found
+
+
 def test_stig_schema_errors(recipe_dir: Path) -> None:
     p = write(recipe_dir, "r", MINIMAL + """\
 stig:
@@ -315,3 +369,132 @@ def test_stig_waiver_file_problems_name_the_waiver_file(recipe_dir: Path) -> Non
     # UBTU-22-255040 is CAT I: a waiver for it needs an approver
     assert len(found) == 1 and found[0].startswith(f"{recipe_dir / 'w.yaml'}:2: W-1"), found
     assert "approver" in found[0]
+
+
+UBUNTU = "os: {family: ubuntu, release: '22.04'}\nsource: {type: mmdebstrap, suite: jammy}\n"
+NOBLE = "os: {family: ubuntu, release: '24.04'}\nsource: {type: mmdebstrap, suite: noble}\n"
+
+
+def test_ubuntu_never_installs_what_phones_home(recipe_dir: Path) -> None:
+    write(recipe_dir, "u", UBUNTU + "packages: {install: [jq, snapd]}\n")
+    found = problems(RecipeBook(recipe_dir), "u")
+    assert len(found) == 1, found
+    assert "packages.install: 'snapd' is never shipped in ubuntu images" in found[0]
+
+
+def test_disk_firmware_defaults_and_kernel_flavour(recipe_dir: Path) -> None:
+    write(recipe_dir, "u", NOBLE + "kernel: {package: linux-image-generic}\ndisk: {firmware: bios}\n")
+    r = RecipeBook(recipe_dir).load("u").recipe
+    assert (r.disk.table, r.disk.bios, r.disk.uefi) == ("msdos", True, False)
+    pkgs = distro("ubuntu").packages(r)
+    assert "linux-image-generic" in pkgs and "linux-image-virtual" not in pkgs
+    assert "systemd-resolved" in pkgs and "shim-signed" not in pkgs  # noble's split package; no ESP
+    write(recipe_dir, "bad", NOBLE + "kernel: {package: 'linux image'}\n")
+    assert "kernel.package: must be a package name" in problems(RecipeBook(recipe_dir), "bad")[0]
+
+
+def test_templates_render_in_a_sandbox_at_validation(recipe_dir: Path, tmp_path: Path) -> None:
+    """A template reaching for Python's internals is refused before any build, and runs nothing."""
+    mark = tmp_path / "escaped"
+    (recipe_dir / "evil.j2").write_text(
+        "ok\n{{ cycler.__init__.__globals__.os.popen('touch " + str(mark) + "').read() }}\n")
+    write(recipe_dir, "base", MINIMAL)
+    p = write(recipe_dir, "r", "extends: base\nfiles: [{path: /etc/x, template: evil.j2}]\n")
+    [found] = problems(RecipeBook(recipe_dir), "r")
+    assert found.startswith(f"{p}:2: files[0].template: template evil.j2:2: refused by the sandbox"), found
+    assert not mark.exists()
+
+
+def test_template_errors_name_the_template_line(recipe_dir: Path) -> None:
+    (recipe_dir / "t.j2").write_text("# {{ recipe.description }}\n\n{{ recipe.no_such_key }}\n")
+    (recipe_dir / "s.j2").write_text("{% if %}\n")
+    write(recipe_dir, "base", MINIMAL)
+    write(recipe_dir, "r", "extends: base\n"
+          "files: [{path: /etc/t, template: t.j2}, {path: /etc/s, template: s.j2}]\n")
+    found = problems(RecipeBook(recipe_dir), "r")
+    assert "files[0].template: template t.j2:3: " in found[0] and "no_such_key" in found[0], found
+    assert "files[1].template: template s.j2:1: syntax error" in found[1], found
+
+
+def test_kernel_arguments_that_stand_alone_are_not_split_commas(recipe_dir: Path) -> None:
+    write(recipe_dir, "base", MINIMAL)
+    write(recipe_dir, "r", 'extends: base\nkernel: {cmdline: [root=/dev/vda1, ro, "console=ttyS0,115200n8", '
+          "mitigations=auto, nosmt, '3']}\n")
+    r = RecipeBook(recipe_dir).load("r").recipe
+    assert r.kernel.cmdline[2] == "console=ttyS0,115200n8"
+
+
+BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}' if p else 'x'] * 9)}]\n"
+               for p, a in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
+
+
+@pytest.mark.parametrize(("content", "line", "expected"), [
+    (BOMB.encode(), 1, "more than 100000 values once aliases are expanded (hint: an alias bomb?"),
+    (b"x: &a [*a]\n", 1, "nested more than 64 levels deep (hint: an alias that contains itself?"),
+    (b"x: " + b"[" * 20000 + b"]" * 20000 + b"\n", None, "nested deeper than YAML's parser can follow"),
+    (b"os: {family: debian}\nsource: \x00\n", 2, "control character '\\x00' in the text"),
+    (b"os: {family: debian}\n# caf\xe9\n", 2, "not UTF-8 (byte 0xe9 at offset 26)"),
+    (b"# " + b"x" * (1024**2) + b"\n", None, "larger than 1024 KiB"),
+    (b"? [a, b]\n: c\n", 1, "a key must be a plain string"),
+])
+def test_hostile_yaml_is_a_clear_error_in_seconds(recipe_dir: Path, content: bytes, line: int | None,
+                                                  expected: str) -> None:
+    p = recipe_dir / "r.yaml"
+    p.write_bytes(content)
+    start = time.monotonic()
+    [found] = problems(RecipeBook(recipe_dir), "r")
+    assert time.monotonic() - start < 5
+    assert found.startswith(f"{p}:{line}:" if line else f"{p}:"), found
+    assert expected in found, found
+
+
+@pytest.mark.parametrize("parent", ["../outside", "/tmp/outside", "sub/base", "base.yaml", ".hidden"])
+def test_extends_names_a_recipe_in_the_same_directory(recipe_dir: Path, parent: str) -> None:
+    outside = recipe_dir.parent / "outside.yaml"
+    outside.write_text(MINIMAL)
+    p = write(recipe_dir, "r", f"extends: '{parent}'\n")
+    [found] = problems(RecipeBook(recipe_dir), "r")
+    assert found.startswith(f"{p}:1: extends: '{parent}' is not a recipe name"), found
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("/etc/waivers.yaml", "stig.waivers: '/etc/waivers.yaml': a shipped set's name or a path inside"),
+    ("../waivers.yaml", "stig.waivers: '../waivers.yaml': a shipped set's name or a path inside"),
+    ("link/w.yaml", "stig.waivers[0]: stig.waivers: 'link/w.yaml' leads out of the recipe directory"),
+])
+def test_waiver_files_stay_inside_the_recipe_directory(recipe_dir: Path, name: str, expected: str) -> None:
+    (recipe_dir.parent / "waivers.yaml").write_text("waivers: []\n")
+    (recipe_dir / "link").symlink_to(recipe_dir.parent)
+    (recipe_dir.parent / "w.yaml").write_text("waivers: []\n")
+    write(recipe_dir, "base", MINIMAL)
+    write(recipe_dir, "r", f"extends: base\nstig: {{benchmarks: [ubuntu2204], waivers: ['{name}']}}\n")
+    found = problems(RecipeBook(recipe_dir), "r")
+    assert any(expected in f for f in found), found
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("packages: {install: [curl, 'vim; touch x']}\n",
+     "packages.install: 'vim; touch x' is not a valid package"),
+    ("packages: {remove: [../../etc/shadow]}\n",
+     "packages.remove: '../../etc/shadow' is not a valid package"),
+    ("packages: {install: [-oAPT::Get=x]}\n", "packages.install: '-oAPT::Get=x' is not a valid package"),
+    ("services: {enable: [../../x.service]}\n", "services.enable: '../../x.service' is not a valid systemd"),
+    ("disk: {size: 99999999999999TiB}\n", "disk.size: Input should be less than or equal to 70368744177664"),
+    ("tests: {memory: 64TiB}\n", "tests.memory: Input should be less than or equal to 274877906944"),
+    ("tests: {memory: 1MiB}\n", "tests.memory: Input should be greater than or equal to 268435456"),
+])
+def test_names_and_sizes_a_type_cannot_say(recipe_dir: Path, extra: str, expected: str) -> None:
+    write(recipe_dir, "base", MINIMAL)
+    p = write(recipe_dir, "r", "extends: base\n" + extra)
+    found = problems(RecipeBook(recipe_dir), "r")
+    assert any(f.startswith(f"{p}:2: {expected}") for f in found), found
+
+
+def test_real_names_pass(recipe_dir: Path) -> None:
+    write(recipe_dir, "base", MINIMAL)
+    write(recipe_dir, "r", "extends: base\n"
+          "packages: {install: [libstdc++6, python3.11, 'openssh-server=1:9.2p1-2', NetworkManager, "
+          "xz-utils]}\nservices: {enable: [ssh, getty@ttyS0.service, "
+          "'dev-disk-by\\x2dlabel-data.mount']}\n")
+    r = RecipeBook(recipe_dir).load("r").recipe
+    assert "getty@ttyS0.service" in r.services.enable
