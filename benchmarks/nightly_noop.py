@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from imagefactory.build import build_key_of  # noqa: E402
+from imagefactory.buildkey import build_key_of  # noqa: E402
 from imagefactory.catalogue import signing  # noqa: E402
 from imagefactory.catalogue.publish import publish  # noqa: E402
 from imagefactory.catalogue.stores import LocalDirStore  # noqa: E402

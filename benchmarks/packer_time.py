@@ -36,9 +36,9 @@ from imagefactory.cloudinit import SeedData, render, write_seed_iso  # noqa: E40
 from imagefactory.distros import get as distro  # noqa: E402
 from imagefactory.proxy import PackageProxy  # noqa: E402
 from imagefactory.recipes import RecipeBook  # noqa: E402
+from imagefactory.sshkeys import ephemeral_key  # noqa: E402
 from imagefactory.steps import stig  # noqa: E402
 from imagefactory.store.local import LocalStore  # noqa: E402
-from imagefactory.testing.libvirt import ephemeral_key  # noqa: E402
 
 BARE = """
 source "qemu" "bare" {

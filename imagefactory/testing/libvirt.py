@@ -17,17 +17,21 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from xml.sax.saxutils import escape
 
 import libvirt
 import paramiko
 
+# Re-exported: these lived here before the builders needed them too (callers keep working).
+from ..accel import resolve_accelerator as resolve_accelerator
 from ..cloudinit import SeedData, render, write_seed_iso
 from ..errors import BuildError, UserError
 from ..run import run
+from ..sshkeys import ephemeral_key as ephemeral_key
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +77,6 @@ def ensure_libvirtd(timeout: float = 30.0) -> None:
     raise BuildError("libvirtd did not come up", hint="see /var/log/libvirt/libvirtd.log")
 
 
-def resolve_accelerator(requested: str) -> str:
-    """`auto` means kvm on bare metal with /dev/kvm, tcg otherwise.
-
-    Nested KVM (a hypervisor flag in /proc/cpuinfo) is treated as unusable: on the machines this
-    was built on it hangs guests. Ask for `kvm` explicitly to override.
-    """
-    if requested != "auto":
-        return requested
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags") and " hypervisor" in line:
-                return "tcg"
-    return "kvm"
-
-
 def image_info(image: Path) -> tuple[int, str]:
     """(virtual size, format) of an image, from qemu-img."""
     import json
@@ -104,6 +91,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+GuestFirmware = Literal["bios", "uefi", "uefi-secure"]
+# OVMF from Debian's `ovmf` package: 4 MiB flash, a Secure Boot build (needs SMM, so q35) and a
+# variable store with Microsoft's keys enrolled (what a shim signed by Microsoft boots under).
+OVMF_DIR = Path("/usr/share/OVMF")
+OVMF = {"uefi": ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+        "uefi-secure": ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")}
+
+
+def ovmf_files(firmware: GuestFirmware) -> tuple[Path, Path]:
+    """(code, variable store template) for a UEFI guest; UserError when the host lacks them."""
+    code, template = (OVMF_DIR / name for name in OVMF[firmware])
+    missing = [str(p) for p in (code, template) if not p.is_file()]
+    if missing:
+        raise UserError(f"{firmware} boot needs OVMF: {', '.join(missing)} not found",
+                        hint="install the Debian package 'ovmf' (ci/bootstrap.sh does)")
+    return code, template
+
+
 @dataclass
 class Guest:
     name: str
@@ -116,6 +121,7 @@ class Guest:
     instance_id: str
     hostname: str
     boot_epoch: float = 0.0
+    firmware: GuestFirmware = "bios"
 
     def console_tail(self, lines: int = 40) -> str:
         try:
@@ -125,15 +131,37 @@ class Guest:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def domain_xml(g: Guest, accel: str, memory_mib: int, cpus: int) -> str:
+def domain_xml(g: Guest, accel: str, memory_mib: int, cpus: int, nvram: Path | None = None) -> str:
+    """A transient domain for `g`. BIOS guests are i440fx (`pc`); UEFI guests q35, which Secure
+    Boot needs (SMM); `nvram` is the guest's own copy of the variable store. The NoCloud seed is
+    a read-only virtio disk, as KubeVirt attaches `cloudInitNoCloud` volumes: a SATA CD-ROM on
+    q35 needs `ahci`/`sr_mod`, which Debian's cloud kernel does not have (its UEFI clone booted
+    without a datasource, so without host keys or a user)."""
     domtype = "kvm" if accel == "kvm" else "qemu"
     netdev = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{g.port}-:22"
+    if g.firmware == "bios":
+        machine, features, loader = "pc", "<acpi/><apic/>", ""
+        # a fixed slot libvirt never assigns on pc (its own devices start at 0x2)
+        nic = "bus=pci.0,addr=0x1f"
+    else:
+        code, template = ovmf_files(g.firmware)
+        secure = g.firmware == "uefi-secure"
+        if nvram is None:
+            raise BuildError("internal: a UEFI guest without an NVRAM file")
+        machine = "q35"
+        features = "<acpi/><apic/>" + ("<smm state='on'/>" if secure else "")
+        loader = (f"<loader readonly='yes' secure='{'yes' if secure else 'no'}' type='pflash'>"
+                  f"{escape(str(code))}</loader>"
+                  f"<nvram template='{escape(str(template))}'>{escape(str(nvram))}</nvram>")
+        # libvirt fills slots 0x1-0x3 with root ports and 0x1f with the LPC/SATA functions,
+        # so 0x10 on the root complex is free
+        nic = "bus=pcie.0,addr=0x10"
     return f"""<domain type='{domtype}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{escape(g.name)}</name>
   <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>{cpus}</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/><apic/></features>
+  <os><type arch='x86_64' machine='{machine}'>hvm</type>{loader}<boot dev='hd'/></os>
+  <features>{features}</features>
   {"<cpu mode='host-passthrough'/>" if accel == "kvm" else ""}
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
@@ -145,10 +173,10 @@ def domain_xml(g: Guest, accel: str, memory_mib: int, cpus: int) -> str:
       <source file='{escape(str(g.overlay))}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <disk type='file' device='cdrom'>
+    <disk type='file' device='disk'>
       <driver name='qemu' type='raw'/>
       <source file='{escape(str(g.seed))}'/>
-      <target dev='hdc' bus='ide'/>
+      <target dev='vdb' bus='virtio'/>
       <readonly/>
     </disk>
     <serial type='file'>
@@ -165,27 +193,11 @@ def domain_xml(g: Guest, accel: str, memory_mib: int, cpus: int) -> str:
   <qemu:commandline>
     <qemu:arg value='-netdev'/>
     <qemu:arg value='{netdev}'/>
-    <qemu:arg value='-device'/>  <!-- a fixed slot libvirt never assigns: its own devices start at 0x2 -->
-    <qemu:arg value='virtio-net-pci,netdev=n0,mac={g.mac},bus=pci.0,addr=0x1f'/>
+    <qemu:arg value='-device'/>
+    <qemu:arg value='virtio-net-pci,netdev=n0,mac={g.mac},{nic}'/>
   </qemu:commandline>
 </domain>
 """
-
-
-def ephemeral_key(directory: Path) -> tuple[Path, str]:
-    """A fresh ed25519 key for one test run; the private half never leaves `directory`."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    path = directory / "id_ed25519"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                  serialization.NoEncryption()))
-    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                        serialization.PublicFormat.OpenSSH).decode()
-    return path, f"{pub} imagefactory-boot-test"
 
 
 @dataclass
@@ -235,14 +247,18 @@ def boot(
     console_dir: Path | None = None,
     grow: int = 1024**3,
     user_data: Callable[[Guest, str], str] | None = None,
+    firmwares: Sequence[GuestFirmware] = ("bios",),
 ) -> Iterator[BootRun]:
     """Boot `clones` copies of `image` and wait for SSH on each; always clean up.
 
+    Clone i boots on `firmwares[i % len(firmwares)]` (a hybrid disk: one clone per firmware).
     `user_data(guest, public_key)` replaces the default test user-data (e.g. an RKE2 node seed);
     it must authorise `public_key` for `user`.
     """
     if not image.is_file():
         raise UserError(f"{image}: no such image")
+    for fw in set(firmwares) - {"bios"}:
+        ovmf_files(fw)  # before anything starts: a host without OVMF is a clear error
     ensure_libvirtd()
     check_reachable(image)
     accel = resolve_accelerator(accelerator)
@@ -267,6 +283,7 @@ def boot(
                 console=(console_dir or directory) / f"console-{i}.log",
                 instance_id=f"i-{run_id}-{i}",
                 hostname=f"ift-{run_id}-{i}",
+                firmware=firmwares[i % len(firmwares)],
             )
             # A larger overlay than the image: first boot must grow the root into it.
             run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b",
@@ -279,11 +296,12 @@ def boot(
             g.console.touch()
             guests.append(g)
         for g in guests:
-            log.info("booting %s (%s, %d MiB, %d vCPU) ssh on 127.0.0.1:%d",
-                     g.name, accel, memory_mib, cpus, g.port)
+            log.info("booting %s (%s, %s, %d MiB, %d vCPU) ssh on 127.0.0.1:%d",
+                     g.name, g.firmware, accel, memory_mib, cpus, g.port)
             g.boot_epoch = time.time()
+            nvram = directory / f"clone{g.index}_VARS.fd"  # libvirt copies the template here
             try:
-                conn.createXML(domain_xml(g, accel, memory_mib, cpus), 0)
+                conn.createXML(domain_xml(g, accel, memory_mib, cpus, nvram), 0)
             except libvirt.libvirtError as e:
                 raise BuildError(f"libvirt could not start {g.name}: {e}") from None
         for g in guests:

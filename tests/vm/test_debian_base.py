@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -58,6 +60,14 @@ def test_manifest(built: dict[str, Any]) -> None:
     assert [s["name"] for s in m["steps"]][:2] == ["check-mirror", "bootstrap"]
     assert m["steps"][-1]["name"] == "boot-test"
     assert "audit=1" in m["stig"]["kernel_args"]  # UBTU-22-212015, handed to the bootloader
+    # hybrid GPT disk (Debian's own signed shim, GRUB and kernel), booted once per firmware
+    assert (m["disk"]["table"], m["disk"]["firmware"], m["disk"]["secure_boot"]) == ("gpt", "hybrid", True)
+    assert [p["number"] for p in m["disk"]["partitions"]] == [14, 15, 1]
+    assert any("Microsoft Corporation UEFI CA 2011" in s for s in m["disk"]["signers"]["shim"])
+    assert any("Debian Secure Boot" in s for s in m["disk"]["signers"]["kernel"])
+    assert m["source"]["signed_by"] and m["source"]["updates"]["suite"] == "bookworm-updates"
+    junit = (out / "junit.xml").read_text()
+    assert junit.count('name="test_booted_on_the_declared_firmware[') == 2
     assert m["stig"]["report"]["gate"]["passed"] is True
 
 
@@ -69,9 +79,14 @@ def test_build_log_shows_commands_and_console(built: dict[str, Any]) -> None:
 
 
 def test_nothing_left_behind(built: dict[str, Any], workdir: Path) -> None:
+    # The domains this build booted (named in its log), not every imagefactory-* domain on the
+    # host: anything else running here may have its own.
+    log = (Path(built["path"]) / "build.log").read_text()
+    ours = set(re.findall(r"booting (imagefactory-[0-9a-f]+-\d+) ", log))
+    assert len(ours) == 2, ours
     conn = libvirt.open("qemu:///system")
     try:
-        assert [d.name() for d in conn.listAllDomains() if d.name().startswith("imagefactory-")] == []
+        assert ours.isdisjoint(d.name() for d in conn.listAllDomains())
     finally:
         conn.close()
     assert mounts_under(workdir) == []
@@ -129,11 +144,19 @@ def test_dirty_image_fails_the_hygiene_suite_and_the_stig_gate(built: dict[str, 
                     "sif /etc/machine-id mtime 20200101000000\n"
                     f"cd /etc/ssh/sshd_config.d\nwrite {revert} 00-revert.conf\n"
                     "sif 00-revert.conf mode 0100600\n")
-    subprocess.run(["debugfs", "-w", "-f", str(cmds), f"{dirty}?offset=1048576"], check=True,
+    root_offset = next(p["offset"] for p in built["disk"]["partitions"] if p["role"] == "root")
+    subprocess.run(["debugfs", "-w", "-f", str(cmds), f"{dirty}?offset={root_offset}"], check=True,
                    capture_output=True)
     dirty.chmod(0o644)
     tested = workdir / "dirty-test"
-    r = cli(workdir, "test", str(dirty), "--recipe", "debian-12-base", "--output", str(tested))
+    # Both clones on SeaBIOS: what fails here fails on any firmware, and the firmware checks are
+    # test_manifest's, on the real build (its BIOS and Secure Boot clones).
+    recipes = workdir / "dirty-recipes"
+    shutil.copytree(RECIPES, recipes)
+    (recipes / "debian-12-base-bios.yaml").write_text(
+        "extends: debian-12-base\ndisk: {firmware: bios, secure_boot: false}\n")
+    r = cli(workdir, "--recipes", str(recipes), "test", str(dirty), "--recipe", "debian-12-base-bios",
+            "--output", str(tested))
     assert r.returncode == 1, r.stderr[-3000:]
     result = json.loads(r.stdout)
     failures = "\n".join(result["failures"])
@@ -151,7 +174,7 @@ def test_dirty_image_fails_the_hygiene_suite_and_the_stig_gate(built: dict[str, 
     for name, expires, code in (("current", "2099-01-01", 0), ("expired", "2026-01-31", 1)):
         waiver = workdir / f"waiver-{name}.yaml"
         waiver.write_text(WAIVER.format(expires=expires))
-        r = cli(workdir, "stig", "report", str(tested), "--waivers", str(waiver))
+        r = cli(workdir, "--recipes", str(recipes), "stig", "report", str(tested), "--waivers", str(waiver))
         assert r.returncode == code, (name, r.stdout[-2000:], r.stderr[-2000:])
         gate = json.loads(r.stdout)["gate"]
         assert gate["passed"] is (code == 0) and gate["open_by_cat"]["1"] == code, (name, gate)
@@ -173,6 +196,6 @@ WAIVER = """waivers:
 def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagefactory.cli", "--json", "--workdir", str(workdir),
-         "--recipes", str(RECIPES), *args],
+         *([] if "--recipes" in args else ["--recipes", str(RECIPES)]), *args],
         capture_output=True, text=True, timeout=1800, env={**os.environ},
     )

@@ -1,55 +1,153 @@
-"""The recipe was applied: files, services, kernel command line, packages, root size."""
+"""The recipe was applied: files, services, kernel command line, packages, root size.
+
+The facts each test reads are gathered up front (`wanted`, see conftest)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-Clone = tuple[dict[str, Any], Any]
+from imagefactory.testing import facts as F
+
+Clone = tuple[dict[str, Any], F.FactStore]
+
+DISK_SIZE = "lsblk -bdno SIZE /dev/vda"
+ROOT_SIZE = "df -B1 --output=size / | tail -1"
+# The SecureBoot EFI variable: 4 bytes of attributes, then 1 when Secure Boot is enforced.
+SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+SECURE_BOOT_STATE = f"od -An -tu1 {SECURE_BOOT_VAR}"
+ESP_LOADER = "/boot/efi/EFI/BOOT/BOOTX64.EFI"
+APT_PERIODIC = "apt-config dump APT::Periodic"
+APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+NETPLAN = "/etc/netplan/50-cloud-init.yaml"
+NETWORKCTL = "networkctl status eth0 --no-pager"
+IFUPDOWN = "/etc/network/interfaces.d/50-cloud-init"
+ADDRESS = "ip -4 addr show eth0"
+
+
+def wanted(target: dict[str, Any], clone: dict[str, Any]) -> Iterator[F.Item]:
+    """What this suite reads from a clone."""
+    recipe = target["recipe"]
+    family = recipe["os"]["family"]
+    yield F.read("/proc/cmdline")
+    for spec in recipe["files"]:
+        yield F.stat(spec["path"])
+        yield F.read(spec["path"])
+    services = recipe["services"]
+    yield from map(F.is_enabled, (*services["enable"], *services["disable"], *services["mask"]))
+    yield F.PACKAGES
+    yield from map(F.cmd, (DISK_SIZE, ROOT_SIZE, ADDRESS))
+    yield F.stat("/sys/firmware/efi")
+    if clone["firmware"] != "bios":
+        yield from (F.cmd(SECURE_BOOT_STATE), F.cmd("dmesg"), F.read("/proc/mounts"), F.stat(ESP_LOADER))
+    if family in ("debian", "ubuntu"):
+        yield F.cmd(APT_PERIODIC)
+        yield from map(F.is_enabled, APT_TIMERS)
+    if family == "ubuntu":
+        yield from (F.is_enabled("motd-news.timer"), F.read("/etc/default/motd-news"), F.stat(NETPLAN),
+                    F.read(NETPLAN), F.cmd(NETWORKCTL), F.is_active("systemd-resolved"))
+    elif family == "debian":
+        yield F.read(IFUPDOWN)
 
 
 def test_kernel_cmdline(clone: Clone, target: dict[str, Any]) -> None:
-    _, host = clone
-    cmdline = host.file("/proc/cmdline").content_string.split()
+    _, g = clone
+    cmdline = g.text("/proc/cmdline").split()
     for arg in target["recipe"]["kernel"]["cmdline"]:
         assert arg in cmdline, f"{arg} missing from {cmdline}"
 
 
 def test_files(clone: Clone, target: dict[str, Any]) -> None:
-    _, host = clone
+    _, g = clone
     for spec in target["recipe"]["files"]:
-        f = host.file(spec["path"])
+        f = g.file(spec["path"])
         assert f.exists, spec["path"]
         assert f.mode == int(spec["mode"], 8), (spec["path"], oct(f.mode))
         user, group = spec["owner"].split(":")
         assert (f.user, f.group) == (user, group), spec["path"]
         if spec.get("content") is not None:
-            assert f.content_string == spec["content"]
+            assert g.text(spec["path"]) == spec["content"]
 
 
 def test_services(clone: Clone, target: dict[str, Any]) -> None:
-    _, host = clone
+    _, g = clone
     services = target["recipe"]["services"]
     for unit in services["enable"]:
-        assert host.run(f"systemctl is-enabled {unit}").stdout.strip() in ("enabled", "alias"), unit
+        assert g.is_enabled(unit) in ("enabled", "alias"), unit
     for unit in services["disable"]:
-        assert host.run(f"systemctl is-enabled {unit}").stdout.strip() == "disabled", unit
+        assert g.is_enabled(unit) == "disabled", unit
     for unit in services["mask"]:
-        assert host.run(f"systemctl is-enabled {unit}").stdout.strip() == "masked", unit
+        assert g.is_enabled(unit) == "masked", unit
 
 
 def test_packages(clone: Clone, target: dict[str, Any]) -> None:
-    _, host = clone
+    _, g = clone
     for pkg in target["recipe"]["packages"]["install"]:
-        assert host.package(pkg).is_installed, pkg
+        assert g.installed(pkg), pkg
     for pkg in target["recipe"]["packages"]["remove"]:
-        assert not host.package(pkg).is_installed, pkg
+        assert not g.installed(pkg), pkg
 
 
 def test_root_filesystem_grew_to_disk(clone: Clone, target: dict[str, Any]) -> None:
     # The boot test gives each clone a disk 1 GiB larger than the image: growpart and
     # resize2fs must have used it on first boot.
-    _, host = clone
-    disk = int(host.run("lsblk -bdno SIZE /dev/vda").stdout.strip())
-    root = int(host.run("df -B1 --output=size / | tail -1").stdout.strip())
+    _, g = clone
+    disk = int(g.cmd(DISK_SIZE).stdout.strip())
+    root = int(g.cmd(ROOT_SIZE).stdout.strip())
     assert disk > target["image_virtual_size"]
     assert root > target["image_virtual_size"], (root, target["image_virtual_size"])
+
+
+def test_booted_on_the_declared_firmware(clone: Clone, target: dict[str, Any]) -> None:
+    # disk.firmware: a hybrid disk boots one clone per firmware; the guest says which it got.
+    info, g = clone
+    firmware = info["firmware"]
+    assert g.file("/sys/firmware/efi").is_directory == (firmware != "bios"), firmware
+    if firmware == "bios":
+        return
+    state = g.cmd(SECURE_BOOT_STATE).stdout.split()
+    assert state and state[-1] == ("1" if firmware == "uefi-secure" else "0"), (firmware, state)
+    if firmware == "uefi-secure":
+        assert "Secure boot enabled" in g.cmd("dmesg").stdout  # the kernel agrees (lockdown)
+    # the ESP the firmware booted from is the image's own, mounted where package updates expect it
+    assert g.mount_fs("/boot/efi") == "vfat"
+    assert g.file(ESP_LOADER).is_file
+
+
+def test_apt_periodic_jobs_as_the_recipe_says(clone: Clone, target: dict[str, Any]) -> None:
+    if target["recipe"]["os"]["family"] not in ("debian", "ubuntu"):
+        return
+    _, g = clone
+    on = target["recipe"]["packages"]["auto_updates"]
+    dump = g.cmd(APT_PERIODIC).stdout
+    for key in ("Update-Package-Lists", "Unattended-Upgrade"):
+        assert f'APT::Periodic::{key} "{1 if on else 0}";' in dump, dump
+    for timer in APT_TIMERS:
+        state = g.is_enabled(timer)
+        assert state == ("enabled" if on else "masked"), (timer, state)
+
+
+def test_nothing_phones_home(clone: Clone, target: dict[str, Any]) -> None:
+    # Packages the family never ships (snapd, Ubuntu Pro client, apport, popcon, ...) are absent
+    # and Ubuntu's motd news fetch is off.
+    _, g = clone
+    present = [p for p in target["distro"]["unwanted_packages"] if g.installed(p)]
+    assert present == []
+    if target["recipe"]["os"]["family"] == "ubuntu":
+        assert g.is_enabled("motd-news.timer") == "masked"
+        assert "ENABLED=0" in g.text("/etc/default/motd-news")
+
+
+def test_network_rendered_by_cloud_init(clone: Clone, target: dict[str, Any]) -> None:
+    # Ubuntu: netplan (applied by systemd-networkd); Debian: ifupdown. Either way cloud-init
+    # wrote it this boot from the seed's network-config, and the interface has its address.
+    _, g = clone
+    family = target["recipe"]["os"]["family"]
+    if family == "ubuntu":
+        assert g.file(NETPLAN).exists and "eth0" in g.text(NETPLAN)
+        status = g.cmd(NETWORKCTL).stdout
+        assert "configured" in status and "10.0.2." in status, status
+        assert g.is_active("systemd-resolved")
+    elif family == "debian":
+        assert "eth0" in g.text(IFUPDOWN)
+    assert "inet 10.0.2." in g.cmd(ADDRESS).stdout

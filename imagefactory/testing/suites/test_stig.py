@@ -9,21 +9,36 @@ so the image report shows them as not reviewed with the reason (never as passed)
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paramiko
 import pytest
 
-from imagefactory.stig.actions import check_host
-from imagefactory.stig.catalogue import load_catalogue
+from imagefactory.stig.actions import CheckResult, check_host
+from imagefactory.stig.catalogue import Control
 from imagefactory.stig.kinds_svc import SshdOption
 from imagefactory.stig.results import RuleResult, ScanResults, write_scans
 from imagefactory.stig.selection import Selected, selection_from_json
+from imagefactory.testing.facts import CachedHost, FactStore, Item, evaluate_in_rounds, first_round
 
-Clone = tuple[dict[str, Any], Any]
+Clone = tuple[dict[str, Any], FactStore]
 BOOTED_PHASES = ("bake", "verify", "waive-by-default")
-SSH_ALGORITHMS = {"Ciphers": "UBTU-22-255050", "MACs": "UBTU-22-255055", "KexAlgorithms": "UBTU-22-255060"}
+# benchmark -> sshd option -> the control whose fix sets it (the lists differ between releases)
+SSH_ALGORITHMS = {
+    "ubuntu2204": {"Ciphers": "UBTU-22-255050", "MACs": "UBTU-22-255055", "KexAlgorithms": "UBTU-22-255060"},
+    "ubuntu2404": {"Ciphers": "UBTU-24-100820", "MACs": "UBTU-24-100830", "KexAlgorithms": "UBTU-24-100840"},
+}
+
+
+def wanted(target: dict[str, Any], clone: dict[str, Any]) -> list[Item]:
+    """The first round of the checks on the first clone, to fetch with the other suites' facts."""
+    if clone["name"] != target["clones"][0]["name"]:
+        return []
+    probe = FactStore(clone["name"], lambda items: {})  # nothing known: every read is a miss
+    sel = [selection_from_json(s) for s in target["stig"]["selections"]]
+    return first_round(probe, booted_tasks(CachedHost(probe), sel))
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +46,29 @@ def selected(target: dict[str, Any]) -> list[Selected]:
     return [selection_from_json(s) for s in target["stig"]["selections"]]
 
 
+Task = Callable[[], dict[str, CheckResult]]
+
+
+def booted_tasks(host: Any, selected: list[Selected]) -> dict[tuple[int, str], Task]:
+    """One task per selected control: its booted checks through a testinfra host."""
+    def task(s: Selected, control: Control) -> Task:
+        return lambda: check_host(host, s.target, [control], s.tailoring, phases=BOOTED_PHASES)
+    return {(i, c.id): task(s, c) for i, s in enumerate(selected) for c in s.catalogue.controls_for(s.target)}
+
+
 @pytest.fixture(scope="session")
 def scans(clones: list[Clone], target: dict[str, Any], selected: list[Selected]) -> list[ScanResults]:
-    """Checks on the first clone (the clones are identical images); written for the report."""
+    """Checks on the first clone (the clones are identical images); written for the report.
+
+    The checks run on this host from the clone's gathered facts, in rounds: each round fetches
+    in one round trip whatever the checks found missing (a file naming the next file)."""
     from imagefactory import __version__
 
-    _, host = clones[0]
+    _, g = clones[0]
+    done = evaluate_in_rounds(g, booted_tasks(CachedHost(g), selected))
     out = []
-    for s in selected:
-        results = check_host(host, s.target, s.catalogue.controls_for(s.target), s.tailoring,
-                             phases=BOOTED_PHASES)
+    for i, s in enumerate(selected):
+        results = {cid: r for (j, _), res in done.items() if j == i for cid, r in res.items()}
         out.append(ScanResults(
             s.benchmark, s.target, "booted",
             {cid: RuleResult(r.status, r.evidence, "booted") for cid, r in results.items()},
@@ -77,21 +105,29 @@ def test_applied_fixes_hold_when_booted(scans: list[ScanResults], selected: list
     assert not broken, broken
 
 
-def _stig_list(option: str) -> list[str]:
-    control = load_catalogue("ubuntu2204").get(SSH_ALGORITHMS[option])
-    assert control is not None
-    for action in control.fix_for("debian"):
-        if isinstance(action, SshdOption) and action.key == option:
-            return action.value.split(",")
-    raise AssertionError(f"no {option} in {SSH_ALGORITHMS[option]}")
+def stig_ssh_lists(sel: Selected) -> dict[str, list[str]]:
+    """The Ciphers/MACs/KexAlgorithms lists the selected OS catalogue bakes for its target."""
+    out = {}
+    for option, stig_id in SSH_ALGORITHMS[sel.benchmark].items():
+        control = sel.catalogue.get(stig_id)
+        assert control is not None, stig_id
+        value = next((a.value for a in control.fix_for(sel.target)
+                      if isinstance(a, SshdOption) and a.key == option), None)
+        assert value is not None, f"no {option} in {stig_id}"
+        out[option] = value.split(",")
+    return out
 
 
 def test_ssh_with_only_the_stig_algorithms(clone: Clone, target: dict[str, Any],
                                            selected: list[Selected]) -> None:
-    if not any(s.benchmark == "ubuntu2204" for s in selected):
-        pytest.skip("the SSH algorithm lists belong to the ubuntu2204 benchmark")
+    sel = next((s for s in selected if s.benchmark in SSH_ALGORITHMS), None)
+    if sel is None:
+        pytest.skip(f"recipe: no {'/'.join(SSH_ALGORITHMS)} benchmark (they own the SSH lists)")
+    disabled = sorted(set(SSH_ALGORITHMS[sel.benchmark].values()) & set(sel.tailoring.disable))
+    if disabled:
+        pytest.skip(f"recipe: its tailoring disables {', '.join(disabled)}")
     info, _ = clone
-    want = {opt: _stig_list(opt) for opt in SSH_ALGORITHMS}
+    want = stig_ssh_lists(sel)
     sock = socket.create_connection(("127.0.0.1", info["port"]), timeout=30)
     t = paramiko.Transport(sock)
     try:
