@@ -21,7 +21,7 @@ import pytest
 
 from imagefactory.recipes import RecipeBook
 from imagefactory.testing import facts as F
-from imagefactory.testing.harness import clone_firmwares, suite_target
+from imagefactory.testing.harness import DECLARED_SKIP, clone_firmwares, suite_target
 from imagefactory.testing.suites import test_hygiene as H
 from imagefactory.testing.suites import test_recipe as R
 from imagefactory.testing.suites import test_rke2 as K
@@ -498,3 +498,18 @@ def test_each_check_fails_on_unhealthy_facts(recipe: str, suites: list[ModuleTyp
 def test_every_suite_test_has_an_unhealthy_case() -> None:
     covered = {fn.__name__ for _, fn, _ in [*UNHEALTHY, *UNHEALTHY_DEBIAN, *UNHEALTHY_RKE2]}
     assert {f.__name__ for m in (H, R, K) for f in suite_tests(m)} <= covered
+
+
+def test_one_clone_skips_only_the_identity_comparison_as_declared() -> None:
+    """A recipe with `tests.clones: 1` (the rke2-node boot test in CI): the comparison across clones
+    is skipped with a reason the harness counts as the recipe's own; every other check runs."""
+    target = make_target("ubuntu-22.04-base")
+    target["clones"] = target["clones"][:1]
+    guests = [healthy(target, 0)]
+    stores = stores_for(target, guests, [H, R])
+    outcomes = {fn.__name__: outcome(fn, target, stores) for m in (H, R) for fn in suite_tests(m)}
+    assert outcomes.pop("test_clones_have_distinct_identities") == ["skipped"]
+    assert {o for got in outcomes.values() for o in got} == {"passed"}
+    with pytest.raises(pytest.skip.Exception, match=f"^{DECLARED_SKIP}"):
+        only = target["clones"][0]
+        H.test_clones_have_distinct_identities(clones=[(only, stores[only["name"]])])

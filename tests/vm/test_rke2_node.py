@@ -54,8 +54,12 @@ def site(workdir: Path) -> Iterator[dict[str, Any]]:
         mirror.channels["stable"] = RKE2_VERSION
         recipe = recipes / "rke2-node.yaml"
         pkg_url = f"{mirror.url}/packages/zarf-package-demo-amd64-1.0.0.tar.zst"
-        recipe.write_text(recipe.read_text().replace(
-            "  init_package: true\n", f"  init_package: true\n  packages: [{pkg_url}]\n"))
+        # One clone in the build's boot test: the cluster test boots two more nodes of the image
+        # (distinct identities, both joined), and the hybrid disk's Secure Boot path is
+        # ubuntu-22.04-base's boot test (same disk builder, same signed chain). Saves a TCG boot.
+        text = recipe.read_text().replace(
+            "  init_package: true\n", f"  init_package: true\n  packages: [{pkg_url}]\n")
+        recipe.write_text(text.replace("  suites: [rke2]\n", "  suites: [rke2]\n  clones: 1\n"))
         config = root / "imagefactory.yaml"
         config.write_text(yaml.safe_dump({"upstream": upstream_bases(mirror.url)}))
         yield {"root": root, "recipes": recipes, "config": config, "mirror": mirror,
@@ -79,7 +83,10 @@ def rke2_build(site: dict[str, Any]) -> dict[str, Any]:
 def test_built_and_boot_tested(rke2_build: dict[str, Any]) -> None:
     t = rke2_build["tests"]
     assert t["ok"] and t["suites"] == ["hygiene", "recipe", "rke2", "stig"]
-    assert t["failed"] == 0 and t["passed"] >= 50
+    assert t["failed"] == 0 and t["passed"] >= 30, t
+    junit = (Path(rke2_build["path"]) / "junit.xml").read_text()
+    assert junit.count("<testcase") == t["passed"] + t["skipped"]  # one clone: the identity
+    assert "tests.clones is 1, no second clone to compare" in junit  # comparison is a declared skip
     steps = [s["name"] for s in rke2_build["steps"]]
     assert steps.index("install-rke2") < steps.index("configure-rke2") < steps.index("install-zarf") \
         < steps.index("seal")

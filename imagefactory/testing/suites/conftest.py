@@ -98,3 +98,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if store.on_demand:
             extra = ", ".join(f"{k} {v}" for k, v in store.on_demand[:10])
             say(f"facts {store.name}: fetched on demand ({len(store.on_demand)}): {extra}")
+        # Where the boot's time went (read after the checks, so it costs them nothing): the
+        # build log then says why a clone was slow to get ready.
+        try:
+            profile = store.host.run("systemd-analyze time; systemd-analyze blame --no-pager | head -n 8")
+            lines = [" ".join(line.split()) for line in profile.stdout.splitlines() if line.strip()]
+            say(f"facts {store.name}: boot: {' | '.join(lines)[:600]}")
+        except Exception as e:  # diagnostics only: never fail a suite over them
+            say(f"facts {store.name}: boot: no profile ({type(e).__name__})")

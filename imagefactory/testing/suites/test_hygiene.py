@@ -13,6 +13,8 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from imagefactory.testing import facts as F
 
 Clone = tuple[dict[str, Any], F.FactStore]
@@ -116,7 +118,8 @@ def test_ssh_host_keys_generated_on_first_boot(clone: Clone) -> None:
 
 
 def test_clones_have_distinct_identities(clones: list[Clone]) -> None:
-    assert len(clones) >= 2
+    if len(clones) < 2:
+        pytest.skip("recipe: tests.clones is 1, no second clone to compare")
     ids = [g.text("/etc/machine-id").strip() for _, g in clones]
     keys = [g.text("/etc/ssh/ssh_host_ed25519_key.pub").split()[1] for _, g in clones]
     assert len(set(ids)) == len(ids), f"machine-ids repeat: {ids}"
