@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,62 @@ def resolve_in_root(root: Path, path: str, *, max_links: int = 40) -> Path:
             continue
         resolved.append(part)
     return Path(base, *resolved)
+
+
+def in_root(root: Path, rel: str) -> Path:
+    """`rel` inside the image root with its directories resolved as the image sees its own links
+    (`resolve_in_root`); the last component is not followed, so unlinking a link removes the
+    link and `write_in_root` replaces it."""
+    rel = rel.strip("/")
+    base = os.path.realpath(root)
+    parent = resolve_in_root(root, os.path.dirname(rel) or "/")
+    return Path(base, parent.relative_to(base), os.path.basename(rel)) if rel else Path(base)
+
+
+def mkdir_in_root(root: Path, rel: str, mode: int = 0o755) -> Path:
+    """The directory `rel` inside the image root (links resolved in the root), created with its
+    missing parents."""
+    d = resolve_in_root(root, rel)
+    d.mkdir(mode=mode, parents=True, exist_ok=True)
+    return d
+
+
+def write_in_root(root: Path, rel: str, data: str | bytes, mode: int = 0o644) -> Path:
+    """Create or replace the file `rel` inside the image root, with `mode`. Its directories are
+    resolved in the root and created as needed; a link in its place is replaced, never followed
+    (a base image's `/etc/x -> /root/.ssh/authorized_keys` stays inside the image). Owner-only
+    until written: a secret is never readable in between."""
+    p = in_root(root, rel)
+    mkdir_in_root(root, os.path.dirname(rel.strip("/")) or "/")
+    if p.is_symlink():
+        p.unlink()
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode & 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode & 0o600)  # an existing file keeps its mode through O_CREAT
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fchmod(f.fileno(), mode)
+    return p
+
+
+def copy_into_root(src: Path, root: Path, rel: str, mode: int = 0o644) -> Path:
+    """Copy the host file `src` (a verified download) to `rel` inside the image root, as
+    `write_in_root` does, streaming."""
+    p = in_root(root, rel)
+    mkdir_in_root(root, os.path.dirname(rel.strip("/")) or "/")
+    if p.is_symlink():
+        p.unlink()
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode & 0o600)
+    with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+        os.fchmod(f.fileno(), mode & 0o600)
+        shutil.copyfileobj(s, f, 1024 * 1024)
+        f.flush()
+        os.fchmod(f.fileno(), mode)
+    return p
+
+
+def read_in_root(root: Path, rel: str) -> str | None:
+    """The text of `rel` inside the image root, links resolved in the root; None when it is not
+    a regular file (a device or fifo planted in a base image is never opened)."""
+    p = resolve_in_root(root, rel)
+    return p.read_text(errors="replace") if p.is_file() else None

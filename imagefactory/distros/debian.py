@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from ..fsutil import read_in_root, resolve_in_root, write_in_root
 from ..recipes.model import Recipe
 from .base import ChrootRoot, Distro
 
@@ -64,18 +65,16 @@ class Debian(Distro):
         return ("unattended-upgrades",) if recipe.packages.auto_updates else ()
 
     def configure(self, ctx: ChrootRoot) -> None:
-        root = ctx.root
-        (root / "etc/cloud/cloud.cfg.d").mkdir(parents=True, exist_ok=True)
-        (root / "etc/cloud/cloud.cfg.d/90-imagefactory.cfg").write_text(CLOUD_CFG)
+        # In-root writes (fsutil): a base image's links never lead outside its root.
+        write_in_root(ctx.root, "etc/cloud/cloud.cfg.d/90-imagefactory.cfg", CLOUD_CFG)
         self.generate_locale(ctx)
-        (root / "etc/default/locale").write_text(f"LANG={LOCALE}\n")
+        write_in_root(ctx.root, "etc/default/locale", f"LANG={LOCALE}\n")
         self.configure_periodic_updates(ctx)
 
     def generate_locale(self, ctx: ChrootRoot) -> None:
-        gen = ctx.root / "etc/locale.gen"
-        text = gen.read_text() if gen.exists() else ""
+        text = read_in_root(ctx.root, "etc/locale.gen") or ""
         if f"\n{LOCALE} UTF-8" not in f"\n{text}":
-            gen.write_text(text + f"{LOCALE} UTF-8\n")
+            write_in_root(ctx.root, "etc/locale.gen", text + f"{LOCALE} UTF-8\n")
         ctx.in_root(["locale-gen"])
 
     def configure_periodic_updates(self, ctx: ChrootRoot) -> None:
@@ -85,8 +84,8 @@ class Debian(Distro):
         bootstrap) applies security updates daily."""
         on = ctx.recipe.packages.auto_updates
         value = "1" if on else "0"
-        (ctx.root / "etc/apt/apt.conf.d").mkdir(parents=True, exist_ok=True)
-        (ctx.root / "etc/apt/apt.conf.d/20auto-upgrades").write_text(
+        write_in_root(
+            ctx.root, "etc/apt/apt.conf.d/20auto-upgrades",
             "// Written by imagefactory (recipe key packages.auto_updates).\n"
             f'APT::Periodic::Update-Package-Lists "{value}";\n'
             f'APT::Periodic::Unattended-Upgrade "{value}";\n')
@@ -96,7 +95,7 @@ class Debian(Distro):
 
     def installed_packages(self, root: Path) -> list[tuple[str, str]]:
         # Read dpkg's status file directly: no chroot, no subprocess, same answer.
-        status = (root / "var/lib/dpkg/status").read_text(errors="replace")
+        status = read_in_root(root, "var/lib/dpkg/status") or ""
         out: list[tuple[str, str]] = []
         for para in status.split("\n\n"):
             fields: dict[str, str] = {}
@@ -111,6 +110,6 @@ class Debian(Distro):
     def kernel_paths(self, root: Path) -> tuple[str, str]:
         # The /vmlinuz and /initrd.img symlinks follow kernel upgrades made inside the guest.
         for kernel, initrd in (("/vmlinuz", "/initrd.img"), ("/boot/vmlinuz", "/boot/initrd.img")):
-            if (root / kernel.lstrip("/")).exists() and (root / initrd.lstrip("/")).exists():
+            if resolve_in_root(root, kernel).exists() and resolve_in_root(root, initrd).exists():
                 return kernel, initrd
         raise FileNotFoundError("no kernel/initrd symlinks in the root (is a linux-image installed?)")

@@ -7,6 +7,7 @@ import os
 from typing import ClassVar
 
 from .. import keyrings
+from ..fsutil import in_root, write_in_root
 from .base import ChrootRoot
 from .debian import LOCALE, Debian
 
@@ -40,13 +41,11 @@ class Ubuntu(Debian):
 
     def configure(self, ctx: ChrootRoot) -> None:
         super().configure(ctx)
-        root = ctx.root
-        (root / "etc/default").mkdir(parents=True, exist_ok=True)
-        (root / "etc/default/motd-news").write_text(MOTD_NEWS)
+        write_in_root(ctx.root, "etc/default/motd-news", MOTD_NEWS)
         ctx.in_root(["systemctl", "mask", "motd-news.timer"])
         # systemd-resolved's stub, as on Ubuntu's own images (mmdebstrap leaves the build host's
         # file or nothing; sealing keeps a symlink and drops a copied file).
-        resolv = root / "etc/resolv.conf"
+        resolv = in_root(ctx.root, "etc/resolv.conf")
         if resolv.is_symlink() or resolv.exists():
             resolv.unlink()
         os.symlink("../run/systemd/resolve/stub-resolv.conf", resolv)

@@ -8,9 +8,7 @@ Per-node settings (token, server, node name/IP, TLS SANs) are written at first b
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,6 +17,7 @@ from ..artifacts import Artifact
 from ..context import BuildContext, Step
 from ..errors import BuildError
 from ..firstboot import FIRSTBOOT_PATH, render_firstboot_script
+from ..fsutil import copy_into_root, mkdir_in_root, read_in_root, resolve_in_root, write_in_root
 from ..recipes.model import Recipe
 
 STAGING = "var/tmp/imagefactory-rke2"  # inside the root: install.sh runs in the chroot
@@ -89,29 +88,16 @@ def _artifacts(ctx: BuildContext, *roles: str) -> list[Artifact]:
     return [a for a in ctx.locked if a.role in roles]
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    """`text` into `path` with `mode` from the first byte (registries.yaml holds registry
-    credentials: never readable by others, not even briefly); a link at `path` is replaced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode & 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), mode & 0o600)  # an existing file keeps its mode through O_CREAT
-        f.write(text)
-        f.flush()
-        os.fchmod(f.fileno(), mode)
-
-
 def install_rke2(ctx: BuildContext) -> None:
     r = ctx.recipe.rke2
     assert r is not None
-    staging = ctx.root / STAGING
-    staging.mkdir(parents=True, exist_ok=True)
+    # Every path below is resolved inside the image root (fsutil): links a base image holds
+    # never reach the build host.
+    staging = mkdir_in_root(ctx.root, STAGING)
     # Only the bundle and the sums file go where install.sh looks: it would copy image tarballs
     # (and .txt pull lists!) unverified; we place the verified tarballs ourselves below.
     for a in _artifacts(ctx, "rke2-sums", "rke2-bundle", "rke2-install"):
-        shutil.copyfile(ctx.fetcher.get(a, ctx.recipe.name), staging / a.name)
+        copy_into_root(ctx.fetcher.get(a, ctx.recipe.name), ctx.root, f"{STAGING}/{a.name}")
     prefix = r.install_prefix or ctx.distro.rke2_prefix
     ctx.in_root(["sh", f"/{STAGING}/install.sh"], env={
         "INSTALL_RKE2_ARTIFACT_PATH": f"/{STAGING}",
@@ -121,13 +107,10 @@ def install_rke2(ctx: BuildContext) -> None:
         "INSTALL_RKE2_VERSION": ctx.lock_entry["rke2"]["version"],
     })
     shutil.rmtree(staging)
-    images = ctx.root / IMAGES_DIR
-    images.mkdir(parents=True, exist_ok=True)
     for a in _artifacts(ctx, "rke2-images"):
-        shutil.copyfile(ctx.fetcher.get(a, ctx.recipe.name), images / a.name)
-        (images / a.name).chmod(0o644)
+        copy_into_root(ctx.fetcher.get(a, ctx.recipe.name), ctx.root, f"{IMAGES_DIR}/{a.name}")
     # Empty = "import only changed archives" (RKE2 >= 1.31.9); never one written by a run.
-    (images / ".cache.json").write_bytes(b"")
+    write_in_root(ctx.root, f"{IMAGES_DIR}/.cache.json", b"")
     ctx.manifest["rke2"] = {"version": ctx.lock_entry["rke2"]["version"], "prefix": prefix,
                             "images": sorted(a.name for a in _artifacts(ctx, "rke2-images"))}
 
@@ -136,25 +119,27 @@ def configure_rke2(ctx: BuildContext) -> None:
     r = ctx.recipe.rke2
     assert r is not None
     prefix = r.install_prefix or ctx.distro.rke2_prefix
-    etc = ctx.root / "etc/rancher/rke2"
-    _write(etc / "config.yaml", "# Written by imagefactory: static settings only; per-node settings\n"
-           "# arrive at first boot in config.yaml.d/50-join.yaml.\n"
-           + yaml.safe_dump(static_config(ctx), sort_keys=True), 0o600)
-    _write(ctx.root / AUDIT_POLICY.lstrip("/"), AUDIT_POLICY_YAML, 0o600)
+    # registries.yaml holds registry credentials: 0600 from the first byte (write_in_root).
+    etc = "etc/rancher/rke2"
+    write_in_root(ctx.root, f"{etc}/config.yaml",
+                  "# Written by imagefactory: static settings only; per-node settings\n"
+                  "# arrive at first boot in config.yaml.d/50-join.yaml.\n"
+                  + yaml.safe_dump(static_config(ctx), sort_keys=True), 0o600)
+    write_in_root(ctx.root, AUDIT_POLICY, AUDIT_POLICY_YAML, 0o600)
     if r.registries:
-        _write(etc / "registries.yaml", yaml.safe_dump(r.registries, sort_keys=True), 0o600)
-    (etc / "config.yaml.d").mkdir(exist_ok=True)
-    etc.chmod(0o700)
-    cis = ctx.root / prefix.lstrip("/") / "share/rke2/rke2-cis-sysctl.conf"
-    if not cis.is_file():
+        write_in_root(ctx.root, f"{etc}/registries.yaml", yaml.safe_dump(r.registries, sort_keys=True), 0o600)
+    mkdir_in_root(ctx.root, f"{etc}/config.yaml.d")
+    resolve_in_root(ctx.root, etc).chmod(0o700)
+    cis = read_in_root(ctx.root, f"{prefix}/share/rke2/rke2-cis-sysctl.conf")
+    if cis is None:
         raise BuildError(f"{prefix}/share/rke2/rke2-cis-sysctl.conf missing after install.sh")
     # A drop-in only: sysctl values apply at the guest's boot, never to the build host.
-    shutil.copyfile(cis, ctx.root / "etc/sysctl.d/60-rke2-cis.conf")
-    passwd = (ctx.root / "etc/passwd").read_text()
+    write_in_root(ctx.root, "etc/sysctl.d/60-rke2-cis.conf", cis)
+    passwd = read_in_root(ctx.root, "etc/passwd") or ""
     if not any(line.startswith("etcd:") for line in passwd.splitlines()):
         ctx.in_root(["useradd", "-r", "-c", "etcd user", "-s", "/sbin/nologin", "-M", "-U", "etcd"])
-    if (ctx.root / "etc/NetworkManager").is_dir():
-        _write(ctx.root / "etc/NetworkManager/conf.d/rke2-canal.conf", NM_DROPIN, 0o644)
+    if resolve_in_root(ctx.root, "etc/NetworkManager").is_dir():
+        write_in_root(ctx.root, "etc/NetworkManager/conf.d/rke2-canal.conf", NM_DROPIN, 0o644)
     units = ("rke2-server.service", "rke2-agent.service")
     ctx.in_root(["systemctl", "disable", *units])
     for unit in units:
@@ -162,27 +147,23 @@ def configure_rke2(ctx: BuildContext) -> None:
         if state == "enabled":
             raise BuildError(f"{unit} is enabled: a clone would start a stray cluster")
     zarf = f"{ctx.distro.zarf_dir}/zarf" if ctx.recipe.zarf else None
-    _write(ctx.root / FIRSTBOOT_PATH.lstrip("/"), render_firstboot_script(prefix=prefix, zarf=zarf), 0o755)
+    write_in_root(ctx.root, FIRSTBOOT_PATH, render_firstboot_script(prefix=prefix, zarf=zarf), 0o755)
 
 
 def install_zarf(ctx: BuildContext) -> None:
     z = ctx.recipe.zarf
     assert z is not None
-    target = ctx.root / ctx.distro.zarf_dir.lstrip("/")
-    target.mkdir(parents=True, exist_ok=True)
+    target = ctx.distro.zarf_dir
+    mkdir_in_root(ctx.root, target)
     for a in _artifacts(ctx, "zarf-package"):
-        (target / "packages").mkdir(exist_ok=True)
-        shutil.copyfile(ctx.fetcher.get(a, ctx.recipe.name), target / "packages" / a.name)
-        (target / "packages" / a.name).chmod(0o644)
+        copy_into_root(ctx.fetcher.get(a, ctx.recipe.name), ctx.root, f"{target}/packages/{a.name}")
     for a in _artifacts(ctx, "zarf-binary", "zarf-init"):
         src = ctx.fetcher.get(a, ctx.recipe.name)
         if a.role == "zarf-binary":
-            shutil.copyfile(src, target / "zarf")
-            (target / "zarf").chmod(0o755)
+            copy_into_root(src, ctx.root, f"{target}/zarf", 0o755)
         else:
             # Beside the binary, under its exact upstream name: `zarf init` looks there.
-            shutil.copyfile(src, target / a.name)
-            (target / a.name).chmod(0o644)
+            copy_into_root(src, ctx.root, f"{target}/{a.name}")
     ctx.manifest["zarf"] = {"version": z.version, "dir": ctx.distro.zarf_dir,
                             "init_package": [a.name for a in _artifacts(ctx, "zarf-init")],
                             "packages": [a.name for a in _artifacts(ctx, "zarf-package")]}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chroot import POLICY_RC_D
-from ..fsutil import resolve_in_root
+from ..fsutil import in_root
 
 HOSTS = (
     "127.0.0.1\tlocalhost\n"
@@ -26,8 +26,7 @@ def at(root: Path, rel: str) -> Path:
     (`fsutil.resolve_in_root`: an absolute link restarts at the root, `..` stops there), so a
     link such as `/var/log -> /var/log` in a downloaded cloud image never reaches the build
     host's files. The last component is not followed: unlinking a link removes the link."""
-    parent = resolve_in_root(root, os.path.dirname(rel.strip("/")) or "/")
-    return root / parent.relative_to(os.path.realpath(root)) / os.path.basename(rel.strip("/"))
+    return in_root(root, rel)
 
 
 def _homes(root: Path) -> list[Path]:

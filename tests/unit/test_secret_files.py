@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from imagefactory import cloudinit
-from imagefactory.steps import rke2
+from imagefactory.fsutil import write_in_root
 
 
 @pytest.fixture
@@ -47,9 +47,9 @@ def test_registries_yaml_is_never_readable_by_others(tmp_path: Path, open_umask:
         f = fdopen(fd, *args, **kwargs)
         write = f.write
 
-        def checked(text: str) -> int:
+        def checked(data: bytes) -> int:
             modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
-            return int(write(text))
+            return int(write(data))
 
         f.write = checked
         return f
@@ -59,10 +59,12 @@ def test_registries_yaml_is_never_readable_by_others(tmp_path: Path, open_umask:
     target.parent.mkdir(parents=True)
     target.write_text("old\n")
     target.chmod(0o644)  # an existing, more open file is tightened before the secret goes in
-    rke2._write(target, "configs: {registry.local: {auth: {password: s3cr3t}}}\n", 0o600)
+    # how the rke2 step writes it (steps/rke2.py)
+    write_in_root(tmp_path, "/etc/rancher/rke2/registries.yaml",
+                  "configs: {registry.local: {auth: {password: s3cr3t}}}\n", 0o600)
     assert modes and all(m & 0o077 == 0 for m in modes), modes
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert "s3cr3t" in target.read_text()
     script = tmp_path / "firstboot"
-    rke2._write(script, "#!/bin/sh\n", 0o755)  # non-secret files still get their mode
+    write_in_root(tmp_path, "firstboot", "#!/bin/sh\n", 0o755)  # non-secret files still get their mode
     assert stat.S_IMODE(script.stat().st_mode) == 0o755
