@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +24,9 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import Problem, UserError, ValidationError
+from .located import Located, Path_, fmt_path
 from .model import Recipe
-
-Path_ = tuple[str | int, ...]
-
-
-@dataclass
-class Located:
-    """Plain YAML data plus where every key came from: path -> (file, line)."""
-
-    data: Any
-    where: dict[Path_, tuple[str, int]] = field(default_factory=dict)
-
+from .validate import semantic_problems
 
 RECIPE_NAME = re.compile(r"(?!.*\.\.)(?!.*\.ya?ml$)[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_RECIPE_BYTES = 1024**2
@@ -43,13 +34,6 @@ MAX_DEPTH = 64
 MAX_VALUES = 100_000
 # C0 controls but tab, newline and carriage return, and DEL: never in a recipe's text
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def _fmt_path(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def decode_recipe(data: bytes, file: str) -> str:
@@ -71,12 +55,38 @@ def decode_recipe(data: bytes, file: str) -> str:
     return text
 
 
+# libyaml when PyYAML has it: the pure-Python scanner is quadratic in flow nesting (a 1 KiB line
+# of brackets took 3 s of CPU before the depth check could see it)
+LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# what can open or close a flow collection, and what hides brackets from it (quoted scalars,
+# comments); brackets inside plain scalars count too, which only errs towards refusing
+FLOW_TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|(?:^|(?<=\s))#[^\n]*|[\[\]{}]|\n""", re.M)
+
+
+def _check_flow_depth(text: str, file: str) -> None:
+    """Flow collections (`[`, `{`) nested deeper than MAX_DEPTH, refused in one linear pass before
+    the parser sees them: neither parser's cost nor its recursion grows with a hostile input."""
+    depth, line = 0, 1
+    for m in FLOW_TOKENS.finditer(text):
+        t = m.group()
+        if t in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValidationError([Problem(file, line, "", f"nested more than {MAX_DEPTH} levels deep",
+                                               "look for runaway brackets")])
+        elif t in "]}":
+            depth = max(depth - 1, 0)
+        else:
+            line += t.count("\n")
+
+
 def parse_yaml(text: str, file: str) -> Located:
     """Parse YAML into plain data, recording each key's line; duplicate keys are errors. Nesting
     depth and the number of values (aliases expanded) are bounded: an alias bomb or a
     self-referencing alias is an error naming the line, not minutes of CPU and gigabytes."""
+    _check_flow_depth(text, file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=LOADER)
     except RecursionError:
         raise ValidationError([Problem(file, None, "", f"nested deeper than YAML's parser can follow "
                                        f"(a recipe nests at most {MAX_DEPTH} levels)",
@@ -101,11 +111,11 @@ def parse_yaml(text: str, file: str) -> Located:
         count += 1
         line = n.start_mark.line + 1
         if len(path) > MAX_DEPTH:
-            raise ValidationError([Problem(file, line, _fmt_path(path[:3]) + "...",
+            raise ValidationError([Problem(file, line, fmt_path(path[:3]) + "...",
                                            f"nested more than {MAX_DEPTH} levels deep",
                                            "an alias that contains itself? (x: &a [*a])")])
         if count > MAX_VALUES:
-            raise ValidationError([Problem(file, line, _fmt_path(path), f"more than {MAX_VALUES} "
+            raise ValidationError([Problem(file, line, fmt_path(path), f"more than {MAX_VALUES} "
                                            "values once aliases are expanded",
                                            "an alias bomb? use fewer nested aliases")])
         where.setdefault(path, (file, line))
@@ -114,14 +124,14 @@ def parse_yaml(text: str, file: str) -> Located:
             for k, v in n.value:
                 line = k.start_mark.line + 1
                 if not isinstance(k, yaml.ScalarNode):
-                    problems.append(Problem(file, line, _fmt_path(path), "a key must be a plain string"))
+                    problems.append(Problem(file, line, fmt_path(path), "a key must be a plain string"))
                     continue
                 key = constructor.construct_object(k, deep=True)
                 if not isinstance(key, str):
-                    problems.append(Problem(file, line, _fmt_path(path), f"key {key!r} is not a string"))
+                    problems.append(Problem(file, line, fmt_path(path), f"key {key!r} is not a string"))
                     continue
                 if key in out:
-                    problems.append(Problem(file, line, _fmt_path((*path, key)), "duplicate key",
+                    problems.append(Problem(file, line, fmt_path((*path, key)), "duplicate key",
                                             "remove one of the two"))
                     continue
                 where[(*path, key)] = (file, line)
@@ -146,48 +156,54 @@ def parse_yaml(text: str, file: str) -> Located:
 def merge(parent: Located, child: Located) -> Located:
     """Merge `child` over `parent` with the rules in the module docstring."""
     where = dict(parent.where)
+    own = dict(parent.own)
 
-    def reindex(src: dict[Path_, tuple[str, int]], old: Path_, new: Path_) -> None:
-        for p, loc in src.items():
-            if p[: len(old)] == old:
-                where[new + p[len(old):]] = loc
+    def under(p: Path_, path: Path_) -> bool:
+        return p[: len(path)] == path
+
+    def take(src: Located, path: Path_) -> None:
+        # what `src` says at and below `path`, where `src` says it
+        where.update({p: loc for p, loc in src.where.items() if under(p, path)})
+        own.update({p: o for p, o in src.own.items() if under(p, path)})
+
+    def drop(path: Path_) -> None:
+        for d in (where, own):
+            for p in [p for p in d if under(p, path)]:
+                del d[p]
 
     def go(a: Any, b: Any, path: Path_) -> Any:
         if isinstance(a, dict) and isinstance(b, dict):
             if "type" in a and "type" in b and a["type"] != b["type"]:
-                _drop(where, path)
-                reindex(child.where, path, path)
+                drop(path)
+                take(child, path)
                 return b
             out = dict(a)
             for k, v in b.items():
                 if v is None:
                     out.pop(k, None)
-                    _drop(where, (*path, k))
+                    drop((*path, k))
                 elif k in out:
                     out[k] = go(out[k], v, (*path, k))
                 else:
                     out[k] = v
-                    reindex(child.where, (*path, k), (*path, k))
+                    take(child, (*path, k))
             return out
         if isinstance(a, list) and isinstance(b, list):
-            for p in [p for p in where if p[: len(path)] == path and len(p) > len(path)]:
+            for p in [p for p in where if under(p, path) and len(p) > len(path)]:
                 del where[p]
-            reindex(parent.where, path, path)  # the parent's items keep their lines
+            take(parent, path)  # the parent's items keep their lines and indexes
             for p, loc in child.where.items():
-                if p[: len(path)] == path and len(p) > len(path) and isinstance(p[len(path)], int):
+                if under(p, path) and len(p) > len(path) and isinstance(p[len(path)], int):
                     i = p[len(path)]
                     assert isinstance(i, int)
                     where[(*path, i + len(a), *p[len(path) + 1:])] = loc
+            for i in range(len(b)):  # the child's items, as its own file numbers them
+                own[(*path, i + len(a))] = child.own_path((*path, i))
             return a + b
-        reindex(child.where, path, path)
+        take(child, path)
         return b
 
-    return Located(go(parent.data, child.data, ()), where)
-
-
-def _drop(where: dict[Path_, tuple[str, int]], path: Path_) -> None:
-    for p in [p for p in where if p[: len(path)] == path]:
-        del where[p]
+    return Located(go(parent.data, child.data, ()), where, own)
 
 
 @dataclass(frozen=True)
@@ -291,20 +307,11 @@ class RecipeBook:
             recipe = Recipe.model_validate(data)
         except PydanticValidationError as e:
             raise ValidationError(_problems(e, located, str(chain[0]))) from None
-        from .validate import semantic_problems
-
         loaded = LoadedRecipe(recipe, located.data, tuple(chain), chain[0].parent)
-        problems = semantic_problems(loaded, located.where)
+        problems = semantic_problems(loaded, located)
         if problems:
             raise ValidationError(problems)
         return loaded
-
-
-def locate(where: dict[Path_, tuple[str, int]], path: Path_, default_file: str) -> tuple[str, int | None]:
-    for n in range(len(path), -1, -1):
-        if path[:n] in where:
-            return where[path[:n]]
-    return default_file, None
 
 
 def _problems(e: PydanticValidationError, located: Located, default_file: str) -> list[Problem]:
@@ -315,7 +322,7 @@ def _problems(e: PydanticValidationError, located: Located, default_file: str) -
         if len(loc) > 1 and loc[0] == "source" and loc[1] in ("mmdebstrap", "cloud-image"):
             del loc[1]
         path = tuple(loc)
-        file, line = locate(located.where, path, default_file)
+        file, line = located.locate(path, default_file)
         msg = err["msg"].removeprefix("Value error, ")
         hint = None
         if err["type"] == "extra_forbidden":
@@ -329,10 +336,10 @@ def _problems(e: PydanticValidationError, located: Located, default_file: str) -
         value = err.get("input")
         if err["type"] not in ("extra_forbidden", "missing") and isinstance(value, str | int | float) \
                 and str(value) not in msg:
-            # the offending value itself: in a merged list the index counts the parents' items too
+            # the offending value itself (the key path is the one in the user's own file)
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             msg = f"{msg} (got {shown})"
-        out.append(Problem(file, line, _fmt_path(path), msg, hint))
+        out.append(Problem(file, line, fmt_path(located.own_path(path)), msg, hint))
     return out
 
 

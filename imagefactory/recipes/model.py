@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 ACCELERATOR_ENV = "IMAGEFACTORY_ACCELERATOR"
 
@@ -118,22 +118,23 @@ MAX_DISK = 64 * 1024**4  # qcow2's practical limit; far beyond any golden image
 MAX_GUEST_MEMORY = 256 * 1024**3
 
 
-def _names(v: tuple[str, ...], grammar: re.Pattern[str], what: str) -> tuple[str, ...]:
-    for name in v:
+def _grammar(grammar: re.Pattern[str], what: str) -> AfterValidator:
+    # per item, so that an error names the item's index (in the user's own file: recipes/load.py)
+    def check(name: str) -> str:
         if not grammar.fullmatch(name):
             raise ValueError(f"'{name}' is not a valid {what}")
-    return v
+        return name
+    return AfterValidator(check)
+
+
+PackageName = Annotated[str, _grammar(PACKAGE_NAME, "package name (letters, digits, '+', '.', '-', "
+                                                    "'_'; optionally =VERSION)")]
+UnitName = Annotated[str, _grammar(UNIT_NAME, "systemd unit name (name[@instance][.type], no '/')")]
 
 
 class Packages(Strict):
-    install: tuple[str, ...] = ()
-    remove: tuple[str, ...] = ()
-
-    @field_validator("install", "remove")
-    @classmethod
-    def _package_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _names(v, PACKAGE_NAME, "package name (letters, digits, '+', '.', '-', '_'; "
-                      "optionally =VERSION)")
+    install: tuple[PackageName, ...] = ()
+    remove: tuple[PackageName, ...] = ()
     auto_updates: bool = Field(
         False, description="Debian/Ubuntu: run apt's periodic jobs (unattended security upgrades) in "
         "the deployed VM; off: the timers are masked (air-gapped sites update by rebuilding)")
@@ -179,14 +180,9 @@ class FileSpec(Strict):
 
 
 class Services(Strict):
-    enable: tuple[str, ...] = ()
-    disable: tuple[str, ...] = ()
-    mask: tuple[str, ...] = ()
-
-    @field_validator("enable", "disable", "mask")
-    @classmethod
-    def _unit_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _names(v, UNIT_NAME, "systemd unit name (name[@instance][.type], no '/')")
+    enable: tuple[UnitName, ...] = ()
+    disable: tuple[UnitName, ...] = ()
+    mask: tuple[UnitName, ...] = ()
 
 
 class Kernel(Strict):

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from .. import distros, templates
 from ..errors import Problem, UserError, ValidationError
+from .located import Located, fmt_path
 
 if TYPE_CHECKING:
-    from .load import LoadedRecipe, Path_
+    from .load import LoadedRecipe
 
 
 # Trees that are the build host's own while a build runs (bind mounts, proc, sysfs) and runtime
@@ -25,17 +26,15 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:g} GiB"
 
 
-def semantic_problems(loaded: LoadedRecipe, where: dict[Path_, tuple[str, int]]) -> list[Problem]:
-    from .load import locate
-
+def semantic_problems(loaded: LoadedRecipe, located: Located) -> list[Problem]:
     r = loaded.recipe
     default_file = str(loaded.files[0])
     problems: list[Problem] = []
 
     def add(path: tuple[str | int, ...], message: str, hint: str | None = None) -> None:
-        file, line = locate(where, path, default_file)
-        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
-        problems.append(Problem(file, line, dotted, message, hint))
+        # where the user wrote it, and under the index their own file gives it
+        file, line = located.locate(path, default_file)
+        problems.append(Problem(file, line, fmt_path(located.own_path(path)), message, hint))
 
     distro = distros.get(r.os.family)
     if r.os.release not in distro.releases:

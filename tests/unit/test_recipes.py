@@ -122,8 +122,8 @@ def test_list_item_errors_point_at_the_item(recipe_dir: Path) -> None:
     write(recipe_dir, "parent", MINIMAL + "files:\n  - {path: /a, content: x}\n")
     child = write(recipe_dir, "child", "extends: parent\nfiles:\n  - {path: /b, content: y, mode: 999}\n")
     found = problems(RecipeBook(recipe_dir), "child")
-    # files[1] counts the parent's item too: the value says which one the user wrote
-    assert found == [f"{child}:3: files[1].mode: must be octal permission bits such as '0644' (got 999)"]
+    # files[0] as the child's own file numbers it (the merged list's [1]), and the value
+    assert found == [f"{child}:3: files[0].mode: must be octal permission bits such as '0644' (got 999)"]
 
 
 def test_missing_extends_target(recipe_dir: Path) -> None:
@@ -431,7 +431,9 @@ BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}' if p else 'x'] * 9)}]\n"
 @pytest.mark.parametrize(("content", "line", "expected"), [
     (BOMB.encode(), 1, "more than 100000 values once aliases are expanded (hint: an alias bomb?"),
     (b"x: &a [*a]\n", 1, "nested more than 64 levels deep (hint: an alias that contains itself?"),
-    (b"x: " + b"[" * 20000 + b"]" * 20000 + b"\n", None, "nested deeper than YAML's parser can follow"),
+    (b"x: " + b"[" * 20000 + b"]" * 20000 + b"\n", 1, "nested more than 64 levels deep (hint: look for"),
+    (b"x: " + b"[" * 1000000 + b"\n", 1, "nested more than 64 levels deep (hint: look for runaway"),
+    ("".join(" " * i + "a:\n" for i in range(1000)).encode(), 1000, "exceeded maximum nesting depth"),
     (b"os: {family: debian}\nsource: \x00\n", 2, "control character '\\x00' in the text"),
     (b"os: {family: debian}\n# caf\xe9\n", 2, "not UTF-8 (byte 0xe9 at offset 26)"),
     (b"# " + b"x" * (1024**2) + b"\n", None, "larger than 1024 KiB"),
@@ -441,11 +443,16 @@ def test_hostile_yaml_is_a_clear_error_in_seconds(recipe_dir: Path, content: byt
                                                   expected: str) -> None:
     p = recipe_dir / "r.yaml"
     p.write_bytes(content)
-    start = time.monotonic()
+    start = time.process_time()  # CPU, not wall-clock: CI runs this beside booting VMs
     [found] = problems(RecipeBook(recipe_dir), "r")
-    assert time.monotonic() - start < 5
+    assert time.process_time() - start < 5
     assert found.startswith(f"{p}:{line}:" if line else f"{p}:"), found
     assert expected in found, found
+
+
+def test_brackets_in_quotes_and_comments_are_not_nesting() -> None:
+    text = 'x: ["' + "[" * 1000 + "\", '[[', ']]]]'] # " + "{" * 100 + "\ny: '" + "[" * 100 + "'\n"
+    assert parse_yaml(text, "r.yaml").data == {"x": ["[" * 1000, "[[", "]]]]"], "y": "[" * 100}
 
 
 @pytest.mark.parametrize("parent", ["../outside", "/tmp/outside", "sub/base", "base.yaml", ".hidden"])
@@ -474,11 +481,12 @@ def test_waiver_files_stay_inside_the_recipe_directory(recipe_dir: Path, name: s
 
 @pytest.mark.parametrize(("extra", "expected"), [
     ("packages: {install: [curl, 'vim; touch x']}\n",
-     "packages.install: 'vim; touch x' is not a valid package"),
+     "packages.install[1]: 'vim; touch x' is not a valid package"),
     ("packages: {remove: [../../etc/shadow]}\n",
-     "packages.remove: '../../etc/shadow' is not a valid package"),
-    ("packages: {install: [-oAPT::Get=x]}\n", "packages.install: '-oAPT::Get=x' is not a valid package"),
-    ("services: {enable: [../../x.service]}\n", "services.enable: '../../x.service' is not a valid systemd"),
+     "packages.remove[0]: '../../etc/shadow' is not a valid package"),
+    ("packages: {install: [-oAPT::Get=x]}\n", "packages.install[0]: '-oAPT::Get=x' is not a valid package"),
+    ("services: {enable: [../../x.service]}\n",
+     "services.enable[0]: '../../x.service' is not a valid systemd"),
     ("disk: {size: 99999999999999TiB}\n", "disk.size: Input should be less than or equal to 70368744177664"),
     ("tests: {memory: 64TiB}\n", "tests.memory: Input should be less than or equal to 274877906944"),
     ("tests: {memory: 1MiB}\n", "tests.memory: Input should be greater than or equal to 268435456"),
@@ -498,3 +506,14 @@ def test_real_names_pass(recipe_dir: Path) -> None:
           "'dev-disk-by\\x2dlabel-data.mount']}\n")
     r = RecipeBook(recipe_dir).load("r").recipe
     assert "getty@ttyS0.service" in r.services.enable
+
+
+def test_merged_list_errors_use_each_files_own_indexes(recipe_dir: Path) -> None:
+    write(recipe_dir, "grand", MINIMAL + "packages: {install: [curl]}\n")
+    write(recipe_dir, "parent", "extends: grand\npackages: {install: [jq, 'bad name']}\n")
+    child = write(recipe_dir, "child", "extends: parent\npackages:\n  install:\n    - vim\n    - '-oops'\n")
+    found = problems(RecipeBook(recipe_dir), "child")
+    assert len(found) == 2, found
+    # the merged list is [curl, jq, 'bad name', vim, '-oops']: each error in its own file, own index
+    assert found[0].startswith(f"{recipe_dir / 'parent.yaml'}:2: packages.install[1]: 'bad name' is not")
+    assert found[1].startswith(f"{child}:5: packages.install[1]: '-oops' is not a valid package name")
