@@ -21,6 +21,10 @@ def test_clones_cover_every_declared_firmware() -> None:
     assert clone_firmwares(Disk(firmware="hybrid", secure_boot=False)) == ("bios", "uefi")
     assert clone_firmwares(Disk(firmware="uefi")) == ("uefi-secure",)
     assert clone_firmwares(Disk(firmware="bios")) == ("bios",)
+    # one clone of a hybrid disk: the Secure Boot chain, which a BIOS boot cannot vouch for
+    assert clone_firmwares(Disk(firmware="hybrid"), clones=1) == ("uefi-secure",)
+    assert clone_firmwares(Disk(firmware="hybrid"), clones=3) == ("bios", "uefi-secure")
+    assert clone_firmwares(Disk(firmware="bios"), clones=1) == ("bios",)
 
 
 def guest(tmp_path: Path, firmware: lv.GuestFirmware) -> lv.Guest:
