@@ -30,8 +30,9 @@ from .config import FactoryConfig
 from .context import BuildContext, Step
 from .errors import BuildError
 from .fsutil import digests, exclusive_lock, write_json
+from .interrupts import uninterrupted
 from .lock import LockFile, check_entry, needs_lock
-from .recipes.load import LoadedRecipe
+from .recipes.located import LoadedRecipe
 from .recipes.model import Recipe
 from .services import FactoryServices
 from .steps import stig
@@ -185,10 +186,11 @@ def build(
         finally:
             logging.getLogger("imagefactory").removeHandler(handler)
             handler.close()
-            unmount_all(scratch)  # belt and braces: nothing may stay mounted
-            if recipe.builder == "packer":
-                detach_loops(scratch)
-            shutil.rmtree(scratch, ignore_errors=True)
+            with uninterrupted():
+                unmount_all(scratch)  # belt and braces: nothing may stay mounted
+                if recipe.builder == "packer":
+                    detach_loops(scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
             if not ok:
                 failed_log = builds / f"{build_id}.failed.log"
                 with contextlib.suppress(OSError):

@@ -40,7 +40,8 @@ from . import __version__
 from .archive import pocket_suites
 from .errors import UserError
 from .lock import LockFile, input_key
-from .recipes.load import LoadedRecipe, RecipeBook
+from .recipes.load import RecipeBook
+from .recipes.located import LoadedRecipe
 from .recipes.model import CloudImageSource, LocalImageSource, Recipe
 from .stig.cac import MAPPED_BENCHMARKS, mapping_path
 from .stig.catalogue import catalogue_dir

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import BuildError
+from .interrupts import uninterrupted
 from .run import Result, run
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,10 @@ class Chroot:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        (self.root / POLICY_RC_D).unlink(missing_ok=True)
-        # only what we mounted: the root itself may be a mounted disk (Packer builder)
-        unmount_all(self.root, include_root=False)
+        with uninterrupted():
+            (self.root / POLICY_RC_D).unlink(missing_ok=True)
+            # only what we mounted: the root itself may be a mounted disk (Packer builder)
+            unmount_all(self.root, include_root=False)
 
     def run(self, argv: Sequence[str], *, check: bool = True, quiet: bool = False,
             env: dict[str, str] | None = None) -> Result:

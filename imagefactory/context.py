@@ -19,7 +19,7 @@ from .artifacts import Artifact, Fetcher
 from .chroot import Chroot
 from .distros.base import Distro
 from .errors import BuildError
-from .recipes.load import LoadedRecipe
+from .recipes.located import LoadedRecipe
 from .recipes.model import Recipe
 from .run import Result
 

@@ -29,6 +29,7 @@ from typing import Literal
 from ..chroot import unmount_all
 from ..errors import BuildError
 from ..fsutil import resolve_in_root
+from ..interrupts import uninterrupted
 from ..run import run
 from . import efi
 
@@ -361,6 +362,10 @@ class OpenedImage:
                          hint="imagefactory finds partitions by UUID=, LABEL=, PARTUUID= or PARTLABEL=")
 
     def close(self) -> None:
+        with uninterrupted():
+            self._close()
+
+    def _close(self) -> None:
         try:
             for point in reversed(self.mounted):
                 # Free blocks the build VM and the steps wrote and deleted become holes in the raw

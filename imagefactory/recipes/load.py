@@ -11,11 +11,8 @@ Merge rules (also in README.md, "Recipe merge rules"), applied parent first, chi
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import Problem, UserError, ValidationError
-from .located import Located, Path_, fmt_path
+from .located import LoadedRecipe, Located, Path_, fmt_path
 from .model import Recipe
 from .validate import semantic_problems
 
@@ -204,22 +201,6 @@ def merge(parent: Located, child: Located) -> Located:
         return b
 
     return Located(go(parent.data, child.data, ()), where, own)
-
-
-@dataclass(frozen=True)
-class LoadedRecipe:
-    """A validated recipe plus what it was made from."""
-
-    recipe: Recipe
-    merged: dict[str, Any]
-    files: tuple[Path, ...]  # the chain, child first
-    directory: Path
-
-    @property
-    def digest(self) -> str:
-        """sha256 of the merged recipe (canonical JSON): changes whenever the recipe does."""
-        blob = json.dumps(self.recipe.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
 
 
 class RecipeBook:

@@ -1,9 +1,15 @@
-"""Recipe data with where each part came from, for errors that point into the user's own file."""
+"""Recipe data with where each part came from (for errors that point into the user's own file),
+and a loaded recipe with the files it was made from."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .model import Recipe
 
 Path_ = tuple[str | int, ...]
 
@@ -42,3 +48,19 @@ def fmt_path(path: Path_) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe plus what it was made from."""
+
+    recipe: Recipe
+    merged: dict[str, Any]
+    files: tuple[Path, ...]  # the chain, child first
+    directory: Path
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the merged recipe (canonical JSON): changes whenever the recipe does."""
+        blob = json.dumps(self.recipe.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()

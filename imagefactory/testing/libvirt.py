@@ -30,6 +30,7 @@ import paramiko
 from ..accel import resolve_accelerator as resolve_accelerator
 from ..cloudinit import SeedData, render, write_seed_iso
 from ..errors import BuildError, UserError
+from ..interrupts import uninterrupted
 from ..run import run
 from ..sshkeys import ephemeral_key as ephemeral_key
 
@@ -308,10 +309,11 @@ def boot(
             wait_for_ssh(conn, g, user, key, boot_timeout)
         yield BootRun(guests, key, pub, user, directory, size)
     finally:
-        for g in guests:
-            destroy_domain(conn, g.name)
-        conn.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        with uninterrupted():  # a second Ctrl-C must not leave a domain running
+            for g in guests:
+                destroy_domain(conn, g.name)
+            conn.close()
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def connect(g: Guest, user: str, key: Path, timeout: float = 180) -> paramiko.SSHClient:

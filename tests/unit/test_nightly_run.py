@@ -29,7 +29,7 @@ from imagefactory.errors import BuildError
 from imagefactory.lock import LockFile, resolve_entry
 from imagefactory.nightly.render import render_junit, render_summary
 from imagefactory.nightly.runner import Publishing, run_plan
-from imagefactory.recipes.load import LoadedRecipe, RecipeBook
+from imagefactory.recipes import LoadedRecipe, RecipeBook
 from tests.publishing import PACKAGES, fake_build
 from tests.standins.mirror import upstream_bases
 from tests.standins.updates_mirror import UpstreamSite

@@ -8,7 +8,8 @@ import pytest
 from imagefactory.distros import get as distro
 from imagefactory.errors import UserError, ValidationError
 from imagefactory.recipes import RecipeBook
-from imagefactory.recipes.load import Located, merge, parse_yaml
+from imagefactory.recipes.load import merge, parse_yaml
+from imagefactory.recipes.located import Located
 from imagefactory.recipes.model import MmdebstrapSource, recipe_json_schema
 from tests.conftest import MINIMAL, RECIPES, write
 
@@ -166,7 +167,6 @@ def test_name_is_not_a_key(recipe_dir: Path) -> None:
         ("os: {arch: arm64}\n", "os.arch: the rootfs builder builds only for the host architecture"),
         ("packages: {install: [a], remove: [a]}\n", "packages.remove: 'a' is both installed and removed"),
         ("services: {enable: [x], mask: [x]}\n", "services.mask: 'x' is in both services.enable"),
-        ("tests: {clones: 1}\n", "tests.clones: the hygiene suite needs 2 clones"),
         ("files: [{path: /a, template: nope.j2}]\n", "files[0].template: template nope.j2: not found"),
         ("files: [{path: /a, template: ../outside.j2}]\n",
          "files[0].template: template ../outside.j2: not found"),
