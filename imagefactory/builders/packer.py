@@ -68,6 +68,15 @@ def _hcl_value(v: Any) -> str:
     return json.dumps(v)  # HCL2 string/number literals are JSON-compatible
 
 
+def build_vm_cpus(recipe: Recipe, accelerator: str) -> int:
+    """vCPUs of the build VM: the recipe's under KVM, one under TCG. An SMP guest under TCG can
+    livelock while its kernel patches its own code across CPUs (jump labels, while a module
+    loads): an Ubuntu 22.04 build VM sat 15 min in a soft lockup, kauditd on one vCPU and
+    modprobe on the other, until packer gave up. The build VM runs apt, which gains nothing from
+    a second emulated CPU; the boot test's clones keep `tests.cpus`."""
+    return recipe.tests.cpus if accelerator == "kvm" else 1
+
+
 def render_template(recipe: Recipe, directory: Path, *, source_image: str, source_checksum: str,
                     output_directory: Path, key: Path, seed_iso: Path, mac: str, proxy_port: int,
                     console_log: Path, accelerator: str, user: str) -> Rendered:
@@ -89,7 +98,8 @@ def render_template(recipe: Recipe, directory: Path, *, source_image: str, sourc
     variables: dict[str, Any] = {
         "source_image": source_image, "source_checksum": source_checksum,
         "output_directory": str(output_directory), "disk_size": f"{recipe.disk.size // 1024**2}M",
-        "memory": recipe.tests.memory // 1024**2, "cpus": recipe.tests.cpus, "accelerator": accelerator,
+        "memory": recipe.tests.memory // 1024**2, "cpus": build_vm_cpus(recipe, accelerator),
+        "accelerator": accelerator,
         "ssh_username": user, "ssh_private_key_file": str(key), "seed_iso": str(seed_iso), "mac": mac,
         "proxy_port": proxy_port, "console_log": str(console_log),
         "boot_timeout": f"{recipe.tests.boot_timeout}s",

@@ -139,6 +139,13 @@ def test_template_is_loopback_only_and_runs_the_shared_scripts(tmp_path: Path) -
     assert "jq" in script and "auditd" in script  # recipe packages and the STIG controls' packages
     variables = r.var_file.read_text()
     assert 'disk_size = "4096M"' in variables and 'accelerator = "tcg"' in variables
+    assert "cpus = 1\n" in variables and recipe.tests.cpus == 2  # TCG: one vCPU for the build VM
+    assert '["-device", "virtio-rng-pci"]' in hcl  # entropy, as the clones have it
+    kvm = render_template(recipe, tmp_path / "k", source_image="/src.qcow2", source_checksum="ab" * 32,
+                          output_directory=tmp_path / "o2", key=tmp_path / "k2", seed_iso=tmp_path / "s.iso",
+                          mac="52:54:00:00:00:01", proxy_port=40000, console_log=tmp_path / "c.log",
+                          accelerator="kvm", user="debian")
+    assert "cpus = 2\n" in kvm.var_file.read_text()
 
 
 def test_both_builders_run_the_same_offline_steps() -> None:
