@@ -19,10 +19,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from ..errors import BuildError
+from ..fsutil import in_root, resolve_in_root
 
 # Characters allowed in catalogue path patterns: safe to expand in a host shell unquoted.
 SAFE_PATTERN = re.compile(r"^/[A-Za-z0-9_.*?@+,:=%\[\]/-]*$")
-MAX_SYMLINK_HOPS = 40
 
 
 class Pending(Exception):
@@ -49,32 +49,11 @@ def _parts(path: str) -> list[str]:
 
 
 def inroot(root: Path, path: str, *, follow: bool = True) -> Path:
-    """`path` (an absolute path inside the image) as a host path under `root`.
-
-    Symlinks are followed as the image would see them: absolute targets restart at `root`
-    and `..` never climbs above it. With `follow=False` the last component is not followed
-    (for lstat, unlink and symlink creation)."""
-    todo = _parts(path)
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = root.joinpath(*done, part)
-        if (todo or follow) and candidate.is_symlink():
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise BuildError(f"too many levels of symbolic links resolving {path} in {root}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                done = []
-            todo = _parts(target) + todo
-            continue
-        done.append(part)
-    return root.joinpath(*done)
+    """`path` (an absolute path inside the image) as a host path under `root`: fsutil's in-root
+    resolution (absolute link targets restart at `root`, `..` never climbs above it). With
+    `follow=False` the last component is not followed (for lstat, unlink and symlink creation)."""
+    resolved = resolve_in_root(root, path) if follow else in_root(root, path)
+    return root / resolved.relative_to(os.path.realpath(root))
 
 
 def _glob_part(name: str, pattern: str) -> bool:
