@@ -3,8 +3,10 @@
 # the VM tier (builds the Ubuntu images and boots them under libvirt). Arguments go to pytest (one
 # run, in the foreground). Without arguments the VM tier and everything else run side by side:
 # the VM tier spends most of its time waiting on guests, mirrors and Packer, and the rest needs
-# no VM; the second run's output follows the first's. The slowest tests and the total time are
-# printed at the end.
+# no VM; the second run's output follows the first's. The VM tier itself runs its xdist groups
+# (one per build chain: debian + packer, rke2-node, ubuntu-22.04, ubuntu-24.04) on two workers:
+# a chain's host-side steps (mmdebstrap, OpenSCAP, compression, a one-clone boot) leave a core
+# idle that another chain's guests use. The slowest tests and the total time are printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -27,7 +29,8 @@ rest_rc=0
 timeout -s INT -k 60 "$limit" .venv/bin/python -m pytest -p no:cacheprovider -v --durations=15 -m "not vm" > "$logs/rest.log" 2>&1 &
 rest=$!
 vm_rc=0
-timeout -s INT -k 60 "$limit" .venv/bin/python -m pytest -v --durations=15 -m vm || vm_rc=$?
+timeout -s INT -k 60 "$limit" .venv/bin/python -m pytest -v --durations=15 -m vm \
+  -n "${IMAGEFACTORY_VM_WORKERS:-2}" --dist loadgroup || vm_rc=$?
 echo "ci/test.sh: VM tier done after $(elapsed) (pytest exit $vm_rc)"
 wait "$rest" || rest_rc=$?
 echo "=== everything but the VM tier (run beside it) ==="
