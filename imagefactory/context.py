@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from .archive import Suite
 from .artifacts import Artifact, Fetcher
 from .chroot import Chroot
 from .distros.base import Distro
@@ -82,6 +83,7 @@ class BuildContext:
     lock_entry: dict[str, Any] = field(default_factory=dict)
     locked: list[Artifact] = field(default_factory=list)
     kernel_args: list[str] = field(default_factory=list)  # added by steps (STIG), after the recipe's
+    apt_suites: list[Suite] = field(default_factory=list)  # verified Release files (rootfs builder)
     # Packer builder state (builders/packer.py)
     packer_source: tuple[Path, str] = (Path(), "")  # verified base image, its sha256
     packer: Any = None  # (Packer, Rendered)

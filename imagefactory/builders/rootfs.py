@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import archive, templates
+from .. import archive, debcache, templates
 from ..chroot import Chroot
 from ..context import BuildContext, Step
 from ..errors import BuildError
@@ -44,6 +44,7 @@ def check_mirror(ctx: BuildContext) -> None:
     main = archive.verify(src.mirror, src.suite, keyring, key=key, required=True)
     assert main is not None
     archive.check_suite(main, codename, src.components)
+    ctx.apt_suites = [main]
     ctx.manifest["source"] = {
         "type": "mmdebstrap", "mirror": src.mirror, "suite": src.suite,
         "components": list(src.components), "variant": src.variant, "keyring": keyring,
@@ -56,6 +57,7 @@ def check_mirror(ctx: BuildContext) -> None:
                         suite, "security updates" if pocket == "security" else "stable updates")
         else:
             archive.check_suite(found, codename, src.components)
+            ctx.apt_suites.append(found)
         ctx.manifest["source"][pocket] = None if found is None else {
             k: v for k, v in found.identity().items() if k != "date"}
 
@@ -80,7 +82,30 @@ def bootstrap(ctx: BuildContext) -> None:
         found = ctx.manifest.get("source", {}).get(pocket)
         if found:
             mirrors.append(f"deb {found['mirror']} {found['suite']} {' '.join(src.components)}")
-    run([*argv, src.suite, str(ctx.root), *mirrors])
+    hooks, reused = _package_cache(ctx)
+    run([*argv, *hooks, src.suite, str(ctx.root), *mirrors])
+    new = debcache.collect(ctx.scratch / "debs-out", ctx.fetcher.cache, reused)
+    cached = ctx.manifest["source"].setdefault("package_cache", {})
+    cached.update({"downloaded_files": new.files, "downloaded_bytes": new.bytes})
+    log.info("package cache: %d packages reused (%.1f MiB), %d downloaded (%.1f MiB)",
+             cached["reused_files"], cached["reused_bytes"] / 2**20, new.files, new.bytes / 2**20)
+
+
+def _package_cache(ctx: BuildContext) -> tuple[list[str], set[str]]:
+    """mmdebstrap hooks that hand the bootstrap the packages earlier builds downloaded (each
+    checked against the signed index, `debcache`) and take back what this one downloads; and
+    the hashes of the packages handed in."""
+    src = _source(ctx)
+    cache = ctx.fetcher.cache
+    staged, out = ctx.scratch / "debs-in", ctx.scratch / "debs-out"
+    held = debcache.cached_hashes(cache)
+    index = debcache.load_index(ctx.apt_suites, src.components, ctx.recipe.os.arch, cache, held) \
+        if held else debcache.Index({}, 0)
+    reused = debcache.stage(index, cache, staged)
+    known = {index.hashes[p.name] for p in staged.iterdir()}
+    ctx.manifest["source"]["package_cache"] = {
+        "reused_files": reused.files, "reused_bytes": reused.bytes, "index_bytes": index.fetched_bytes}
+    return debcache.hooks(staged, out, src.variant), known
 
 
 def _readable_keyring(ctx: BuildContext, keyring: Path) -> Path:

@@ -25,9 +25,7 @@ from imagefactory.stig.results import RESULTS
 from imagefactory.store.local import LocalStore
 from tests.conftest import RECIPES
 
-# xdist group: the VM tier runs its groups side by side (ci/test.sh); test_packer builds on this
-# module's debian-12-base build, so it shares the group (and the worker's session build).
-pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.xdist_group("debian")]
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 
 def test_build_is_tested_and_stored(built: dict[str, Any], workdir: Path) -> None:

@@ -31,8 +31,9 @@ from imagefactory.recipes import RecipeBook
 from imagefactory.store.local import LocalStore
 from tests.conftest import RECIPES
 
-# One xdist group with test_debian_base: the session's debian-12-base build is this test's base.
-pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.xdist_group("debian")]
+# Runs in one pytest session with test_debian_base (ci/test.sh): its debian-12-base build is this
+# test's base.
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 
 BASE = "debian-12-base"

@@ -27,7 +27,7 @@ from tests.conftest import RECIPES
 from tests.standins.mirror import ReleaseMirror, upstream_bases
 from tests.standins.release import make_rke2_release, make_zarf_release
 
-pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.xdist_group("rke2-node")]
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 RKE2_VERSION = "v1.31.4+rke2r1"
 ZARF_VERSION = "v0.84.0"

@@ -23,9 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 RELEASES = {"22.04": ("jammy", "ubuntu2204", "5.15."), "24.04": ("noble", "ubuntu2404", "6.8.")}
 
 
-# One xdist group per release: the two builds run side by side with the other groups (ci/test.sh).
-@pytest.fixture(scope="module", params=[pytest.param(r, marks=pytest.mark.xdist_group(f"ubuntu-{r}"))
-                                        for r in sorted(RELEASES)])
+@pytest.fixture(scope="module", params=sorted(RELEASES))
 def ubuntu(request: pytest.FixtureRequest, build_once: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
     return build_once(f"ubuntu-{request.param}-base") | {"release": request.param}
 

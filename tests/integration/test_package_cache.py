@@ -1,0 +1,148 @@
+"""The package cache of warm rebuilds (imagefactory.debcache) with the real mmdebstrap and apt,
+against a signed loopback archive: a second bootstrap gets every package from the cache and
+downloads none (the archive's pool is gone by then, so a download would fail the run); a cache
+entry that no longer hashes to the signed index's SHA256 is never handed to apt."""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import hashlib
+import http.server
+import lzma
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagefactory import archive, debcache
+from imagefactory.artifacts import Cache
+from tests.aptsign import gpg
+from tests.conftest import require_root
+
+pytestmark = pytest.mark.integration
+
+PACKAGES = [("alpha", "1:1.0-1", "all"), ("beta", "2.0+b1", "amd64")]  # an epoch, a plus sign
+
+
+def _deb(work: Path, name: str, version: str, arch: str) -> Path:
+    root = work / f"{name}-src"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/share" / name).mkdir(parents=True)
+    (root / "usr/share" / name / "payload").write_text(f"{name} {version}\n" * 1000)
+    (root / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: t <t@example.invalid>\n"
+        f"Description: test package {name}\n")
+    out = work / f"{name}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def _publish(repo: Path, home: Path) -> None:
+    stanzas = []
+    for name, version, arch in PACKAGES:
+        deb = _deb(repo.parent, name, version, arch)
+        rel = f"pool/main/{name[0]}/{name}/{name}_{version.split(':')[-1]}_{arch}.deb"
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(deb, repo / rel)
+        data = deb.read_bytes()
+        stanzas.append(f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
+                       f"Maintainer: t <t@example.invalid>\nFilename: {rel}\nSize: {len(data)}\n"
+                       f"SHA256: {hashlib.sha256(data).hexdigest()}\nDescription: test package {name}\n")
+    d = repo / "dists/stable/main/binary-amd64"
+    d.mkdir(parents=True)
+    text = "\n".join(stanzas).encode()
+    (d / "Packages").write_bytes(text)
+    (d / "Packages.xz").write_bytes(lzma.compress(text))
+    listed = "".join(f" {hashlib.sha256((d / f).read_bytes()).hexdigest()} {(d / f).stat().st_size} "
+                     f"main/binary-amd64/{f}\n" for f in ("Packages", "Packages.xz"))
+    release = repo / "dists/stable/Release"
+    release.write_text(f"Suite: stable\nCodename: stable\nDate: {email.utils.formatdate(usegmt=True)}\n"
+                       f"Architectures: amd64\nComponents: main\nSHA256:\n{listed}")
+    (repo / "dists/stable/InRelease").write_bytes(gpg(home, "--clearsign", "-o", "-", str(release)))
+
+
+@pytest.fixture
+def served(tmp_path: Path, apt_keys: dict[str, Path]) -> Iterator[tuple[str, Path]]:
+    require_root()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _publish(repo, apt_keys["archive-home"])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(repo))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", repo
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _bootstrap(url: str, keyring: Path, cache: Cache, scratch: Path) -> tuple[debcache.Reuse, debcache.Reuse]:
+    """What builders/rootfs.bootstrap does, on the extract variant (no essential set needed)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o755)
+    suite = archive.verify(url, "stable", str(keyring), key="source.keyring", required=True)
+    assert suite is not None
+    index = debcache.load_index([suite], ["main"], "amd64", cache)
+    reused = debcache.stage(index, cache, scratch / "in")
+    known = {index.hashes[p.name] for p in (scratch / "in").iterdir()}
+    ring = scratch / "archive.gpg"
+    shutil.copyfile(keyring, ring)
+    ring.chmod(0o644)
+    r = subprocess.run(["mmdebstrap", "--mode=root", "--variant=extract", "--include=alpha,beta",
+                        f"--keyring={ring}", *debcache.hooks(scratch / "in", scratch / "out", "extract"),
+                        "stable", str(scratch / "root"), f"deb {url} stable main"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(r.stderr[-3000:])
+    assert (scratch / "root/usr/share/beta/payload").is_file()
+    assert not list((scratch / "root/var/cache/apt/archives").glob("*.deb"))  # the root keeps none
+    return reused, debcache.collect(scratch / "out", cache, known)
+
+
+def test_apt_names_and_signed_index() -> None:
+    assert debcache.archive_name("alpha", "1:1.0-1", "all") == "alpha_1%3a1.0-1_all.deb"
+    assert debcache.archive_name("g++", "2.0+b1", "amd64") == "g++_2.0+b1_amd64.deb"
+    listed = debcache.release_files(
+        b"Codename: x\nMD5Sum:\n aa 1 main/Packages\nSHA256:\n bb 22 main/Packages\n")
+    assert listed == {"main/Packages": ("bb", 22)}
+
+
+def test_warm_bootstrap_downloads_no_package(served: tuple[str, Path], apt_keys: dict[str, Path],
+                                             tmp_path: Path) -> None:
+    url, repo = served
+    cache = Cache(tmp_path / "cache")
+    cold_reused, cold_new = _bootstrap(url, apt_keys["archive"], cache, tmp_path / "b1")
+    assert (cold_reused.files, cold_new.files) == (0, 2)
+    shutil.rmtree(repo / "pool")  # from now on a package apt has to download fails the run
+    warm_reused, warm_new = _bootstrap(url, apt_keys["archive"], cache, tmp_path / "b2")
+    assert (warm_reused.files, warm_new.files, warm_new.bytes) == (2, 0, 0)
+    assert warm_reused.bytes == cold_new.bytes > 0
+    # The indexes came from the cache too: keyed by the hash the signed Release lists.
+    suite = archive.verify(url, "stable", str(apt_keys["archive"]), key="k", required=True)
+    assert suite is not None
+    assert debcache.load_index([suite], ["main"], "amd64", cache).fetched_bytes == 0
+
+
+def test_a_tampered_cache_entry_is_not_used(served: tuple[str, Path], apt_keys: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    url, repo = served
+    cache = Cache(tmp_path / "cache")
+    _bootstrap(url, apt_keys["archive"], cache, tmp_path / "b1")
+    suite = archive.verify(url, "stable", str(apt_keys["archive"]), key="k", required=True)
+    assert suite is not None
+    index = debcache.load_index([suite], ["main"], "amd64", cache)
+    beta = cache.path(index.hashes["beta_2.0+b1_amd64.deb"])
+    beta.write_bytes(beta.read_bytes()[:-10] + b"x" * 10)  # same size: apt alone would take it
+    shutil.rmtree(repo / "pool")
+    staged = debcache.stage(index, cache, tmp_path / "staged")
+    assert staged.files == 1
+    assert [p.name for p in (tmp_path / "staged").iterdir()] == ["alpha_1%3a1.0-1_all.deb"]
+    assert not beta.exists()  # dropped from the cache
+    with pytest.raises(AssertionError, match="beta"):  # apt must download beta, and the pool is gone
+        _bootstrap(url, apt_keys["archive"], cache, tmp_path / "b2")
