@@ -246,6 +246,13 @@ def convert(raw: Path, out: Path, fmt: str, compression: str) -> None:
     if compression != "none":
         argv += ["-c", "-o", f"compression_type={compression}"]
     run([*argv, str(raw), str(out)])
+    # A qcow2 file ends wherever its last cluster ends (compressed ones anywhere), but Longhorn
+    # writes a Harvester backing image with direct I/O and fails a download whose size is not a
+    # multiple of 512. Zeros after the last cluster are outside the image: qemu ignores them.
+    size = out.stat().st_size
+    if size % 512:
+        with open(out, "ab") as f:
+            f.write(b"\0" * (512 - size % 512))
 
 
 def virtual_size(image: Path) -> int:

@@ -24,7 +24,11 @@ import hashlib
 import logging
 import re
 import secrets
+import ssl
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..catalogue.catalogue import PublishedImage, pull_cached, verify_for_consumer
 from ..catalogue.manifest import Manifest
 from ..catalogue.publish import ProgressFactory
+from ..catalogue.s3 import S3Store
 from ..catalogue.stores import BlobStore, LocalDirStore
 from ..errors import BuildError, UserError
 from .api import IMAGES, ApiError, HarvesterApi
@@ -63,6 +68,49 @@ class UploadResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def redact(url: str) -> str:
+    """A URL without its query string: a presigned URL's signature and credential never reach a
+    log or an error."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(query="", fragment=""))
+
+
+def download_problem(url: str, size: int, cafile: str | None = None, timeout: float = 15) -> str | None:
+    """Why Harvester would fail to download `url`, as far as this host can tell, or None.
+
+    Harvester checks a download URL with an HTTP HEAD before it creates the backing image and
+    fails the image on any status >= 400 (pkg/image/common CheckURLAndUpdate); AWS S3, MinIO and
+    Ceph RGW answer 403 to a HEAD on a URL presigned for GET (the signature covers the method).
+    Longhorn writes backing images with direct I/O: a size that is not a multiple of 512 fails
+    after the whole download. This host's view of the URL is not the cluster's (its network, its
+    proxy, its CA store: a private CA must also be in Harvester's `additional-ca` setting), so a
+    URL that passes here can still fail there - the import's conditions say so - but one that
+    fails here would fail there too."""
+    if size % SECTOR:
+        return f"{size} bytes is not a multiple of {SECTOR} (Longhorn's direct I/O); an upload is padded"
+    context = ssl.create_default_context(cafile=cafile)  # verification on, as Harvester's Go client
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout,
+                                    context=context) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except ssl.SSLCertVerificationError as e:
+        return f"TLS verification failed ({e.verify_message}); Harvester verifies too (its additional-ca)"
+    except (urllib.error.URLError, OSError) as e:
+        # the cluster may reach what this host cannot (an in-cluster store): not a verdict
+        log.warning("cannot check %s from this host (%s): Harvester will", redact(url),
+                    getattr(e, "reason", e))
+        return None
+    if status >= 400:
+        return (f"HEAD answered {status} (Harvester checks the URL with HEAD first; S3 servers answer 403 "
+                "to a HEAD on a URL presigned for GET)")
+    if cafile and url.startswith("https:"):
+        log.warning("the store's certificate is signed by %s: Harvester downloads only if that CA is "
+                    "in its additional-ca setting", cafile)
+    return None
 
 
 def object_name(m: Manifest) -> str:
@@ -201,15 +249,28 @@ class ImageUploader:
         img = verify_for_consumer(store, ref, public_key)  # signature, revocation, blob present
         m = img.manifest
         name = object_name(m)
-        mode = mode or ("upload" if isinstance(store, LocalDirStore) and not store.url else "download")
+        chosen = mode or ("upload" if isinstance(store, LocalDirStore) and not store.url else "download")
+        url = store.presign(m.image.key, url_expiry) if chosen == "download" else None
+        if url is not None:
+            ca = store.cfg.ca_bundle if isinstance(store, S3Store) else None
+            problem = download_problem(url, m.image.size, ca)
+            if problem and mode == "download":
+                raise UserError(f"Harvester could not download {redact(url)}: {problem}",
+                                hint="use --upload (the image goes through this host), or let the "
+                                     "store answer HEAD on the blob (an anonymous-read policy on the "
+                                     "catalogue's blobs/ prefix: content-addressed, checked by SHA-512)")
+            if problem:
+                log.warning("Harvester could not download %s: %s; uploading instead", redact(url), problem)
+                chosen, url = "upload", None
+        mode = chosen
         existing = self.api.get(IMAGES, name)
         if existing is not None:
             reused = self._existing(existing, m, replace)
             if reused is not None:
                 return self._result(reused, m, mode, True, start)
         log.info("creating image %s/%s from %s (%s)", self.api.namespace, name, m.ref, mode)
-        if mode == "download":
-            obj = self._download(img, store, public_key, name, url_expiry)
+        if url is not None:
+            obj = self._download(img, name, url)
         else:
             obj = self._upload(img, store, public_key, name)
         return self._result(obj, m, mode, False, start)
@@ -257,10 +318,8 @@ class ImageUploader:
 
     # --- download source ------------------------------------------------------------------------
 
-    def _download(self, img: PublishedImage, store: BlobStore, public_key: Ed25519PublicKey, name: str,
-                  expiry: dt.timedelta) -> dict[str, Any]:
+    def _download(self, img: PublishedImage, name: str, url: str) -> dict[str, Any]:
         m = img.manifest
-        url = store.presign(m.image.key, expiry)
         self.api.create(IMAGES, self._body(m, name, "download", m.image.sha512, url=url))
         return self.wait_imported(name)
 

@@ -77,9 +77,11 @@ def qcow2_build(
     img = d / "image.qcow2"
     img.unlink()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), str(virtual)], check=True)
-    if tail:
-        with open(img, "ab") as f:
+    with open(img, "ab") as f:
+        if tail:
             f.write(os.urandom(tail))
+        else:  # as builds pad their images (builders/disk.convert)
+            f.write(b"\0" * (-img.stat().st_size % 512))
     data = img.read_bytes()
     m = json.loads((d / "manifest.json").read_text())
     m["image"].update(
@@ -626,3 +628,84 @@ def test_object_names_are_dns_labels() -> None:
     )
     m = Manifest.model_validate(raw)
     assert object_name(m) == "rke2-node-debian-20261130-010000-aaaa"
+
+
+# --- a store that answers HEAD as S3 does ---------------------------------------------------------
+
+
+class _SignedGetOnly(LocalDirStore):
+    """A directory served over HTTP the way S3, MinIO and Ceph RGW serve a URL presigned for GET:
+    GET answers, HEAD gets 403 (the signature covers the method)."""
+
+    def presign(self, key: str, expires: Any) -> str:
+        return f"{self.url}/{key}?X-Amz-Credential=AKIDTEST&X-Amz-Signature=5ec7e75ec7e7"
+
+
+@pytest.fixture
+def signed_get_only(tmp_path: Path) -> Iterator[str]:
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "catalogue"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_error(403, "SignatureDoesNotMatch")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_url_that_refuses_head_is_uploaded_instead(harvester: HarvesterDouble, signer: Ed25519PrivateKey,
+                                                     tmp_path: Path, signed_get_only: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Harvester HEADs a download URL first and fails the image on >= 400 (CheckURLAndUpdate);
+    the double would not (its controller's HEAD reaches this server, but the product never
+    sends it the URL): by default the image is uploaded instead, the log says why, and no
+    signature of the presigned URL is logged."""
+    store = _SignedGetOnly("s3ish", tmp_path / "catalogue", signed_get_only)
+    for b in (qcow2_build(tmp_path, "20261205.010000-aaaa"),):
+        publish(b, store, signer, signer.public_key())
+    api = api_for(harvester, tmp_path)
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert r.source == "upload"
+    obj = harvester.get_object("virtualmachineimages", "default", r.name)
+    assert obj is not None and obj["spec"]["sourceType"] == "upload" and "url" not in obj["spec"]
+    assert "HEAD answered 403" in caplog.text and "uploading instead" in caplog.text
+    assert "X-Amz-Signature" not in caplog.text and "5ec7e75ec7e7" not in caplog.text
+
+
+def test_download_on_request_fails_before_creating_anything(harvester: HarvesterDouble,
+                                                            signer: Ed25519PrivateKey, tmp_path: Path,
+                                                            signed_get_only: str) -> None:
+    store = _SignedGetOnly("s3ish", tmp_path / "catalogue", signed_get_only)
+    publish(qcow2_build(tmp_path, "20261205.020000-bbbb"), store, signer, signer.public_key())
+    api = api_for(harvester, tmp_path)
+    with pytest.raises(UserError) as e:
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
+    assert "HEAD answered 403" in e.value.message and "--upload" in (e.value.hint or "")
+    assert "5ec7e75ec7e7" not in e.value.message + (e.value.hint or "")
+    assert creates(harvester, "virtualmachineimages") == 0
+
+
+def test_a_size_longhorn_cannot_write_is_not_downloaded(harvester: HarvesterDouble, moto: MotoServer,
+                                                        signer: Ed25519PrivateKey, tmp_path: Path) -> None:
+    """Longhorn writes backing images with direct I/O: a download whose size is not a multiple of
+    512 would fail after the whole transfer; the upload pads it."""
+    build = qcow2_build(tmp_path, "20261205.030000-cccc", tail=1000)
+    store = s3_store(moto, signer, build)
+    api = api_for(harvester, tmp_path)
+    with pytest.raises(UserError, match="not a multiple of 512"):
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert r.source == "upload" and r.size is not None and r.size % 512 == 0
