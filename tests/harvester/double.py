@@ -74,6 +74,7 @@ class HarvesterDouble:
         self.upload_window = 60.0  # Longhorn data source waits this long for an upload to begin
         self.retry_backoff = 0.2  # seconds between image retries (real Harvester: 10 s)
         self.download_rate: int | None = None  # bytes/s throttle of the simulated download
+        self.additional_ca: str | None = None  # PEM: Harvester's `additional-ca` setting
         self.datasource_wait = 5.0  # upload handler waits this long for the data source (real: 60 s)
         self.kube_version = "v1.31.4+rke2r1"  # GET /version gitVersion
         # --- records for assertions ---

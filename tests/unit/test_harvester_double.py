@@ -95,7 +95,7 @@ def create_image(co: client.CustomObjectsApi, body: dict[str, Any], ns: str = "d
 
 def fake_qcow2(virtual_size: int, length: int) -> bytes:
     header = b"QFI\xfb" + (3).to_bytes(4, "big") + bytes(16) + virtual_size.to_bytes(8, "big")
-    return header + bytes(range(256)) * ((length - len(header)) // 256 + 1)
+    return (header + bytes(range(256)) * ((length - len(header)) // 256 + 1))[:length]
 
 
 class FileServer:
@@ -389,7 +389,7 @@ def test_image_webhook_rules(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("version", "sc_prefix"), [("v1.7.0", "longhorn-"), ("v1.8.0", "lh-")])
 def test_download_import(tmp_path: Path, files: FileServer, version: str, sc_prefix: str) -> None:
-    data = fake_qcow2(10 * GIB, 300_000)
+    data = fake_qcow2(10 * GIB, 300_032)  # a multiple of 512, as Longhorn needs
     url = files.put("golden.qcow2", data)
     h = start_double(version=version)
     try:
@@ -446,6 +446,69 @@ def test_checksum_mismatch_retries_then_gives_up(
     assert files.gets.count("/img.qcow2") == 3
     time.sleep(0.2)  # the controller has stopped retrying
     assert files.gets.count("/img.qcow2") == 3
+
+
+def test_download_of_a_size_longhorn_cannot_write_fails(
+    harvester: HarvesterDouble, co: client.CustomObjectsApi, files: FileServer
+) -> None:
+    """Longhorn writes backing images with direct I/O: 512-byte multiples only, downloads too."""
+    data = fake_qcow2(GIB, 4096 + 100)
+    url = files.put("odd.qcow2", data)
+    create_image(co, image_body("odd", "odd", url=url, checksum=hashlib.sha512(data).hexdigest(), retry=1))
+    img = wait_for(
+        lambda: (
+            (o := harvester.get_object("virtualmachineimages", "default", "odd"))
+            and cond(o, "RetryLimitExceeded").get("status") == "True"
+            and o
+        ),
+        what="RetryLimitExceeded",
+    )
+    message = cond(img, "Imported")["message"]
+    assert "4196 should be a multiple of 512 bytes since Longhorn uses directIO" in message
+
+
+def test_https_source_needs_its_ca_in_additional_ca(
+    harvester: HarvesterDouble, co: client.CustomObjectsApi, tmp_path: Path
+) -> None:
+    """Go's default client verifies TLS: a store with a private CA fails Initialized until the CA
+    is in Harvester's additional-ca setting."""
+    import ssl
+
+    from tests.harvester.double import _make_certs
+
+    ca_pem, cert_pem, key_pem = _make_certs()
+    (tmp_path / "cert.pem").write_bytes(cert_pem + key_pem)
+    root = tmp_path / "tls"
+    root.mkdir()
+    data = fake_qcow2(GIB, 8192)
+    (root / "img.qcow2").write_bytes(data)
+    server = FileServer(root)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "cert.pem")
+    server.httpd.socket = ctx.wrap_socket(server.httpd.socket, server_side=True)
+    url = server.url("img.qcow2").replace("http://", "https://")
+    try:
+        body = image_body("tls", "tls", url=url, checksum=hashlib.sha512(data).hexdigest(), retry=0)
+        create_image(co, body)
+        img = wait_for(
+            lambda: (
+                (o := harvester.get_object("virtualmachineimages", "default", "tls"))
+                and cond(o, "Initialized").get("status") == "False"
+                and o
+            ),
+            what="Initialized=False",
+        )
+        assert "x509: certificate signed by unknown authority" in cond(img, "Initialized")["message"]
+        harvester.additional_ca = ca_pem.decode()
+        create_image(co, image_body("tls2", "tls2", url=url, checksum=hashlib.sha512(data).hexdigest()))
+        wait_for(
+            lambda: cond(harvester.get_object("virtualmachineimages", "default", "tls2"), "Imported").get(
+                "status") == "True",
+            what="Imported=True",
+        )
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
 
 
 def test_unreachable_url_fails_initialization(
