@@ -250,30 +250,36 @@ class ImageUploader:
         m = img.manifest
         name = object_name(m)
         chosen = mode or ("upload" if isinstance(store, LocalDirStore) and not store.url else "download")
-        url = store.presign(m.image.key, url_expiry) if chosen == "download" else None
-        if url is not None:
-            ca = store.cfg.ca_bundle if isinstance(store, S3Store) else None
-            problem = download_problem(url, m.image.size, ca)
-            if problem and mode == "download":
-                raise UserError(f"Harvester could not download {redact(url)}: {problem}",
-                                hint="use --upload (the image goes through this host), or let the "
-                                     "store answer HEAD on the blob (an anonymous-read policy on the "
-                                     "catalogue's blobs/ prefix: content-addressed, checked by SHA-512)")
-            if problem:
-                log.warning("Harvester could not download %s: %s; uploading instead", redact(url), problem)
-                chosen, url = "upload", None
-        mode = chosen
         existing = self.api.get(IMAGES, name)
         if existing is not None:
             reused = self._existing(existing, m, replace)
             if reused is not None:
-                return self._result(reused, m, mode, True, start)
+                return self._result(reused, m, chosen, True, start)
+        url = self._download_url(store, m, mode, url_expiry) if chosen == "download" else None
+        mode = "download" if url is not None else "upload"
         log.info("creating image %s/%s from %s (%s)", self.api.namespace, name, m.ref, mode)
         if url is not None:
             obj = self._download(img, name, url)
         else:
             obj = self._upload(img, store, public_key, name)
         return self._result(obj, m, mode, False, start)
+
+    def _download_url(self, store: BlobStore, m: Manifest, asked: Mode | None,
+                      expiry: dt.timedelta) -> str | None:
+        """The presigned URL Harvester can download, or None to upload instead (the default when
+        `download_problem` finds one; an error when the download was asked for)."""
+        url = store.presign(m.image.key, expiry)
+        ca = store.cfg.ca_bundle if isinstance(store, S3Store) else None
+        problem = download_problem(url, m.image.size, ca)
+        if problem and asked == "download":
+            raise UserError(f"Harvester could not download {redact(url)}: {problem}",
+                            hint="use --upload (the image goes through this host), or let the store "
+                                 "answer HEAD on the blob (an anonymous-read policy on the catalogue's "
+                                 "blobs/ prefix: content-addressed, checked by SHA-512)")
+        if problem:
+            log.warning("Harvester could not download %s: %s; uploading instead", redact(url), problem)
+            return None
+        return url
 
     def _existing(self, obj: dict[str, Any], m: Manifest, replace: bool) -> dict[str, Any] | None:
         """The object to reuse, or None after clearing the way for a new one."""
