@@ -33,6 +33,7 @@ from .artifacts import Artifact, cloud_image_artifact, http_get, parse_sums, red
 from .config import FactoryConfig
 from .errors import BuildError, ImageFactoryError, UserError
 from .fsutil import atomic_write, exclusive_lock
+from .recipes.located import fmt_path
 from .recipes.model import (
     RKE2_VERSION,
     CloudImageSource,
@@ -42,6 +43,7 @@ from .recipes.model import (
     Rke2,
     Zarf,
 )
+from .recipes.rke2_releases import release_problems
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "imagefactory.lock"
@@ -114,8 +116,25 @@ class LockFile:
         return old
 
 
+def check_rke2_release(recipe: Recipe, version: str) -> None:
+    """The recipe's rke2 section against what this release accepts and ships (recipes.rke2_releases):
+    a channel's version is known only once resolved."""
+    if recipe.rke2 is None:
+        return
+    problems = release_problems(recipe.rke2, version)
+    if problems:
+        p = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        key = fmt_path(("rke2", *p.key))
+        via = f"channel '{recipe.rke2.channel}' resolves to {version}: " if recipe.rke2.channel else ""
+        raise UserError(f"{recipe.name}: {key}: {via}{p.message}{more}", hint=p.hint)
+
+
 def check_entry(recipe: Recipe, entry: dict[str, Any]) -> None:
     """Consistency of a lock entry with the recipe, before anything is built."""
+    locked = entry.get("rke2", {}).get("version")
+    if locked:
+        check_rke2_release(recipe, locked)
     if recipe.zarf:
         arch = recipe.rke2.arch if recipe.rke2 else recipe.os.arch
         binary = f"zarf_{recipe.zarf.version}_Linux_{arch}"
@@ -349,6 +368,7 @@ def _resolve_artifacts(cfg: FactoryConfig, recipe: Recipe) -> dict[str, Any]:
     entry: dict[str, Any] = {"key": input_key(recipe), "artifacts": []}
     if recipe.rke2:
         version = resolve_rke2_version(cfg, recipe.rke2)
+        check_rke2_release(recipe, version)
         entry["rke2"] = {"version": version, "channel": recipe.rke2.channel, "arch": recipe.rke2.arch}
         entry["artifacts"] += [a.as_dict() for a in rke2_artifacts(cfg, recipe.rke2, version)]
     if recipe.zarf:

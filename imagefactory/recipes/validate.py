@@ -8,6 +8,7 @@ from collections.abc import Callable
 from .. import distros, templates
 from ..errors import Problem, UserError, ValidationError
 from .located import LoadedRecipe, Located, fmt_path
+from .rke2_releases import release_problems
 
 # Trees that are the build host's own while a build runs (bind mounts, proc, sysfs) and runtime
 # filesystems in the booted guest: a `files` entry there is refused.
@@ -109,6 +110,9 @@ def semantic_problems(loaded: LoadedRecipe, located: Located) -> list[Problem]:
                 "an image runs one architecture")
         if r.rke2.selinux and r.os.family in ("debian", "ubuntu"):
             add(("rke2", "selinux"), f"SELinux is not available on {r.os.family}", "remove it")
+        if r.rke2.version is not None:  # a channel is checked when 'lock update' resolves it
+            for p in release_problems(r.rke2, r.rke2.version):
+                add(("rke2", *p.key), p.message, p.hint)
     if r.zarf is not None:
         if r.rke2 is None:
             add(("zarf",), "Zarf needs RKE2 in the same image (zarf init runs on the cluster)",

@@ -1,0 +1,107 @@
+"""What RKE2 releases accept and ship, per version: a small table, checked against a recipe's
+`rke2` section before anything is downloaded or built. A mismatch would otherwise show only on
+the node, offline: image pulls failing for a CNI or ingress whose images were not baked, or
+`rke2 server` exiting on a profile it does not know.
+
+Sources (upstream rancher/rke2):
+- image sets: the release assets `rke2-images-<set>.linux-<arch>.tar.zst` and
+  `scripts/build-images` (which images go into which set). `rke2-images.linux-<arch>.tar.zst`
+  (images: all) is the legacy full set, core + canal only. From v1.36 traefik is part of core and
+  the ingress-nginx images are a set of their own; before, ingress-nginx was part of core and
+  traefik a set.
+- default ingress: ingress-nginx before v1.36, traefik from v1.36 (`ingress-controller`).
+- `profile: cis` (the version-less profile): v1.28.2, backported to v1.27.6, v1.26.9 and v1.25.14
+  (the September 2023 releases); older releases know only `cis-1.6`/`cis-1.23`, which imagefactory
+  does not bake (`cis-1.23` is fatal in later releases).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .model import Rke2
+
+CNI_SETS = ("canal", "calico", "cilium", "flannel", "multus")
+INGRESS_SPLIT = (1, 36)  # traefik into core, ingress-nginx a set of its own
+CIS_PROFILE_SINCE = {(1, 25): 14, (1, 26): 9, (1, 27): 6, (1, 28): 2}  # minor -> first patch
+FULL_SET = ("core", "canal")  # what images: all bakes
+
+
+@dataclass(frozen=True)
+class Rke2Problem:
+    key: tuple[str | int, ...]  # under `rke2`
+    message: str
+    hint: str
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    m = re.match(r"^v(\d+)\.(\d+)\.(\d+)", version)
+    if not m:
+        raise ValueError(f"not an RKE2 version: {version}")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def _names(value: Any) -> list[str]:
+    """`cni`/`ingress-controller` as RKE2 reads them: a list, or a comma-separated string."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+def sets_known(version: tuple[int, int, int]) -> set[str]:
+    """The split image sets this release publishes (harvester/vsphere: amd64, cloud providers)."""
+    sets = {"core", *CNI_SETS, "harvester", "vsphere"}
+    return sets | ({"ingress-nginx"} if version[:2] >= INGRESS_SPLIT else {"traefik"})
+
+
+def sets_needed(rke2: Rke2, version: tuple[int, int, int]) -> dict[str, str]:
+    """Image set -> why this configuration runs its images."""
+    need: dict[str, str] = {}  # core: the recipe model's own check (any version)
+    cni = _names(rke2.config.get("cni", "canal"))
+    for name in cni:
+        if name != "none":
+            need[name] = f"cni: {','.join(cni)}"
+    default_ingress = "traefik" if version[:2] >= INGRESS_SPLIT else "ingress-nginx"
+    ingress = _names(rke2.config.get("ingress-controller", default_ingress))
+    for name in ingress:
+        if name == "none":
+            continue
+        in_core = "traefik" if version[:2] >= INGRESS_SPLIT else "ingress-nginx"
+        if name != in_core:
+            need[name] = f"ingress-controller: {','.join(ingress)}"
+    return need
+
+
+def release_problems(rke2: Rke2, version: str) -> list[Rke2Problem]:
+    """Everything in `rke2` that this release would not run offline as configured."""
+    v = parse_version(version)
+    problems: list[Rke2Problem] = []
+    if rke2.profile == "cis":
+        first = CIS_PROFILE_SINCE.get(v[:2])
+        if v[:2] < (1, 25) or (first is not None and v[2] < first):
+            since = f"v{v[0]}.{v[1]}.{first}" if first is not None else "v1.25.14"
+            problems.append(Rke2Problem(
+                ("profile",), f"RKE2 {version} does not know the 'cis' profile (it came with v1.28.2, "
+                f"backported to v1.27.6, v1.26.9, v1.25.14)",
+                f"use RKE2 {since} or later, or set rke2.profile: null"))
+    known = sets_known(v)
+    baked = set(FULL_SET) if rke2.images == "all" else set(rke2.images)
+    if rke2.images != "all":
+        for i, name in enumerate(rke2.images):
+            if name not in known:
+                moved = ("traefik is part of core from v1.36" if name == "traefik"
+                         else "ingress-nginx is part of core before v1.36" if name == "ingress-nginx" else "")
+                problems.append(Rke2Problem(
+                    ("images", i), f"RKE2 {version} publishes no '{name}' image set"
+                    + (f" ({moved})" if moved else ""),
+                    f"remove '{name}'; this release's sets: {', '.join(sorted(known))}"))
+    for name, why in sets_needed(rke2, v).items():
+        if name not in baked:
+            fix = (f"add '{name}' to rke2.images" if rke2.images != "all"
+                   else f"list the sets instead of 'all' (the full tarball is {' + '.join(FULL_SET)}), "
+                        f"including '{name}'")
+            problems.append(Rke2Problem(
+                ("images",), f"{why} runs the '{name}' images, which are not baked: offline, "
+                "their pulls would fail on the node", fix))
+    return problems

@@ -1,0 +1,103 @@
+"""RKE2's release history against recipes: image sets, CNI and ingress images, the cis profile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagefactory.errors import UserError, ValidationError
+from imagefactory.lock import check_entry
+from imagefactory.recipes import RecipeBook
+from imagefactory.recipes.model import Rke2
+from imagefactory.recipes.rke2_releases import release_problems
+from tests.conftest import MINIMAL, write
+
+
+def rke2(**kw: Any) -> Rke2:
+    return Rke2.model_validate({"version": "v1.31.4+rke2r1", **kw})
+
+
+def found(version: str, **kw: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    return [(p.key, p.message) for p in release_problems(rke2(**kw), version)]
+
+
+def test_the_shipped_node_configuration_fits_its_release() -> None:
+    assert found("v1.31.4+rke2r1", images=("core", "canal"), config={"cni": "canal"}) == []
+    assert found("v1.31.4+rke2r1", images="all") == []  # the full tarball: core + canal
+
+
+@pytest.mark.parametrize(("version", "images", "config", "key", "words"), [
+    # traefik moved into core with v1.36, and ingress-nginx became a set of its own
+    ("v1.36.0+rke2r1", ("core", "canal", "traefik"), {}, ("images", 2), "no 'traefik' image set"),
+    ("v1.31.4+rke2r1", ("core", "canal", "ingress-nginx"), {}, ("images", 2), "no 'ingress-nginx' image set"),
+    ("v1.31.4+rke2r1", ("core", "canal"), {"ingress-controller": "traefik"}, ("images",),
+     "ingress-controller: traefik runs the 'traefik' images"),
+    ("v1.36.0+rke2r1", ("core", "canal"), {"ingress-controller": ["ingress-nginx"]}, ("images",),
+     "runs the 'ingress-nginx' images"),
+    ("v1.31.4+rke2r1", ("core", "canal"), {"cni": "multus,canal"}, ("images",),
+     "cni: multus,canal runs the 'multus'"),
+    ("v1.31.4+rke2r1", ("core", "canal"), {"cni": "cilium"}, ("images",), "runs the 'cilium' images"),
+    ("v1.31.4+rke2r1", "all", {"cni": "calico"}, ("images",), "runs the 'calico' images"),
+])
+def test_image_sets_follow_the_version_the_cni_and_the_ingress(
+        version: str, images: Any, config: dict[str, Any], key: tuple[str | int, ...], words: str) -> None:
+    got = found(version, images=images, config=config)
+    assert len(got) == 1 and got[0][0] == key and words in got[0][1], got
+
+
+def test_defaults_need_no_extra_set_on_either_side_of_the_split() -> None:
+    assert found("v1.36.0+rke2r1", images=("core", "canal")) == []
+    assert found("v1.36.0+rke2r1", images=("core", "canal", "ingress-nginx"),
+                 config={"ingress-controller": "ingress-nginx"}) == []
+    assert found("v1.31.4+rke2r1", images=("core",), config={"cni": "none"}) == []
+
+
+@pytest.mark.parametrize(("version", "ok"), [
+    ("v1.28.2+rke2r1", True), ("v1.28.1+rke2r1", False), ("v1.27.6+rke2r1", True),
+    ("v1.27.5+rke2r1", False), ("v1.26.9+rke2r1", True), ("v1.25.14+rke2r1", True),
+    ("v1.25.13+rke2r1", False), ("v1.24.17+rke2r1", False), ("v1.33.1+rke2r1", True),
+])
+def test_cis_profile_exists_from_its_release(version: str, ok: bool) -> None:
+    got = found(version, images=("core", "canal"))
+    assert (got == []) is ok, got
+    if not ok:
+        assert got[0][0] == ("profile",) and "does not know the 'cis' profile" in got[0][1]
+    assert found(version, images=("core", "canal"), profile=None) == []
+
+
+def test_a_mismatch_is_a_recipe_error_naming_the_line(recipe_dir: Path) -> None:
+    p = write(recipe_dir, "r", MINIMAL + "rke2:\n  version: v1.36.0+rke2r1\n"
+                                         "  images: [core, canal, traefik]\n")
+    with pytest.raises(ValidationError) as e:
+        RecipeBook(recipe_dir).load("r")
+    problems = [str(x) for x in e.value.problems]
+    assert len(problems) == 1 and problems[0].startswith(f"{p}:5: rke2.images[2]: RKE2 v1.36.0+rke2r1 "
+                                                         "publishes no 'traefik' image set"), problems
+    assert "traefik is part of core from v1.36" in problems[0]
+
+
+def test_cli_validate_exits_2_fast(recipe_dir: Path) -> None:
+    write(recipe_dir, "r", MINIMAL + "rke2:\n  version: v1.27.5+rke2r1\n")
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "imagefactory.cli", "--recipes", str(recipe_dir), "recipes",
+                        "validate", "r"], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t < 5
+    assert r.returncode == 2, r.stderr
+    assert "rke2.profile: RKE2 v1.27.5+rke2r1 does not know the 'cis' profile" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_channel_is_checked_against_the_locked_version(recipe_dir: Path) -> None:
+    write(recipe_dir, "r", MINIMAL + "rke2:\n  channel: stable\n  images: [core, canal, traefik]\n")
+    recipe = RecipeBook(recipe_dir).load("r").recipe
+    check_entry(recipe, {"rke2": {"version": "v1.31.4+rke2r1"}, "artifacts": []})
+    with pytest.raises(UserError) as e:
+        check_entry(recipe, {"rke2": {"version": "v1.36.0+rke2r1"}, "artifacts": []})
+    assert str(e.value).startswith("r: rke2.images[2]: channel 'stable' resolves to v1.36.0+rke2r1: "
+                                   "RKE2 v1.36.0+rke2r1 publishes no 'traefik' image set"), str(e.value)
+    assert e.value.hint is not None and "remove 'traefik'" in e.value.hint
