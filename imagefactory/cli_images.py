@@ -270,6 +270,22 @@ def cmd_images_url(app: App) -> int:
     return 0
 
 
+def cmd_images_terraform(app: App) -> int:
+    from .catalogue.catalogue import verify_for_consumer
+    from .catalogue.s3 import S3Store
+    from .harvester.terraform import terraform_image
+
+    store = _store(app)
+    img = verify_for_consumer(store, app.args.image, _public_key(app))
+    ca = app.args.ca_file or (store.cfg.ca_bundle if isinstance(store, S3Store) else None)
+    tf = terraform_image(img.manifest, app.args.url_base, namespace=app.args.namespace,
+                         storage_class=app.args.storage_class, resource=app.args.resource, cafile=ca)
+    hcl = tf.hcl(img.ref)
+    data = {"ref": img.ref, **tf.as_dict(), "hcl": hcl}
+    app.emit(data, lambda: app.out.print(hcl, markup=False, soft_wrap=True, end=""))
+    return 0
+
+
 def cmd_images_promote(app: App) -> int:
     from .catalogue.catalogue import Catalogue
 
@@ -368,6 +384,17 @@ def add_parsers(sub: Any) -> None:
                            help="sizes only, do not download and hash the blobs")
         if action == "url":
             s.add_argument("--expires", default="24h", help="validity: 30m, 24h, 7d (max 7d; default 24h)")
+    s = isub.add_parser("terraform", help="a verified image as Terraform's harvester_image resource (HCL)")
+    s.add_argument("image", metavar="IMAGE", help="NAME, NAME:VERSION or NAME@CHANNEL")
+    s.add_argument("--url-base", required=True, metavar="URL",
+                   help="where the store's blobs/ prefix is readable by Harvester without a signature "
+                        "(HEAD and GET), e.g. https://minio.site.example/catalogue")
+    s.add_argument("--namespace", default="default", help="Harvester namespace (default: default)")
+    s.add_argument("--storage-class", help="storage_class_name for the image (default: Harvester's)")
+    s.add_argument("--resource", help="Terraform resource name (default: from the image name)")
+    s.add_argument("--ca-file", help="CA bundle to verify the URL with (default: the store's)")
+    store_opt(s)
+    s.set_defaults(func=cmd_images_terraform)
     s = isub.add_parser("promote", help="add a version to a channel (re-signs the manifest)")
     s.add_argument("image", metavar="IMAGE")
     s.add_argument("--channel", required=True, help="e.g. stable")
