@@ -144,6 +144,7 @@ class HarvesterCluster:
             networks = [{"name": "default", "pod": {}}]
             iface = {"name": "default", "model": "virtio", "masquerade": {}}
         cores = node.pool.cpu
+        pool = "servers" if node.is_server else "agents"
         body = {
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {
@@ -155,11 +156,13 @@ class HarvesterCluster:
                 "runStrategy": "RerunOnFailure",
                 "template": {
                     "metadata": {
-                        "labels": {"harvesterhci.io/vmName": node.name, f"{LABEL}/cluster": spec.name},
+                        "labels": {"harvesterhci.io/vmName": node.name, f"{LABEL}/cluster": spec.name,
+                                   f"{LABEL}/pool": pool},
                         "annotations": ({"harvesterhci.io/sshNames": json.dumps([f"{ns}/{keypair}"])}
                                         if keypair else {}),
                     },
                     "spec": {
+                        **anti_affinity(spec.name, pool, node.pool.anti_affinity),
                         "hostname": node.name,
                         "evictionStrategy": "LiveMigrateIfPossible",
                         "domain": {
@@ -270,3 +273,18 @@ def _vmi_ip(vmi: dict[str, Any] | None) -> str | None:
         break
     return None
 
+
+
+def anti_affinity(cluster: str, pool: str, mode: str) -> dict[str, Any]:
+    """The VMI's `affinity` keeping a pool's VMs on different Harvester hosts. Harvester's own VM
+    builder sets a soft pod anti-affinity on every VM it creates (pkg/builder/vm.go
+    DefaultPodAntiAffinity: weight 100, topology kubernetes.io/hostname); here it is scoped to
+    this cluster's pool, so that losing one host never takes two etcd members (servers)."""
+    if mode == "none":
+        return {}
+    term = {"labelSelector": {"matchLabels": {f"{LABEL}/cluster": cluster, f"{LABEL}/pool": pool}},
+            "topologyKey": "kubernetes.io/hostname"}
+    if mode == "required":
+        return {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}
+    return {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": term}]}}}

@@ -34,6 +34,9 @@ class NodePool(_Model):
     cpu: int = Field(2, ge=1, le=64)
     memory: ByteSize = Field(ByteSize(4 * GiB), description="guest memory, e.g. 4GiB")
     disk: ByteSize = Field(ByteSize(20 * GiB), description="root disk; at least the image's virtual size")
+    anti_affinity: Literal["preferred", "required", "none"] = Field(
+        "preferred", description="harvester: keep this pool's VMs on different hosts (required: never "
+                                 "two on one host; VMs stay Pending when hosts run out)")
 
     @field_validator("memory")
     @classmethod

@@ -427,6 +427,15 @@ def test_cluster_create_status_delete(
         assert claims[0]["metadata"]["annotations"]["harvesterhci.io/imageId"] == f"default/{image.name}"
         assert claims[0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
         assert obj["spec"]["runStrategy"] == "RerunOnFailure"
+        # Harvester's VM builder default, scoped to the pool: servers (etcd) spread over hosts
+        pool = "servers" if vm.startswith("edge-server") else "agents"
+        tmpl = obj["spec"]["template"]
+        assert tmpl["metadata"]["labels"]["imagefactory.io/pool"] == pool
+        anti = tmpl["spec"]["affinity"]["podAntiAffinity"]
+        (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        selector = {"imagefactory.io/cluster": "edge", "imagefactory.io/pool": pool}
+        assert term == {"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": selector}, "topologyKey": "kubernetes.io/hostname"}}
         seed = harvester.get_object("secrets", "default", f"{vm}-cloudinit")
         assert seed and seed["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     # the bootstrap server existed (with an IP) before any joiner was created
@@ -453,6 +462,24 @@ def test_cluster_create_status_delete(
     assert not cluster.status().exists
     uploader(api, tmp_path).delete(image.name)  # now it can
     assert harvester.objects("virtualmachineimages", "default") == []
+
+
+def test_anti_affinity_required_or_none(harvester: HarvesterDouble, signer: Ed25519PrivateKey,
+                                        tmp_path: Path) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    s = spec(servers={"count": 1, "disk": "10GiB", "anti_affinity": "required"},
+             agents={"count": 1, "disk": "10GiB", "anti_affinity": "none"})
+    HarvesterCluster(api, s, poll=0.05, ip_timeout=30).create(image)
+    server = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    agent = harvester.get_object("virtualmachines", "default", "edge-agent-0")
+    assert server is not None and agent is not None
+    (term,) = server["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"]["imagefactory.io/pool"] == "servers"
+    assert "affinity" not in agent["spec"]["template"]["spec"]
+    with pytest.raises(Exception, match="anti_affinity"):
+        spec(servers={"anti_affinity": "sometimes"})
 
 
 def test_vm_without_ip_then_create_again_continues(
