@@ -29,9 +29,11 @@ _env = jinja2.Environment(
 Role = Literal["bootstrap", "server", "agent"]
 
 
-def render_firstboot_script(*, prefix: str, zarf: str | None) -> str:
+def render_firstboot_script(*, prefix: str, zarf: str | None, verify_key: str | None = None) -> str:
+    """``verify_key``: the baked cosign public key every `zarf package deploy` gets as --key."""
     zarf_dir = posixpath.dirname(zarf) if zarf else None
-    return _env.get_template("rke2-firstboot.sh.j2").render(prefix=prefix, zarf=zarf, zarf_dir=zarf_dir)
+    return _env.get_template("rke2-firstboot.sh.j2").render(
+        prefix=prefix, zarf=zarf, zarf_dir=zarf_dir, verify_key=verify_key)
 
 
 @dataclass(frozen=True)

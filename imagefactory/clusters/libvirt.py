@@ -11,9 +11,9 @@ Harvester, and two NICs:
 
 State lives in `WORKDIR/clusters/<name>/` (0700): `state.json`, the token (0600), a management
 SSH key, the switch's pid and log, and per node the overlay, seed and serial console. The bootstrap
-server is started and waited for (cloud-init done = the first-boot helper saw the node Ready),
-then the joiners. `create` again continues a partial cluster; `delete` removes domains, switch
-and state.
+server and the agents start together (agents retry the server until it answers); further servers
+start once the bootstrap server is Ready (cloud-init done = the first-boot helper saw the node Ready).
+`create` again continues a partial cluster; `delete` removes domains, switch and state.
 """
 
 from __future__ import annotations
@@ -126,13 +126,24 @@ class LibvirtCluster:
             bootstrap = all_nodes[0]
             server = server_url(spec, node_ip(spec, bootstrap))
             conn = libvirt.open(lv.URI)
+            # Agents boot with the bootstrap server: their addresses are static, and an agent
+            # retries the server until it answers, as upstream's does ("Waiting to retrieve agent
+            # configuration; server is not ready"), so one TCG boot overlaps the other. Further
+            # servers join an etcd that is up: they start once the bootstrap server is Ready.
+            agents = [n for n in all_nodes[1:] if not n.is_server]
+            servers = [n for n in all_nodes[1:] if n.is_server]
             try:
-                for group in ([bootstrap], all_nodes[1:]):
-                    guests = [self._node(conn, state, n, image, token, server, pub, port, accel)
-                              for n in group]
+                started = [(n, self._node(conn, state, n, image, token, server, pub, port, accel))
+                           for n in (bootstrap, *agents)]
+                write_json(self.state_file, state)
+                if servers:
+                    self._wait_ready(conn, bootstrap, started[0][1], key, image.user)
+                    started = started[1:] + [
+                        (n, self._node(conn, state, n, image, token, server, pub, port, accel))
+                        for n in servers]
                     write_json(self.state_file, state)
-                    for n, g in zip(group, guests, strict=True):
-                        self._wait_ready(conn, n, g, key, image.user)
+                for n, g in started:
+                    self._wait_ready(conn, n, g, key, image.user)
             finally:
                 conn.close()
         return self.status()

@@ -52,7 +52,13 @@ def test_firstboot_script_is_valid_bash(tmp_path: Path) -> None:
         script.write_text(render_firstboot_script(prefix="/usr/local", zarf=zarf))
         r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        assert ("args=(init --confirm)" in script.read_text()) == bool(zarf)
+        text = script.read_text()
+        assert ("args=(init --confirm --zarf-cache" in text) == bool(zarf)
+        if zarf:  # cloud-init's runcmd has no HOME; zarf needs one (tests/standins/scripts/zarf.in)
+            assert text.index("export HOME=${HOME:-/root}") < text.index(f"{zarf} \"${{args[@]}}\"")
+            # upstream's package names: .tar.zst, and .tar for an uncompressed one
+            assert "for pkg in /usr/local/bin/packages/*.tar.zst /usr/local/bin/packages/*.tar; do" in text
+
     r = subprocess.run(["bash", str(script), "bootstrap"], capture_output=True, text=True)
     assert r.returncode == 1 and "50-join.yaml is missing" in r.stderr
 

@@ -847,7 +847,8 @@ def test_zarf_init_finds_package_beside_resolved_binary(
     log = (tmp_path / "root/var/lib/zarf-standin/init.log").read_text().splitlines()
     assert log == [
         "argv=zarf init --confirm --storage-class local-path"
-        f"\tKUBECONFIG={env['KUBECONFIG']}\tpackage={tmp_path / 'opt/zarf' / zarf.init_name}"
+        f"\tKUBECONFIG={env['KUBECONFIG']}\tpackage={tmp_path / 'opt/zarf' / zarf.init_name}",
+        "registry: pvc=true hpa=true",  # the zarf-registry chart's defaults
     ]
 
 
@@ -875,12 +876,54 @@ def test_zarf_init_cwd_and_cache(
     assert run([str(exe), "init", "--confirm"], env, cwd=tmp_path).returncode == 0
     shutil.copy(zarf.directory / zarf.init_name, tmp_path / zarf.init_name)
     assert run([str(exe), "init", "--confirm"], env, cwd=tmp_path).returncode == 0
-    log = (tmp_path / "root/var/lib/zarf-standin/init.log").read_text().splitlines()
+    log = [line for line in (tmp_path / "root/var/lib/zarf-standin/init.log").read_text().splitlines()
+           if line.startswith("argv=")]
     assert log[0].endswith(f"package={cache / zarf.init_name}")
     assert log[1].endswith(f"package={tmp_path / zarf.init_name}")
     env_no_cluster = {**env, "KUBECONFIG": "/etc/rancher/rke2/missing.yaml"}
     out = run([str(exe), "init", "--confirm"], env_no_cluster, cwd=tmp_path)
     assert out.returncode == 1 and "unable to connect" in out.stderr
+
+
+def test_zarf_without_home_fails_like_upstream(
+    zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """cloud-init's runcmd has no HOME: zarf's cache path goes through os.UserHomeDir() on init and
+    deploy, with or without --zarf-cache. With HOME set, --zarf-cache is where the cache goes."""
+    exe, env = zarf_home
+    pkg = tmp_path / "zarf-package-demo-amd64-1.0.0.tar"
+    pkg.write_bytes(b"x")
+    cache = tmp_path / "var/cache/zarf"
+    for home in ({}, {"HOME": ""}):
+        no_home = {k: v for k, v in env.items() if k != "HOME"} | home
+        for args in (["init", "--confirm"], ["init", "--confirm", "--zarf-cache", str(cache)],
+                     ["package", "deploy", str(pkg), "--confirm", "--zarf-cache", str(cache)]):
+            out = run([str(exe), *args], no_home, cwd=tmp_path)
+            assert out.returncode == 1 and "$HOME is not defined" in out.stderr, (args, out.stderr)
+    assert not (tmp_path / "root/var/lib/zarf-standin").exists() and not cache.exists()
+    cache.mkdir(parents=True)
+    shutil.copy(zarf.directory / zarf.init_name, cache / zarf.init_name)
+    out = run([str(exe), "init", "--confirm", "--zarf-cache", str(cache)], env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    init_log = (tmp_path / "root/var/lib/zarf-standin/init.log").read_text()
+    assert f"package={cache / zarf.init_name}" in init_log
+    assert not (Path(env["HOME"]) / ".zarf-cache").exists()
+
+
+def test_zarf_init_records_the_registry_it_would_deploy(
+    zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    exe, env = zarf_home
+    shutil.copy(zarf.directory / zarf.init_name, tmp_path / "opt/zarf" / zarf.init_name)
+    log = tmp_path / "root/var/lib/zarf-standin/init.log"
+    for variables, want in (("REGISTRY_PVC_ENABLED=false", "pvc=false hpa=true"),
+                            ("REGISTRY_PVC_ENABLED=false,REGISTRY_HPA_ENABLE=false", "pvc=false hpa=false")):
+        out = run([str(exe), "init", "--confirm", "--set-variables", variables], env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert log.read_text().splitlines()[-1] == f"registry: {want}"
+    out = run([str(exe), "init", "--confirm", "--set-variables=REGISTRY_HPA_ENABLE=false",
+               "--set-variables", "REGISTRY_PVC_ENABLED=false"], env, cwd=tmp_path)
+    assert out.returncode == 0 and log.read_text().splitlines()[-1] == "registry: pvc=false hpa=false"
 
 
 def test_zarf_package_deploy_and_unknown(

@@ -921,6 +921,9 @@ def test_yaml_key_dotted_paths(tmp_path: Path) -> None:
     fix(root, "server", "CNTR-R2-001130", name="rke2")
     data = yaml.safe_load((root / "etc/rancher/rke2/rke2-pss.yaml").read_text())
     assert data["plugins"][0]["configuration"]["defaults"]["enforce"] == "restricted"
+    # RKE2's CIS default exempts Rancher's compliance operator (cis-operator before Rancher 2.12)
+    assert data["plugins"][0]["configuration"]["exemptions"]["namespaces"] == [
+        "kube-system", "compliance-operator-system", "cis-operator-system", "tigera-operator"]
     assert status(root, "server", "CNTR-R2-001130", name="rke2")[0] == "pass"
     pss = root / "etc/rancher/rke2/rke2-pss.yaml"
     pss.write_text(re.sub(r'enforce: "restricted"', 'enforce: "baseline"', pss.read_text()))

@@ -50,15 +50,18 @@ def site(workdir: Path) -> Iterator[dict[str, Any]]:
     pkg_dir = root / "mirror/packages"
     pkg_dir.mkdir(parents=True)
     (pkg_dir / "zarf-package-demo-amd64-1.0.0.tar.zst").write_bytes(b"stand-in zarf package\n")
+    # upstream's name for an uncompressed package
+    (pkg_dir / "zarf-package-plain-amd64-1.0.0.tar").write_bytes(b"stand-in uncompressed zarf package\n")
     with ReleaseMirror(root / "mirror") as mirror:
         mirror.channels["stable"] = RKE2_VERSION
         recipe = recipes / "rke2-node.yaml"
-        pkg_url = f"{mirror.url}/packages/zarf-package-demo-amd64-1.0.0.tar.zst"
+        pkg_urls = ", ".join(f"{mirror.url}/packages/zarf-package-{name}" for name in
+                             ("demo-amd64-1.0.0.tar.zst", "plain-amd64-1.0.0.tar"))
         # One clone in the build's boot test, on UEFI with Secure Boot (a hybrid disk's single
         # clone); the cluster test boots two more nodes of the image on SeaBIOS (distinct
         # identities, both joined): both firmwares still boot it in CI, one TCG boot fewer.
         text = recipe.read_text().replace(
-            "  init_package: true\n", f"  init_package: true\n  packages: [{pkg_url}]\n")
+            "  init_package: true\n", f"  init_package: true\n  packages: [{pkg_urls}]\n")
         recipe.write_text(text.replace("  suites: [rke2]\n", "  suites: [rke2]\n  clones: 1\n"))
         config = root / "imagefactory.yaml"
         config.write_text(yaml.safe_dump({"upstream": upstream_bases(mirror.url)}))
@@ -98,7 +101,8 @@ def test_built_and_boot_tested(rke2_build: dict[str, Any]) -> None:
     assert m["rke2"]["images"] == ["rke2-images-canal.linux-amd64.tar.zst",
                                    "rke2-images-core.linux-amd64.tar.zst"]
     assert m["inputs"]["zarf"]["version"] == ZARF_VERSION
-    assert m["zarf"]["packages"] == ["zarf-package-demo-amd64-1.0.0.tar.zst"]
+    assert m["zarf"]["packages"] == ["zarf-package-demo-amd64-1.0.0.tar.zst",
+                                     "zarf-package-plain-amd64-1.0.0.tar"]
     # STIG: the OS benchmark (Ubuntu 22.04 on Ubuntu 22.04) and the RKE2 one, with the shipped
     # waivers accepting what a Kubernetes node needs (host firewall vs CNI, NOPASSWD sudo)
     report = load_report(Path(rke2_build["path"]) / "stig-report.json")
@@ -180,10 +184,14 @@ def test_two_node_cluster_on_libvirt(rke2_build: dict[str, Any], site: dict[str,
         assert sh("ci-agent-0", "systemctl is-enabled rke2-server || true").strip() != "enabled"
         # Zarf: init and the baked package deploy ran once, on the bootstrap server only.
         zarf = sh("ci-server-0", "cat /var/lib/zarf-standin/init.log")
-        assert zarf.count("init --confirm --set-variables REGISTRY_PVC_ENABLED=false") == 1
+        # cloud-init's runcmd has no HOME: the stand-in fails without one, as zarf does
+        assert zarf.count("init --confirm --zarf-cache /var/cache/zarf "
+                          "--set-variables REGISTRY_PVC_ENABLED=false,REGISTRY_HPA_ENABLE=false") == 1
+        assert "registry: pvc=false hpa=false" in zarf  # no autoscaled registry on emptyDir
         assert f"zarf-init-amd64-{ZARF_VERSION}.tar.zst" in zarf
         deployed = sh("ci-server-0", "cat /var/lib/zarf-standin/deploy.log")
-        assert "zarf-package-demo-amd64-1.0.0.tar.zst" in deployed
+        assert "zarf-package-demo-amd64-1.0.0.tar.zst --confirm --zarf-cache /var/cache/zarf" in deployed
+        assert "zarf-package-plain-amd64-1.0.0.tar --confirm" in deployed
         on_agent = sh("ci-agent-0", "test -e /var/lib/zarf-standin/init.log && echo yes || echo no")
         assert on_agent.strip() == "no"
         # Re-running the first boot (a reboot) is idempotent: no second zarf init or deploy.
