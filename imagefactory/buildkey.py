@@ -19,6 +19,7 @@ The inputs of recipe NAME (`BuildKey.inputs`, flat: input name -> version or has
 - `rke2`, `zarf`: the locked version and a digest of the locked artifacts (name + sha256);
 - `stig:<benchmark>`: the benchmark release (e.g. V2R8) and the sha256 of the catalogue, the
   DISA XCCDF and, with OpenSCAP, the ComplianceAsCode mapping; `waivers:<name>`: each waiver file;
+- `zarf-verify-key`: the sha256 of the recipe's `zarf.verify.key` (baked; it decides what deploys);
 - `parent`: the build key of the `extends` parent, so that a parent's change changes every child.
 
 An input whose identity is not known (no lock entry, a stale one, a source locked by an older
@@ -136,6 +137,13 @@ class KeyMaker:
                      for f in r.files if f.template is not None}
         if templates:
             inputs["templates"] = _sha256_bytes(_canonical(templates))
+        if r.zarf is not None and r.zarf.verify is not None:
+            # the key is baked and decides what first boot deploys: a new key is a new image
+            key_file = loaded.directory / r.zarf.verify.key
+            if key_file.is_file():
+                inputs["zarf-verify-key"] = _sha256_file(key_file)
+            else:
+                unknown["zarf-verify-key"] = f"{r.zarf.verify.key} is missing"
         depends: list[str] = []
         self._source(loaded, inputs, unknown, depends)
         self._locked(r, inputs, unknown)

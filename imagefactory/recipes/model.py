@@ -297,12 +297,26 @@ class Rke2(Strict):
         return self
 
 
+class ZarfVerify(Strict):
+    key: str = Field(description="cosign public key (PEM) that signed every baked package, relative "
+                     "to the recipe directory; baked, and passed as --key to every deploy")
+
+    @field_validator("key")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or not v:
+            raise ValueError("must be a path inside the recipe directory (relative, without '..')")
+        return v
+
+
 class Zarf(Strict):
     version: str = Field(description="exact release, e.g. v0.84.0")
     init_package: bool = Field(True, description="bake the matching zarf-init package beside it")
     packages: tuple[str, ...] = Field(
         (), description="URLs of extra Zarf package files (zarf-package-*.tar.zst) to bake; pinned "
         "by sha256 in the lock, deployed at first boot with --zarf-deploy")
+    verify: ZarfVerify | None = Field(
+        None, description="refuse unsigned or wrongly signed packages, at build and at first boot")
 
     @field_validator("version")
     @classmethod

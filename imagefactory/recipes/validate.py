@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from .. import distros, templates
 from ..errors import Problem, UserError, ValidationError
+from ..zarf_packages import PackageProblem, read_key
 from .located import LoadedRecipe, Located, fmt_path
 from .rke2_releases import release_problems
 
@@ -124,6 +125,15 @@ def semantic_problems(loaded: LoadedRecipe, located: Located) -> list[Problem]:
                 add(("zarf", "packages", i), f"{pkg} does not match the Zarf binary {r.zarf.version}",
                     f"zarf init needs exactly zarf-init-{arch}-{r.zarf.version}.tar.zst "
                     "(zarf.init_package bakes it)")
+        if r.zarf.verify is not None:
+            try:
+                read_key(loaded.directory, r.zarf.verify.key)
+            except PackageProblem as e:
+                add(("zarf", "verify", "key"), str(e), "the cosign public key (cosign.pub from "
+                    "`cosign generate-key-pair`), a file in the recipe directory")
+            if not r.zarf.packages:
+                add(("zarf", "verify"), "there are no zarf.packages to verify",
+                    "add the signed packages to zarf.packages, or remove zarf.verify")
     if r.stig is not None:
         problems += _stig_problems(loaded, add)
     if "rke2" in r.tests.suites and r.rke2 is None:

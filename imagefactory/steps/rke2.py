@@ -7,6 +7,7 @@ Per-node settings (token, server, node name/IP, TLS SANs) are written at first b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from typing import Any
@@ -19,10 +20,12 @@ from ..errors import BuildError
 from ..firstboot import FIRSTBOOT_PATH, render_firstboot_script
 from ..fsutil import copy_into_root, mkdir_in_root, read_in_root, resolve_in_root, write_in_root
 from ..recipes.model import Recipe
+from ..zarf_packages import PackageProblem, check_package, read_key
 
 STAGING = "var/tmp/imagefactory-rke2"  # inside the root: install.sh runs in the chroot
 IMAGES_DIR = "var/lib/rancher/rke2/agent/images"
 AUDIT_POLICY = "/etc/rancher/rke2/audit-policy.yaml"
+VERIFY_KEY = "/etc/imagefactory/zarf-verify.pub"  # zarf.verify.key, baked (a public key)
 
 # Static hardening from the RKE2 STIG V2R1 (see README, "RKE2 configuration baked").
 STIG_CONFIG: dict[str, Any] = {
@@ -146,17 +149,45 @@ def configure_rke2(ctx: BuildContext) -> None:
         state = ctx.in_root(["systemctl", "is-enabled", unit], check=False).stdout.strip()
         if state == "enabled":
             raise BuildError(f"{unit} is enabled: a clone would start a stray cluster")
-    zarf = f"{ctx.distro.zarf_dir}/zarf" if ctx.recipe.zarf else None
-    write_in_root(ctx.root, FIRSTBOOT_PATH, render_firstboot_script(prefix=prefix, zarf=zarf), 0o755)
+    z = ctx.recipe.zarf
+    zarf = f"{ctx.distro.zarf_dir}/zarf" if z else None
+    verify_key = VERIFY_KEY if z and z.verify else None
+    write_in_root(ctx.root, FIRSTBOOT_PATH,
+                  render_firstboot_script(prefix=prefix, zarf=zarf, verify_key=verify_key), 0o755)
+
+
+def _checked_packages(ctx: BuildContext) -> dict[str, dict[str, Any]]:
+    """Every baked package (and the init package) checked as `zarf package deploy` checks it:
+    a corrupt or, with zarf.verify, unsigned/wrongly signed package fails the build here rather
+    than the site's first boot."""
+    z = ctx.recipe.zarf
+    assert z is not None
+    key = read_key(ctx.loaded.directory, z.verify.key)[1] if z.verify else None
+    out: dict[str, dict[str, Any]] = {}
+    for a in _artifacts(ctx, "zarf-init", "zarf-package"):
+        try:
+            # the init package is Zarf's own (verified by its release's checksums.txt), not the site's
+            check = check_package(ctx.fetcher.get(a, ctx.recipe.name),
+                                  key if a.role == "zarf-package" else None)
+        except PackageProblem as e:
+            hint = ("re-sign it with the key zarf.verify.key names, or fix the key"
+                    if z.verify and a.role == "zarf-package" else "rebuild or re-download the package")
+            raise BuildError(f"zarf package {a.name}: {e}", hint=hint) from None
+        out[a.name] = check.to_json()
+    return out
 
 
 def install_zarf(ctx: BuildContext) -> None:
     z = ctx.recipe.zarf
     assert z is not None
     target = ctx.distro.zarf_dir
+    checked = _checked_packages(ctx)
     mkdir_in_root(ctx.root, target)
     for a in _artifacts(ctx, "zarf-package"):
         copy_into_root(ctx.fetcher.get(a, ctx.recipe.name), ctx.root, f"{target}/packages/{a.name}")
+    if z.verify:
+        data = read_key(ctx.loaded.directory, z.verify.key)[0]
+        write_in_root(ctx.root, VERIFY_KEY.lstrip("/"), data, 0o644)
     for a in _artifacts(ctx, "zarf-binary", "zarf-init"):
         src = ctx.fetcher.get(a, ctx.recipe.name)
         if a.role == "zarf-binary":
@@ -166,7 +197,12 @@ def install_zarf(ctx: BuildContext) -> None:
             copy_into_root(src, ctx.root, f"{target}/{a.name}")
     ctx.manifest["zarf"] = {"version": z.version, "dir": ctx.distro.zarf_dir,
                             "init_package": [a.name for a in _artifacts(ctx, "zarf-init")],
-                            "packages": [a.name for a in _artifacts(ctx, "zarf-package")]}
+                            "packages": [a.name for a in _artifacts(ctx, "zarf-package")],
+                            "checked": checked}
+    if z.verify:
+        ctx.manifest["zarf"]["verify_key"] = {
+            "path": VERIFY_KEY,
+            "sha256": hashlib.sha256(read_key(ctx.loaded.directory, z.verify.key)[0]).hexdigest()}
 
 
 def fetch_inputs(ctx: BuildContext) -> None:

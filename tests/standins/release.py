@@ -12,6 +12,7 @@ for the environment variables they honour.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -23,6 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
@@ -381,13 +385,13 @@ metadata:
   description: Used to establish a new Zarf cluster (stand-in)
   version: {version}
   architecture: {arch}
+  aggregateChecksum: {aggregate}
 build:
   terminal: standin
   user: standin
   architecture: {arch}
   timestamp: Tue, 14 Nov 2023 22:13:20 +0000
   version: {version}
-  aggregateChecksum: {aggregate}
 components:
   - name: zarf-injector
     required: true
@@ -421,3 +425,82 @@ def make_zarf_release(root: Path, version: str = DEFAULT_ZARF_VERSION, arch: str
     return ZarfRelease(
         version=version, arch=arch, directory=d, binary_name=binary, init_name=init, sha256=sha
     )
+
+
+# --- Zarf packages (zarf package create's layout, v0.84.0 src/pkg/packager/layout) ----------------
+
+
+def cosign_key_pair() -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    """What `cosign generate-key-pair` makes: ECDSA P-256; the public half as PEM `PUBLIC KEY`."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public, private
+
+
+def sigstore_bundle(message: bytes, private: ec.EllipticCurvePrivateKey) -> bytes:
+    """A key-signed Sigstore bundle (v0.3) over ``message``, as cosign sign-blob --bundle writes it
+    for zarf (no transparency-log entry: zarf signs and verifies offline, IgnoreTlog)."""
+    signature = private.sign(message, ec.ECDSA(hashes.SHA256()))
+    return json.dumps({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": ""}},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256",
+                              "digest": base64.b64encode(hashlib.sha256(message).digest()).decode()},
+            "signature": base64.b64encode(signature).decode()},
+    }, indent=1).encode()
+
+
+def make_zarf_package(path: Path, name: str, version: str = "1.0.0", arch: str = "amd64", *,
+                      sign: ec.EllipticCurvePrivateKey | None = None, legacy: bool = False,
+                      extra: dict[str, bytes] | None = None) -> Path:
+    """A Zarf package file as `zarf package create` lays it out: zarf.yaml with
+    metadata.aggregateChecksum (sha256 of checksums.txt), checksums.txt over every other file, a
+    component tarball, and with ``sign`` a cosign signature of zarf.yaml (the bundle format since
+    v0.71 with build.signed and build.provenanceFiles, or the legacy zarf.yaml.sig). ``extra`` adds
+    files *after* the checksums were taken (a tampered package). `.tar.zst` or `.tar` by the name."""
+    component = _tar_bytes([(f"{name}/manifests/standin.yaml", b"kind: ConfigMap\n", 0o644)])
+    files = {f"components/{name}.tar": component}
+    checksums = "".join(f"{hashlib.sha256(b).hexdigest()} {n}\n" for n, b in sorted(files.items()))
+    signed = ""
+    if sign is not None:
+        signed = "  signed: true\n" + ("" if legacy else "  provenanceFiles:\n    - zarf.bundle.sig\n")
+    zarf_yaml = (f"kind: ZarfPackageConfig\nmetadata:\n  name: {name}\n  version: {version}\n"
+                 f"  architecture: {arch}\n  aggregateChecksum: "
+                 f"{hashlib.sha256(checksums.encode()).hexdigest()}\nbuild:\n  terminal: standin\n"
+                 f"  user: standin\n  architecture: {arch}\n  timestamp: Tue, 14 Nov 2023 22:13:20 "
+                 f"+0000\n  version: {DEFAULT_ZARF_VERSION}\n{signed}components:\n  - name: {name}\n"
+                 "    required: true\n").encode()
+    members: list[tuple[str, bytes | None, int]] = [
+        ("zarf.yaml", zarf_yaml, 0o644), ("checksums.txt", checksums.encode(), 0o644),
+        ("components/", None, 0o755), *[(n, b, 0o644) for n, b in files.items()]]
+    if sign is not None and legacy:
+        sig = base64.b64encode(sign.sign(zarf_yaml, ec.ECDSA(hashes.SHA256())))
+        members.append(("zarf.yaml.sig", sig, 0o644))
+    elif sign is not None:
+        members.append(("zarf.bundle.sig", sigstore_bundle(zarf_yaml, sign), 0o644))
+    members += [(n, b, 0o644) for n, b in (extra or {}).items()]
+    data = _tar_bytes(members)
+    path.write_bytes(zstd_compress(data) if path.name.endswith(".zst") else data)
+    return path
+
+
+def tamper_zarf_yaml(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
+    """``src`` with ``old`` replaced by ``new`` in zarf.yaml, everything else (signature,
+    checksums) kept: what a package altered after signing looks like."""
+    raw = src.read_bytes()
+    if src.name.endswith(".zst"):
+        raw = subprocess.run(["zstd", "-dcq"], input=raw, capture_output=True, check=True).stdout
+    members: list[tuple[str, bytes | None, int]] = []
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        for m in tar.getmembers():
+            f = tar.extractfile(m)
+            body = f.read() if f else None
+            if m.name == "zarf.yaml" and body is not None:
+                assert old in body, (old, body)
+                body = body.replace(old, new)
+            members.append((m.name + ("/" if m.isdir() else ""), body, m.mode))
+    data = _tar_bytes(members)
+    dst.write_bytes(zstd_compress(data) if dst.name.endswith(".zst") else data)
+    return dst

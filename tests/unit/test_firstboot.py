@@ -63,6 +63,22 @@ def test_firstboot_script_is_valid_bash(tmp_path: Path) -> None:
     assert r.returncode == 1 and "50-join.yaml is missing" in r.stderr
 
 
+def test_firstboot_deploys_with_the_baked_key_when_the_recipe_verifies(tmp_path: Path) -> None:
+    """zarf.verify: every deploy gets --key (zarf then refuses unsigned and badly signed packages;
+    without it, it only warns)."""
+    plain = render_firstboot_script(prefix="/usr/local", zarf="/usr/local/bin/zarf")
+    keyed = render_firstboot_script(prefix="/usr/local", zarf="/usr/local/bin/zarf",
+                                    verify_key="/etc/imagefactory/zarf-verify.pub")
+    assert "--key" not in plain
+    deploy = [line for line in keyed.splitlines() if "package deploy" in line and "log " not in line]
+    assert len(deploy) == 1, deploy
+    after = keyed.splitlines()[keyed.splitlines().index(deploy[0]) + 1]
+    assert deploy[0].endswith("\\") and after.strip() == "--key /etc/imagefactory/zarf-verify.pub"
+    script = tmp_path / "fb.sh"
+    script.write_text(keyed)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
 def test_firstboot_waits_for_ready_with_the_kubeconfig_each_role_has() -> None:
     script = render_firstboot_script(prefix="/usr/local", zarf=None)
     # agents get no rke2.yaml: they check their own Node with the kubelet's credentials

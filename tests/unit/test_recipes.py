@@ -12,6 +12,7 @@ from imagefactory.recipes.load import merge, parse_yaml
 from imagefactory.recipes.located import Located
 from imagefactory.recipes.model import MmdebstrapSource, recipe_json_schema
 from tests.conftest import MINIMAL, RECIPES, write
+from tests.standins.release import cosign_key_pair
 
 
 def problems(book: RecipeBook, name: str) -> list[str]:
@@ -517,3 +518,27 @@ def test_merged_list_errors_use_each_files_own_indexes(recipe_dir: Path) -> None
     # the merged list is [curl, jq, 'bad name', vim, '-oops']: each error in its own file, own index
     assert found[0].startswith(f"{recipe_dir / 'parent.yaml'}:2: packages.install[1]: 'bad name' is not")
     assert found[1].startswith(f"{child}:5: packages.install[1]: '-oops' is not a valid package name")
+
+
+def test_zarf_verify_key_checked_at_validation(recipe_dir: Path) -> None:
+    """zarf.verify.key: a cosign public key inside the recipe directory, with packages to verify."""
+    write(recipe_dir, "base", RKE2)
+    pkgs = 'packages: ["https://x.example/zarf-package-a-amd64-1.0.0.tar.zst"]'
+    (recipe_dir / "keys").mkdir()
+    (recipe_dir / "keys/cosign.pub").write_bytes(cosign_key_pair()[0])
+    zarf = "extends: base\nzarf: {version: v0.84.0, %s, verify: {key: %s}}\n"
+    write(recipe_dir, "ok", zarf % (pkgs, "keys/cosign.pub"))
+    assert RecipeBook(recipe_dir).load("ok").recipe.zarf.verify.key == "keys/cosign.pub"  # type: ignore[union-attr]
+    (recipe_dir / "keys/private.key").write_text("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nx\n")
+    outside = recipe_dir.parent / "host.pub"
+    outside.write_bytes(cosign_key_pair()[0])
+    (recipe_dir / "keys/link.pub").symlink_to(outside)
+    for key, expected in (("keys/private.key", "zarf.verify.key: keys/private.key: not a PEM public key"),
+                          ("keys/missing.pub", "zarf.verify.key: keys/missing.pub: No such file"),
+                          ("keys/link.pub", "outside the recipe directory"),
+                          ("../host.pub", "zarf.verify.key: must be a path inside the recipe directory")):
+        p = write(recipe_dir, "r", zarf % (pkgs, key))
+        found = problems(RecipeBook(recipe_dir), "r")
+        assert len(found) == 1 and found[0].startswith(f"{p}:2: ") and expected in found[0], found
+    write(recipe_dir, "r", "extends: base\nzarf: {version: v0.84.0, verify: {key: keys/cosign.pub}}\n")
+    assert "zarf.verify: there are no zarf.packages to verify" in problems(RecipeBook(recipe_dir), "r")[0]

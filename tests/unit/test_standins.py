@@ -26,8 +26,11 @@ from tests.standins.release import (
     CIS_SYSCTLS,
     Rke2Release,
     ZarfRelease,
+    cosign_key_pair,
     make_rke2_release,
+    make_zarf_package,
     make_zarf_release,
+    tamper_zarf_yaml,
     version_dirname,
 )
 
@@ -930,14 +933,67 @@ def test_zarf_package_deploy_and_unknown(
     zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     exe, env = zarf_home
-    pkg = tmp_path / "zarf-package-demo-amd64-1.0.0.tar.zst"
-    pkg.write_bytes(b"x")
+    pkg = make_zarf_package(tmp_path / "zarf-package-demo-amd64-1.0.0.tar.zst", "demo")
     out = run([str(exe), "package", "deploy", str(pkg), "--confirm"], env)
     assert out.returncode == 0, out.stderr
-    log = (tmp_path / "root/var/lib/zarf-standin/deploy.log").read_text()
-    assert f"argv=zarf package deploy {pkg} --confirm\t" in log
+    # unsigned, no key: upstream's default (--verify=if-possible) warns and deploys
+    assert "package signature not verified; continuing" in out.stderr
+    log = (tmp_path / "root/var/lib/zarf-standin/deploy.log").read_text().splitlines()
+    assert log[0].startswith(f"argv=zarf package deploy {pkg} --confirm\t")
+    assert log[1] == "signature: not verified"
+    out = run([str(exe), "package", "deploy", str(pkg), "--confirm", "--verify"], env)
+    assert out.returncode == 1 and "package is not signed - verification cannot be performed" in out.stderr
+    junk = tmp_path / "zarf-package-junk-amd64-1.0.0.tar"
+    junk.write_bytes(b"x")
+    out = run([str(exe), "package", "deploy", str(junk), "--confirm"], env)
+    assert out.returncode == 1 and "is not a Zarf package archive" in out.stderr
     out = run([str(exe), "frobnicate"], env)
     assert out.returncode == 1 and "unknown command" in out.stderr
+
+
+def test_zarf_package_deploy_checks_integrity_and_signatures_like_upstream(
+    zarf: ZarfRelease, zarf_home: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """v0.84.0 LoadFromTar: checksums always; with --key an unsigned package or a bad signature is
+    fatal, a good bundle or legacy signature deploys."""
+    exe, env = zarf_home
+    public, private = cosign_key_pair()
+    other_public, _ = cosign_key_pair()
+    key = tmp_path / "cosign.pub"
+    key.write_bytes(public)
+    (tmp_path / "other.pub").write_bytes(other_public)
+    log = tmp_path / "root/var/lib/zarf-standin/deploy.log"
+
+    def deploy(pkg: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run([str(exe), "package", "deploy", str(pkg), "--confirm", *extra], env, cwd=tmp_path)
+
+    signed = make_zarf_package(tmp_path / "zarf-package-s-amd64-1.0.0.tar.zst", "s", sign=private)
+    legacy = make_zarf_package(tmp_path / "zarf-package-l-amd64-1.0.0.tar", "l", sign=private, legacy=True)
+    for pkg, want in ((signed, "verified (bundle)"), (legacy, "verified (legacy)")):
+        out = deploy(pkg, "--key", "cosign.pub")  # relative to the working directory
+        assert out.returncode == 0, out.stderr
+        assert log.read_text().splitlines()[-1] == f"signature: {want}"
+    out = deploy(signed)
+    assert out.returncode == 0 and "package is signed but no verification material" in out.stderr
+    before = log.read_text()
+    unsigned = make_zarf_package(tmp_path / "zarf-package-u-amd64-1.0.0.tar", "u")
+    tampered = tamper_zarf_yaml(signed, tmp_path / "zarf-package-t-amd64-1.0.0.tar.zst",
+                                b"version: 1.0.0", b"version: 1.0.1")
+    tampered_legacy = tamper_zarf_yaml(legacy, tmp_path / "zarf-package-tl-amd64-1.0.0.tar",
+                                       b"required: true", b"required: false")
+    extra = make_zarf_package(tmp_path / "zarf-package-x-amd64-1.0.0.tar", "x", sign=private,
+                              extra={"components/smuggled.tar": b"x"})
+    for pkg, args, message in (
+            (unsigned, ["--key", str(key)],
+             "verification material was provided but the package is not signed"),
+            (signed, ["--key", str(tmp_path / "other.pub")], "signature verification failed"),
+            (tampered, ["--key", str(key)], "signature verification failed"),
+            (tampered_legacy, ["--key", str(key)], "invalid signature"),
+            (extra, [], "additional files not present in the checksum components/smuggled.tar"),
+            (signed, ["--verify=sometimes"], "invalid --verify value")):
+        out = deploy(pkg, *args)
+        assert out.returncode == 1 and message in out.stderr, (pkg.name, args, out.stderr)
+    assert log.read_text() == before  # nothing refused was deployed
 
 
 # --- mirror --------------------------------------------------------------------------------------------

@@ -25,7 +25,12 @@ from imagefactory.stig.report import load_report
 from imagefactory.testing import libvirt as lv
 from tests.conftest import RECIPES
 from tests.standins.mirror import ReleaseMirror, upstream_bases
-from tests.standins.release import make_rke2_release, make_zarf_release
+from tests.standins.release import (
+    cosign_key_pair,
+    make_rke2_release,
+    make_zarf_package,
+    make_zarf_release,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -49,9 +54,13 @@ def site(workdir: Path) -> Iterator[dict[str, Any]]:
     # An extra Zarf package to bake, served by the same mirror.
     pkg_dir = root / "mirror/packages"
     pkg_dir.mkdir(parents=True)
-    (pkg_dir / "zarf-package-demo-amd64-1.0.0.tar.zst").write_bytes(b"stand-in zarf package\n")
+    # Both signed with the site's cosign key (recipe: zarf.verify.key); a Sigstore bundle as zarf
+    # v0.84 writes, and the legacy zarf.yaml.sig older packages carry.
+    public, private = cosign_key_pair()
+    (recipes / "zarf-cosign.pub").write_bytes(public)
+    make_zarf_package(pkg_dir / "zarf-package-demo-amd64-1.0.0.tar.zst", "demo", sign=private)
     # upstream's name for an uncompressed package
-    (pkg_dir / "zarf-package-plain-amd64-1.0.0.tar").write_bytes(b"stand-in uncompressed zarf package\n")
+    make_zarf_package(pkg_dir / "zarf-package-plain-amd64-1.0.0.tar", "plain", sign=private, legacy=True)
     with ReleaseMirror(root / "mirror") as mirror:
         mirror.channels["stable"] = RKE2_VERSION
         recipe = recipes / "rke2-node.yaml"
@@ -61,7 +70,8 @@ def site(workdir: Path) -> Iterator[dict[str, Any]]:
         # clone); the cluster test boots two more nodes of the image on SeaBIOS (distinct
         # identities, both joined): both firmwares still boot it in CI, one TCG boot fewer.
         text = recipe.read_text().replace(
-            "  init_package: true\n", f"  init_package: true\n  packages: [{pkg_urls}]\n")
+            "  init_package: true\n",
+            f"  init_package: true\n  packages: [{pkg_urls}]\n  verify: {{key: zarf-cosign.pub}}\n")
         recipe.write_text(text.replace("  suites: [rke2]\n", "  suites: [rke2]\n  clones: 1\n"))
         config = root / "imagefactory.yaml"
         config.write_text(yaml.safe_dump({"upstream": upstream_bases(mirror.url)}))
@@ -103,6 +113,10 @@ def test_built_and_boot_tested(rke2_build: dict[str, Any]) -> None:
     assert m["inputs"]["zarf"]["version"] == ZARF_VERSION
     assert m["zarf"]["packages"] == ["zarf-package-demo-amd64-1.0.0.tar.zst",
                                      "zarf-package-plain-amd64-1.0.0.tar"]
+    assert {n: c["signature_verified"] for n, c in m["zarf"]["checked"].items()} == {
+        "zarf-package-demo-amd64-1.0.0.tar.zst": "bundle", "zarf-package-plain-amd64-1.0.0.tar": "legacy",
+        f"zarf-init-amd64-{ZARF_VERSION}.tar.zst": None}
+    assert m["zarf"]["verify_key"]["path"] == "/etc/imagefactory/zarf-verify.pub"
     # STIG: the OS benchmark (Ubuntu 22.04 on Ubuntu 22.04) and the RKE2 one, with the shipped
     # waivers accepting what a Kubernetes node needs (host firewall vs CNI, NOPASSWD sudo)
     report = load_report(Path(rke2_build["path"]) / "stig-report.json")
@@ -190,8 +204,25 @@ def test_two_node_cluster_on_libvirt(rke2_build: dict[str, Any], site: dict[str,
         assert "registry: pvc=false hpa=false" in zarf  # no autoscaled registry on emptyDir
         assert f"zarf-init-amd64-{ZARF_VERSION}.tar.zst" in zarf
         deployed = sh("ci-server-0", "cat /var/lib/zarf-standin/deploy.log")
-        assert "zarf-package-demo-amd64-1.0.0.tar.zst --confirm --zarf-cache /var/cache/zarf" in deployed
-        assert "zarf-package-plain-amd64-1.0.0.tar --confirm" in deployed
+        key = "/etc/imagefactory/zarf-verify.pub"
+        assert ("zarf-package-demo-amd64-1.0.0.tar.zst --confirm --zarf-cache /var/cache/zarf "
+                f"--key {key}") in deployed
+        assert f"zarf-package-plain-amd64-1.0.0.tar --confirm --zarf-cache /var/cache/zarf --key {key}" \
+            in deployed
+        # both verified with the baked key, in the guest (zstd, openssl, python3 of the image)
+        assert deployed.count("signature: verified (bundle)") == 1, deployed
+        assert deployed.count("signature: verified (legacy)") == 1, deployed
+        # A package changed after signing is refused with the baked key, as zarf refuses it.
+        # (no "$" in the command: sh() passes it through the login shell in double quotes)
+        t = "/root/tamper"
+        refused = sh("ci-server-0", f"set -e; rm -rf {t}; mkdir -p {t}/p; cd {t}; "
+                     "tar -xf /usr/local/bin/packages/zarf-package-plain-amd64-1.0.0.tar -C p; "
+                     "sed -i 's/required: true/required: false/' p/zarf.yaml; "
+                     "tar -cf zarf-package-plain-amd64-1.0.0.tar -C p .; "
+                     "if HOME=/root KUBECONFIG=/etc/rancher/rke2/rke2.yaml /usr/local/bin/zarf package "
+                     f"deploy {t}/zarf-package-plain-amd64-1.0.0.tar --confirm --key {key} 2>&1; "
+                     "then echo DEPLOYED; else echo REFUSED; fi")
+        assert refused.strip().endswith("REFUSED") and "signature verification failed" in refused, refused
         on_agent = sh("ci-agent-0", "test -e /var/lib/zarf-standin/init.log && echo yes || echo no")
         assert on_agent.strip() == "no"
         # Re-running the first boot (a reboot) is idempotent: no second zarf init or deploy.
