@@ -51,6 +51,10 @@ class NodeSeed:
     timeout: int = 900
     guest_agent: bool = False  # start qemu-guest-agent early (Harvester reads bridge IPs through it)
     extra_config: dict[str, object] = field(default_factory=dict)
+    # registries.yaml (mirrors, credentials, CA paths) from the cluster spec: it holds secrets, so it
+    # travels like the token, in user-data, and is never baked; written 0600 before RKE2 starts
+    registries_yaml: str | None = None
+    files: tuple[tuple[str, str, str], ...] = ()  # (path, content, permissions), e.g. registry CAs
 
     def __post_init__(self) -> None:
         if self.role != "bootstrap" and not self.server:
@@ -83,5 +87,6 @@ def render_user_data(seed: NodeSeed) -> str:
         role=seed.role, node_name=seed.node_name, guest_agent=seed.guest_agent,
         ssh_authorized_keys=list(seed.ssh_authorized_keys),
         join_yaml=yaml.safe_dump(join_config(seed), sort_keys=True),
+        registries_yaml=seed.registries_yaml, files=list(seed.files),
         command=shlex.join(argv),
     )

@@ -40,6 +40,7 @@ CHECKSUMS = "checksums.txt"
 BUNDLE = "zarf.bundle.sig"
 LEGACY_SIGNATURE = "zarf.yaml.sig"
 _SMALL = {ZARF_YAML, CHECKSUMS, BUNDLE, LEGACY_SIGNATURE}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SMALL_LIMIT = 16 << 20  # zarf.yaml and friends; anything larger is not a Zarf package
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
@@ -106,8 +107,12 @@ def _verify(key: PublicKey, signature: bytes, message: bytes) -> bool:
 def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
     with path.open("rb") as raw:
         stream: IO[bytes] = raw
-        if path.name.endswith(".zst"):
+        # by content, not name: the build reads packages from the content-addressed cache
+        if raw.read(4) == ZSTD_MAGIC:
+            raw.seek(0)
             stream = zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[assignment]
+        else:
+            raw.seek(0)
         # Streamed ("r|"): members are hashed as they pass, nothing is extracted.
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             yield tar

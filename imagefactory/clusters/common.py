@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..firstboot import NodeSeed, render_user_data
-from .spec import ClusterSpec, Node
+from .spec import ClusterSpec, Node, registries_seed
 
 LABEL = "imagefactory.io"
 SUPERVISOR_PORT = 9345
@@ -32,6 +32,7 @@ def seed_for(spec: ClusterSpec, node: Node, token: str, *, server: str | None, n
              keys: tuple[str, ...], extra_sans: tuple[str, ...] = ()) -> NodeSeed:
     """The first-boot seed of one node: the same templates as the image's boot tests."""
     zarf = node.role == "bootstrap" and spec.zarf.init
+    registries = registries_seed(spec)
     return NodeSeed(
         role=node.role, node_name=node.name, token=token,
         server=None if node.role == "bootstrap" else server, node_ip=node_ip,
@@ -40,6 +41,8 @@ def seed_for(spec: ClusterSpec, node: Node, token: str, *, server: str | None, n
         zarf_deploy=zarf and spec.zarf.deploy_packages,
         ssh_authorized_keys=keys, timeout=spec.rke2.node_timeout,
         extra_config=dict(spec.rke2.config),
+        registries_yaml=registries[0] if registries else None,
+        files=registries[1] if registries else (),
     )
 
 

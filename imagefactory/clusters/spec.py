@@ -97,6 +97,46 @@ class ZarfOptions(_Model):
     deploy_packages: bool = False
 
 
+_CREDENTIAL_KEYS = ("username", "password", "auth", "identity_token")
+REGISTRY_CA_DIR = "/etc/rancher/rke2/registry-ca"
+
+
+class RegistryConfig(_Model):
+    """One registry's entry in RKE2's registries.yaml `configs`, with its secrets in files beside
+    the spec (read at `cluster create`, delivered in the node's user-data, never in the image)."""
+
+    auth_file: str | None = Field(None, description="YAML file with username+password, auth or "
+                                  "identity_token (RKE2's auth keys), relative to the spec; keep it 0600")
+    ca_file: str | None = Field(None, description="PEM CA bundle the registry's certificate chains to, "
+                                "relative to the spec; written to " + REGISTRY_CA_DIR)
+    insecure_skip_verify: bool = Field(False, description="refused: TLS verification stays on")
+
+    @field_validator("insecure_skip_verify")
+    @classmethod
+    def _verify(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("TLS verification stays on: give the registry's CA as ca_file")
+        return v
+
+
+class Registries(_Model):
+    mirrors: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="RKE2 registries.yaml `mirrors` (endpoint, rewrite)")
+    configs: dict[str, RegistryConfig] = Field(default_factory=dict)
+
+    @field_validator("mirrors")
+    @classmethod
+    def _mirrors(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for host, m in v.items():
+            endpoints = m.get("endpoint", [])
+            if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+                raise ValueError(f"mirrors.{host}.endpoint: a list of registry URLs")
+            unknown = sorted(set(m) - {"endpoint", "rewrite"})
+            if unknown:
+                raise ValueError(f"mirrors.{host}: unknown keys {', '.join(unknown)} (endpoint, rewrite)")
+        return v
+
+
 class LibvirtOptions(_Model):
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout: int = Field(900, ge=60)
@@ -114,7 +154,10 @@ class ClusterSpec(_Model):
     ssh_authorized_keys: tuple[str, ...] = ()
     rke2: Rke2Options = Rke2Options()
     zarf: ZarfOptions = ZarfOptions()
+    registries: Registries | None = Field(
+        None, description="registries.yaml written at first boot (replaces one baked in the image)")
     libvirt: LibvirtOptions = LibvirtOptions()
+    directory: Path = Field(Path("."), exclude=True, description="set by load_spec: files are relative to it")
 
     @field_validator("name")
     @classmethod
@@ -195,7 +238,7 @@ def load_spec(path: Path) -> ClusterSpec:
         raise ValidationError([Problem(str(path), None, "", "a cluster spec is a mapping",
                                        "see 'Clusters' in README.md")])
     try:
-        return ClusterSpec.model_validate(data)
+        spec = ClusterSpec.model_validate({**data, "directory": path.parent})
     except PydanticValidationError as e:
         problems = []
         for err in e.errors():
@@ -207,6 +250,69 @@ def load_spec(path: Path) -> ClusterSpec:
         raise ValidationError(problems) from None
     except UserError as e:  # parse_ref
         raise ValidationError([Problem(str(path), None, "image", e.message, e.hint)]) from None
+    problems = []
+    for host, cfg in (spec.registries.configs.items() if spec.registries else ()):
+        for key in ("auth_file", "ca_file"):
+            try:
+                if getattr(cfg, key):
+                    _registry_file(spec, host, key)
+            except UserError as e:
+                problems.append(Problem(str(path), _line(path, "registries"),
+                                        f"registries.configs.{host}.{key}", e.message, e.hint or ""))
+    if problems:
+        raise ValidationError(problems)
+    return spec
+
+
+def _registry_file(spec: ClusterSpec, host: str, key: str) -> str:
+    """The content of a registry's auth_file or ca_file, checked: credentials as RKE2 takes them,
+    a CA as PEM certificates."""
+    assert spec.registries is not None
+    rel: str = getattr(spec.registries.configs[host], key)
+    path: Path = spec.directory / rel
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{rel}: cannot read it ({getattr(e, 'strerror', None) or e})",
+                        hint="paths are relative to the cluster spec") from None
+    if key == "ca_file":
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise UserError(f"{rel}: not a PEM certificate bundle", hint="the registry's CA, PEM")
+        return text
+    try:
+        auth = yaml.safe_load(text)
+    except yaml.YAMLError:
+        auth = None
+    if not isinstance(auth, dict) or not auth or set(auth) - set(_CREDENTIAL_KEYS) or \
+            not all(isinstance(v, str) and v for v in auth.values()) or \
+            (("username" in auth) != ("password" in auth)):
+        # the message never quotes the file: it holds a secret
+        raise UserError(f"{rel}: not registry credentials",
+                        hint="a YAML mapping of username + password, or auth, or identity_token")
+    return text
+
+
+def registries_seed(spec: ClusterSpec) -> tuple[str, tuple[tuple[str, str, str], ...]] | None:
+    """registries.yaml and the CA files for every node's user-data (path, content, permissions)."""
+    if spec.registries is None:
+        return None
+    doc: dict[str, Any] = {}
+    files: list[tuple[str, str, str]] = []
+    if spec.registries.mirrors:
+        doc["mirrors"] = spec.registries.mirrors
+    configs: dict[str, Any] = {}
+    for host, cfg in spec.registries.configs.items():
+        entry: dict[str, Any] = {}
+        if cfg.auth_file:
+            entry["auth"] = yaml.safe_load(_registry_file(spec, host, "auth_file"))
+        if cfg.ca_file:
+            ca = f"{REGISTRY_CA_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', host)}.crt"
+            files.append((ca, _registry_file(spec, host, "ca_file"), "0644"))
+            entry["tls"] = {"ca_file": ca}
+        configs[host] = entry
+    if configs:
+        doc["configs"] = configs
+    return yaml.safe_dump(doc, sort_keys=True), tuple(files)
 
 
 def _line(path: Path, loc: str) -> int | None:

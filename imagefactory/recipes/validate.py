@@ -111,6 +111,14 @@ def semantic_problems(loaded: LoadedRecipe, located: Located) -> list[Problem]:
                 "an image runs one architecture")
         if r.rke2.selinux and r.os.family in ("debian", "ubuntu"):
             add(("rke2", "selinux"), f"SELinux is not available on {r.os.family}", "remove it")
+        configs = r.rke2.registries.get("configs") if isinstance(r.rke2.registries, dict) else None
+        for host, cfg in (configs.items() if isinstance(configs, dict) else ()):
+            auth = cfg.get("auth") if isinstance(cfg, dict) else None
+            if isinstance(auth, dict) and auth:
+                # an image is copied to every site and store: a credential in it is everyone's
+                add(("rke2", "registries", "configs", host, "auth"), "registry credentials are never "
+                    "baked into an image", "give them at first boot: the cluster spec's "
+                    f"registries.configs.{host}.auth_file (see 'Clusters' in README.md)")
         if r.rke2.version is not None:  # a channel is checked when 'lock update' resolves it
             for p in release_problems(r.rke2, r.rke2.version):
                 add(("rke2", *p.key), p.message, p.hint)

@@ -736,3 +736,23 @@ def test_a_size_longhorn_cannot_write_is_not_downloaded(harvester: HarvesterDoub
         uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
     r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
     assert r.source == "upload" and r.size is not None and r.size % 512 == 0
+
+
+def test_registry_credentials_travel_in_the_cloudinit_secret_only(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The spec's registry credentials reach every node in its user-data Secret (as the token does),
+    never in the VirtualMachine object, its annotations or the image."""
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    (tmp_path / "reg.yaml").write_text("username: site\npassword: registry-secret-42\n")
+    s = spec(agents={"count": 1, "cpu": 2, "memory": "2GiB", "disk": "10GiB"}, directory=tmp_path,
+             registries={"configs": {"registry.site": {"auth_file": "reg.yaml"}}})
+    HarvesterCluster(api, s, poll=0.05, ip_timeout=30).create(image)
+    for vm in ("edge-server-0", "edge-agent-0"):
+        ud = yaml.safe_load(secret_text(harvester, f"{vm}-cloudinit", "userdata"))
+        reg = next(f for f in ud["write_files"] if f["path"] == "/etc/rancher/rke2/registries.yaml")
+        assert reg["permissions"] == "0600"
+        assert yaml.safe_load(reg["content"])["configs"]["registry.site"]["auth"]["password"] == \
+            "registry-secret-42"
+        assert "registry-secret-42" not in json.dumps(harvester.get_object("virtualmachines", "default", vm))

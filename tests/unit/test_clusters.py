@@ -235,3 +235,56 @@ def test_switch_floods_then_learns(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     assert not pid_file.exists()  # removed on a clean stop
+
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIBstandin\n-----END CERTIFICATE-----\n"
+
+
+def test_registries_arrive_at_first_boot_with_their_secrets(tmp_path: Path) -> None:
+    """registries.yaml (mirrors, credentials, CA) from the spec's files, in every node's user-data,
+    0600, and the CA beside it: credentials are never baked into an image."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/reg.yaml").write_text("username: site\npassword: hunter2-secret\n")
+    (tmp_path / "site-ca.pem").write_text(CA)
+    spec = load_spec(write(tmp_path, {
+        "name": "edge", "image": "x", "agents": {"count": 1},
+        "registries": {"mirrors": {"docker.io": {"endpoint": ["https://registry.site:5000"]}},
+                       "configs": {"registry.site:5000": {"auth_file": "secrets/reg.yaml",
+                                                          "ca_file": "site-ca.pem"}}}}))
+    for node in nodes(spec):
+        ud = yaml.safe_load(user_data(seed_for(spec, node, "tok", server="https://10.77.0.11:9345",
+                                               node_ip=None, keys=())))
+        files = {f["path"]: f for f in ud["write_files"]}
+        reg = files["/etc/rancher/rke2/registries.yaml"]
+        assert reg["permissions"] == "0600"
+        ca_path = "/etc/rancher/rke2/registry-ca/registry.site_5000.crt"
+        assert yaml.safe_load(reg["content"]) == {
+            "mirrors": {"docker.io": {"endpoint": ["https://registry.site:5000"]}},
+            "configs": {"registry.site:5000": {"auth": {"username": "site", "password": "hunter2-secret"},
+                                               "tls": {"ca_file": ca_path}}}}
+        assert files[ca_path]["content"] == CA and files[ca_path]["permissions"] == "0644"
+    # without a registries section nothing is written (the image's own registries.yaml stays)
+    plain = load_spec(write(tmp_path, {"name": "edge", "image": "x"}))
+    seed = seed_for(plain, nodes(plain)[0], "tok", server=None, node_ip=None, keys=())
+    ud = yaml.safe_load(user_data(seed))
+    assert [f["path"] for f in ud["write_files"]] == ["/etc/rancher/rke2/config.yaml.d/50-join.yaml"]
+
+
+@pytest.mark.parametrize(("cfg", "files", "expected"), [
+    ({"auth_file": "missing.yaml"}, {}, "registries.configs.r.example.auth_file: missing.yaml: cannot read"),
+    ({"auth_file": "a.yaml"}, {"a.yaml": "username: u\n"}, "a.yaml: not registry credentials"),
+    ({"auth_file": "a.yaml"}, {"a.yaml": "user: u\npassword: topsecret\n"},
+     "a.yaml: not registry credentials"),
+    ({"ca_file": "ca.pem"}, {"ca.pem": "hello\n"}, "registries.configs.r.example.ca_file: ca.pem: not a PEM"),
+    ({"insecure_skip_verify": True}, {}, "TLS verification stays on"),
+])
+def test_bad_registries_are_refused_without_quoting_secrets(
+        tmp_path: Path, cfg: dict[str, object], files: dict[str, str], expected: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    p = write(tmp_path, {"name": "edge", "image": "x", "registries": {"configs": {"r.example": cfg}}})
+    with pytest.raises(ValidationError) as e:
+        load_spec(p)
+    text = "\n".join(str(x) for x in e.value.problems)
+    assert expected in text and str(p) in text, text
+    assert "topsecret" not in text

@@ -273,6 +273,8 @@ RKE2 = MINIMAL + "rke2: {version: v1.31.4+rke2r1}\n"
         ("zarf: {version: v0.84.0, packages: [\"https://x.example/zarf-init-amd64-v0.83.0.tar.zst\"]}\n",
          "zarf.packages[0]: zarf-init-amd64-v0.83.0.tar.zst does not match the Zarf binary v0.84.0"),
         ("rke2: {selinux: true}\n", "rke2.selinux: SELinux is not available on debian"),
+        ("rke2: {registries: {configs: {reg.site: {auth: {username: u, password: p}}}}}\n",
+         "rke2.registries.configs.reg.site.auth: registry credentials are never baked into an image"),
     ],
 )
 def test_rke2_semantics(recipe_dir: Path, extra: str, expected: str) -> None:

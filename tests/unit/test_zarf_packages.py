@@ -38,6 +38,10 @@ def test_signed_packages_verify(tmp_path: Path, keys: tuple) -> None:
     assert (b.name, b.version, b.signed, b.signature) == ("b", "2.0.0", True, "legacy")
     # without a key: integrity only, as `zarf package deploy` without --key
     assert check_package(bundle, None).signature is None
+    # by content, not by name: the build reads them from the content-addressed cache (no suffix)
+    cached = tmp_path / "cache-entry"
+    cached.write_bytes(bundle.read_bytes())
+    assert check_package(cached, key).signature == "bundle"
 
 
 @pytest.mark.parametrize("case", ["unsigned", "other-key", "tampered-bundle", "tampered-legacy",
