@@ -22,25 +22,22 @@ import base64
 import binascii
 import hashlib
 import json
-import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
-import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from .tarballs import ArchiveProblem, open_tar_stream
 
 ZARF_YAML = "zarf.yaml"
 CHECKSUMS = "checksums.txt"
 BUNDLE = "zarf.bundle.sig"
 LEGACY_SIGNATURE = "zarf.yaml.sig"
 _SMALL = {ZARF_YAML, CHECKSUMS, BUNDLE, LEGACY_SIGNATURE}
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SMALL_LIMIT = 16 << 20  # zarf.yaml and friends; anything larger is not a Zarf package
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
@@ -103,26 +100,11 @@ def _verify(key: PublicKey, signature: bytes, message: bytes) -> bool:
     return True
 
 
-@contextmanager
-def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
-    with path.open("rb") as raw:
-        stream: IO[bytes] = raw
-        # by content, not name: the build reads packages from the content-addressed cache
-        if raw.read(4) == ZSTD_MAGIC:
-            raw.seek(0)
-            stream = zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[assignment]
-        else:
-            raw.seek(0)
-        # Streamed ("r|"): members are hashed as they pass, nothing is extracted.
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            yield tar
-
-
 def _scan(path: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     small: dict[str, bytes] = {}
     digests: dict[str, str] = {}
     try:
-        with _open_tar(path) as tar:
+        with open_tar_stream(path) as tar:
             for m in tar:
                 if not m.isfile():
                     continue
@@ -139,8 +121,8 @@ def _scan(path: Path) -> tuple[dict[str, bytes], dict[str, str]]:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                 digests[name] = h.hexdigest()
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
-        raise PackageProblem(f"not a readable Zarf package archive ({e})") from None
+    except ArchiveProblem as e:
+        raise PackageProblem(f"not a readable Zarf package archive: {e}") from None
     return small, digests
 
 

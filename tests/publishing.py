@@ -68,12 +68,17 @@ def fake_build(root: Path, name: str = "debian-12-base", version: str = "2026112
     }
     if rke2:
         m["rke2"] = {"version": "v1.31.4+rke2r1", "prefix": "/usr/local",
-                     "images": ["rke2-images-core.tar.zst"]}
+                     "images": ["rke2-images-core.linux-amd64.tar.zst"],
+                     "preloaded": {"rke2-images-core.linux-amd64.tar.zst": [
+                         "docker.io/rancher/mirrored-pause:3.6",
+                         "docker.io/rancher/rke2-runtime:v1.31.4-rke2r1"]}}
         m["zarf"] = {"version": "v0.84.0", "dir": "/usr/local/bin", "init_package": [], "packages": []}
         m["inputs"] = {
             "key": "ab" * 32, "rke2": {"version": "v1.31.4+rke2r1"}, "zarf": {"version": "v0.84.0"},
             "artifacts": [{"name": "rke2.linux-amd64.tar.gz", "sha256": "cd" * 32, "role": "rke2-bundle",
                            "url": "https://github.com/rancher/rke2/releases/download/x"},
+                          {"name": "rke2-images-core.linux-amd64.tar.zst", "sha256": "dd" * 32,
+                           "role": "rke2-images", "url": "https://github.com/rancher/rke2/releases/download/y"},
                           {"name": "zarf_v0.84.0_Linux_amd64", "sha256": "ef" * 32, "role": "zarf-binary",
                            "url": "https://github.com/zarf-dev/zarf/x"}]}
     (d / "manifest.json").write_text(json.dumps(m, indent=2))

@@ -7,7 +7,9 @@ ubuntu>/<name>@<version>?distro=<family>-<release>` for dpkg-based images, `pkg:
 SLE Micro (the rpm epoch as the `epoch` qualifier, as the purl spec wants); and RKE2 and Zarf as
 `application` components (`pkg:github/rancher/rke2@<v>`, `pkg:github/zarf-dev/zarf@<v>`) whose
 sub-components are the locked upstream artifacts baked into the image (image tarballs, binary,
-install script, init package, Zarf packages) with their sha256 and upstream URL.
+install script, init package, Zarf packages) with their sha256 and upstream URL; an RKE2 image
+tarball's own sub-components are the container images it holds (`pkg:docker/...`, as the build's
+install-rke2 step read them from the tarball).
 
 The SBOM is deterministic: the serial number is a UUID5 of the image's sha256 and the timestamp
 is the build's creation time, so re-publishing an unchanged image produces the same bytes, the
@@ -47,21 +49,36 @@ def package_purl(family: str, release: str, name: str, version: str) -> PackageU
     return PackageURL("rpm", "suse", name, version, {"distro": distro})
 
 
-def _artifact(a: dict[str, Any], parent: str) -> Component:
+def image_purl(ref: str) -> PackageURL:
+    """`pkg:docker/<namespace>/<name>@<tag>?repository_url=<registry>` of an image reference."""
+    registry, _, rest = ref.partition("/")
+    repo, _, tag = rest.rpartition(":")
+    namespace, _, name = repo.rpartition("/")
+    return PackageURL("docker", namespace or None, name, tag or None,
+                      qualifiers={"repository_url": registry})
+
+
+def _artifact(a: dict[str, Any], parent: str, images: list[str]) -> Component:
     name = str(a["name"])
-    return Component(
+    c = Component(
         name=name, type=ComponentType.FILE, bom_ref=f"{parent}/{name}",
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=str(a["sha256"]))],
         external_references=[ExternalReference(type=ExternalReferenceType.DISTRIBUTION,
                                                url=XsUri(str(a["url"])))],
         properties=[Property(name="imagefactory:role", value=str(a.get("role", "")))])
+    for ref in images:  # the container images inside an RKE2 image tarball (install-rke2 read them)
+        purl = image_purl(ref)
+        c.components.add(Component(name=purl.name, version=purl.version, type=ComponentType.CONTAINER,
+                                   purl=purl, bom_ref=f"{parent}/{name}/{ref}"))
+    return c
 
 
-def _product(name: str, version: str, purl: PackageURL, artifacts: list[dict[str, Any]]) -> Component:
+def _product(name: str, version: str, purl: PackageURL, artifacts: list[dict[str, Any]],
+             contents: dict[str, list[str]]) -> Component:
     ref = purl.to_string()
     c = Component(name=name, version=version, type=ComponentType.APPLICATION, purl=purl, bom_ref=ref)
     for a in artifacts:
-        c.components.add(_artifact(a, ref))
+        c.components.add(_artifact(a, ref, contents.get(str(a["name"]), [])))
     return c
 
 
@@ -107,7 +124,8 @@ def build_sbom(manifest: dict[str, Any]) -> Bom:
             continue
         version = str(info["version"])
         mine = [a for a in artifacts if str(a.get("role", "")).startswith(key)]
-        product = _product(key, version, PackageURL("github", owner, repo, version), mine)
+        product = _product(key, version, PackageURL("github", owner, repo, version), mine,
+                           dict(info.get("preloaded") or {}))
         bom.components.add(product)
         top.append(product)
     bom.register_dependency(root, top)

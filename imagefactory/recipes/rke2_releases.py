@@ -10,6 +10,10 @@ Sources (upstream rancher/rke2):
   the ingress-nginx images are a set of their own; before, ingress-nginx was part of core and
   traefik a set.
 - default ingress: ingress-nginx before v1.36, traefik from v1.36 (`ingress-controller`).
+- marker images per set (`scripts/build-images`: the images-<set>.txt lists): what a baked
+  tarball must hold for the configuration to run offline; `rke2-runtime` at the release's own
+  tag (`DOCKERIZED_VERSION`: the version with `+` as `-`) and `hardened-kubernetes` at
+  `<that tag>-build...` (`KUBERNETES_IMAGE_TAG`).
 - `profile: cis` (the version-less profile): v1.28.2, backported to v1.27.6, v1.26.9 and v1.25.14
   (the September 2023 releases); older releases know only `cis-1.6`/`cis-1.23`, which imagefactory
   does not bake (`cis-1.23` is fatal in later releases).
@@ -105,3 +109,67 @@ def release_problems(rke2: Rke2, version: str) -> list[Rke2Problem]:
                 ("images",), f"{why} runs the '{name}' images, which are not baked: offline, "
                 "their pulls would fail on the node", fix))
     return problems
+
+
+# Image set -> repositories whose presence shows the set's images are there (any of a tuple).
+# Before v1.36 traefik came as rancher/mirrored-library-traefik (its own set); from v1.36 it is
+# rancher/hardened-traefik in core.
+SET_MARKERS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "canal": (("rancher/hardened-calico",), ("rancher/hardened-flannel",)),
+    "calico": (("rancher/mirrored-calico-node",), ("rancher/mirrored-calico-operator",)),
+    "cilium": (("rancher/mirrored-cilium-cilium",), ("rancher/mirrored-cilium-operator-generic",)),
+    "flannel": (("rancher/hardened-flannel",),),
+    "multus": (("rancher/hardened-multus-cni",),),
+    "ingress-nginx": (("rancher/nginx-ingress-controller",),),
+    "traefik": (("rancher/hardened-traefik", "rancher/mirrored-library-traefik"),),
+    "harvester": (("rancher/harvester-cloud-provider",),),
+}
+
+
+@dataclass(frozen=True)
+class ImageNeed:
+    why: str
+    repositories: tuple[str, ...]  # any of them (docker.io/ prefix implied)
+    tag_prefix: str | None = None  # exact tag when it does not end with '-'
+
+
+def _repo_tag(ref: str) -> tuple[str, str]:
+    ref = ref.removeprefix("docker.io/")
+    repo, _, tag = ref.rpartition(":")
+    return (repo, tag) if repo and "/" not in tag else (ref, "")
+
+
+def images_needed(rke2: Rke2, version: str) -> list[ImageNeed]:
+    """What the baked tarballs must hold for this release and configuration to start offline."""
+    v = parse_version(version)
+    tag = version.replace("+", "-")
+    needs = [ImageNeed(f"RKE2 {version} runs its runtime image", ("rancher/rke2-runtime",), tag),
+             ImageNeed(f"RKE2 {version} runs its Kubernetes image", ("rancher/hardened-kubernetes",),
+                       f"{tag}-")]
+    in_core = "traefik" if v[:2] >= INGRESS_SPLIT else "ingress-nginx"
+    wanted = dict(sets_needed(rke2, v))
+    if in_core in _names(rke2.config.get("ingress-controller", in_core)):
+        wanted[in_core] = "ingress-controller (in core)"
+    for name, why in wanted.items():
+        for repos in SET_MARKERS.get(name, ()):
+            needs.append(ImageNeed(f"{why} ({name})", repos))
+    return needs
+
+
+def missing_images(needs: list[ImageNeed], refs: list[str]) -> list[str]:
+    """The needs no reference satisfies, as messages."""
+    have = [_repo_tag(r) for r in refs]
+    out: list[str] = []
+    for n in needs:
+        def ok(repo: str, tag: str, n: ImageNeed = n) -> bool:
+            if repo not in n.repositories:
+                return False
+            if n.tag_prefix is None:
+                return True
+            return tag.startswith(n.tag_prefix) if n.tag_prefix.endswith("-") else tag == n.tag_prefix
+        if not any(ok(repo, tag) for repo, tag in have):
+            want = " or ".join(n.repositories)
+            if n.tag_prefix:
+                want += f":{n.tag_prefix}{'*' if n.tag_prefix.endswith('-') else ''}"
+            out.append(f"{want} ({n.why})")
+    return out

@@ -20,6 +20,8 @@ from ..errors import BuildError
 from ..firstboot import FIRSTBOOT_PATH, render_firstboot_script
 from ..fsutil import copy_into_root, mkdir_in_root, read_in_root, resolve_in_root, write_in_root
 from ..recipes.model import Recipe
+from ..recipes.rke2_releases import images_needed, missing_images
+from ..tarballs import ArchiveProblem, image_refs
 from ..zarf_packages import PackageProblem, check_package, read_key
 
 STAGING = "var/tmp/imagefactory-rke2"  # inside the root: install.sh runs in the chroot
@@ -91,9 +93,33 @@ def _artifacts(ctx: BuildContext, *roles: str) -> list[Artifact]:
     return [a for a in ctx.locked if a.role in roles]
 
 
+def _checked_image_tarballs(ctx: BuildContext) -> dict[str, list[str]]:
+    """The images inside each locked tarball, and a build error unless the runtime at the locked
+    tag and the images of the configured CNI and ingress are among them: the sha256 only proves
+    the file is the one locked, not that it is the one this configuration needs offline."""
+    r = ctx.recipe.rke2
+    assert r is not None
+    version = ctx.lock_entry["rke2"]["version"]
+    contents: dict[str, list[str]] = {}
+    for a in _artifacts(ctx, "rke2-images"):
+        try:
+            contents[a.name] = image_refs(ctx.fetcher.get(a, ctx.recipe.name))
+        except ArchiveProblem as e:
+            raise BuildError(f"RKE2 image tarball {a.name}: {e}",
+                             hint="re-download it ('imagefactory artifacts fetch')") from None
+    missing = missing_images(images_needed(r, version), [i for refs in contents.values() for i in refs])
+    if missing:
+        raise BuildError(f"the baked RKE2 image tarballs ({', '.join(sorted(contents))}) lack: "
+                         + "; ".join(missing),
+                         hint="check rke2.images against rke2.config cni/ingress-controller and the "
+                              "locked version ('imagefactory lock update')")
+    return contents
+
+
 def install_rke2(ctx: BuildContext) -> None:
     r = ctx.recipe.rke2
     assert r is not None
+    preloaded = _checked_image_tarballs(ctx)  # before minutes go into install.sh
     # Every path below is resolved inside the image root (fsutil): links a base image holds
     # never reach the build host.
     staging = mkdir_in_root(ctx.root, STAGING)
@@ -115,7 +141,8 @@ def install_rke2(ctx: BuildContext) -> None:
     # Empty = "import only changed archives" (RKE2 >= 1.31.9); never one written by a run.
     write_in_root(ctx.root, f"{IMAGES_DIR}/.cache.json", b"")
     ctx.manifest["rke2"] = {"version": ctx.lock_entry["rke2"]["version"], "prefix": prefix,
-                            "images": sorted(a.name for a in _artifacts(ctx, "rke2-images"))}
+                            "images": sorted(a.name for a in _artifacts(ctx, "rke2-images")),
+                            "preloaded": preloaded}
 
 
 def configure_rke2(ctx: BuildContext) -> None:

@@ -234,6 +234,11 @@ def image_list(name: str, version: str, arch: str = "amd64") -> list[str]:
         ],
         "ingress-nginx": ["docker.io/rancher/nginx-ingress-controller:v1.10.6-hardened1"],
     }
+    minor = tuple(int(x) for x in version.lstrip("v").split(".")[:2])
+    if minor >= (1, 36):  # scripts/build-images: traefik (hardened) in core, ingress-nginx a set
+        sets["core"] = [i for i in sets["core"] if "nginx-ingress" not in i] + [
+            f"docker.io/rancher/hardened-traefik:v3.7.11-{build}"]
+        del sets["traefik"]
     return sets.get(name, [f"docker.io/rancher/mirrored-{name}:{tag}"])
 
 

@@ -96,7 +96,13 @@ def test_sbom_is_valid_cyclonedx_deterministic_with_packages_and_rke2_zarf(tmp_p
     assert "pkg:deb/debian/openssh-server@1:9.2p1-2?distro=debian-12" in purls
     assert "pkg:github/rancher/rke2@v1.31.4%2Brke2r1" in purls and "pkg:github/zarf-dev/zarf@v0.84.0" in purls
     rke2 = next(c for c in sbom["components"] if c["name"] == "rke2")
-    assert rke2["components"][0]["hashes"] == [{"alg": "SHA-256", "content": "cd" * 32}]
+    bundle = next(c for c in rke2["components"] if c["name"] == "rke2.linux-amd64.tar.gz")
+    assert bundle["hashes"] == [{"alg": "SHA-256", "content": "cd" * 32}]
+    # the images install-rke2 found inside the core tarball, as its sub-components
+    core = next(c for c in rke2["components"] if c["name"] == "rke2-images-core.linux-amd64.tar.zst")
+    assert [(c["type"], c["purl"]) for c in core["components"]] == [
+        ("container", "pkg:docker/rancher/mirrored-pause@3.6?repository_url=docker.io"),
+        ("container", "pkg:docker/rancher/rke2-runtime@v1.31.4-rke2r1?repository_url=docker.io")]
     osc = next(c for c in sbom["components"] if c["type"] == "operating-system")
     assert {"name": "imagefactory:kernel", "value": "6.1.0-50-cloud-amd64"} in osc["properties"]
     deps = {d["ref"]: d.get("dependsOn", []) for d in sbom["dependencies"]}

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from imagefactory.errors import UserError, ValidationError
+from imagefactory.artifacts import Artifact
+from imagefactory.errors import BuildError, UserError, ValidationError
 from imagefactory.lock import check_entry
 from imagefactory.recipes import RecipeBook
 from imagefactory.recipes.model import Rke2
-from imagefactory.recipes.rke2_releases import release_problems
+from imagefactory.recipes.rke2_releases import images_needed, missing_images, release_problems
+from imagefactory.steps.rke2 import _checked_image_tarballs
+from imagefactory.tarballs import ArchiveProblem, image_refs
 from tests.conftest import MINIMAL, write
+from tests.standins.release import _tar_bytes, image_list, make_rke2_release, zstd_compress
 
 
 def rke2(**kw: Any) -> Rke2:
@@ -101,3 +107,79 @@ def test_a_channel_is_checked_against_the_locked_version(recipe_dir: Path) -> No
     assert str(e.value).startswith("r: rke2.images[2]: channel 'stable' resolves to v1.36.0+rke2r1: "
                                    "RKE2 v1.36.0+rke2r1 publishes no 'traefik' image set"), str(e.value)
     assert e.value.hint is not None and "remove 'traefik'" in e.value.hint
+
+
+# --- the images inside the tarballs (install-rke2's check) -----------------------------------------
+
+
+def _saved(path: Path, refs: list[str], oci: bool = False) -> Path:
+    """A `docker image save` look-alike (manifest.json RepoTags) or an OCI layout (index.json)."""
+    if oci:
+        index = {"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "0" * 64,
+             "size": 1, "annotations": {"io.containerd.image.name": r}} for r in refs]}
+        members = [("index.json", json.dumps(index).encode(), 0o644), ("oci-layout", b"{}", 0o644)]
+    else:
+        saved = [{"Config": "c.json", "RepoTags": refs, "Layers": []}]
+        members = [("manifest.json", json.dumps(saved).encode(), 0o644)]
+    path.write_bytes(zstd_compress(_tar_bytes(members)))
+    return path
+
+
+@pytest.mark.parametrize("version", ["v1.31.4+rke2r1", "v1.36.4+rke2r1"])
+def test_stand_in_tarballs_hold_what_the_default_configuration_needs(tmp_path: Path, version: str) -> None:
+    rel = make_rke2_release(tmp_path, version, images=("core", "canal"))
+    refs = [r for n in ("core", "canal")
+            for r in image_refs(rel.directory / f"rke2-images-{n}.linux-amd64.tar.zst")]
+    assert missing_images(images_needed(rke2(images=["core", "canal"]), version), refs) == []
+
+
+def test_missing_runtime_cni_and_ingress_images_are_named(tmp_path: Path) -> None:
+    version = "v1.31.4+rke2r1"
+    core = [r for r in image_list("core", version) if "rke2-runtime" not in r and "nginx-ingress" not in r]
+    refs = image_refs(_saved(tmp_path / "core", [*core, "docker.io/rancher/rke2-runtime:v1.31.3-rke2r1"]))
+    needs = images_needed(rke2(images=["core", "cilium"], config={"cni": "cilium"}), version)
+    missing = missing_images(needs, refs)
+    assert missing == [
+        "rancher/rke2-runtime:v1.31.4-rke2r1 (RKE2 v1.31.4+rke2r1 runs its runtime image)",
+        "rancher/mirrored-cilium-cilium (cni: cilium (cilium))",
+        "rancher/mirrored-cilium-operator-generic (cni: cilium (cilium))",
+        "rancher/nginx-ingress-controller (ingress-controller (in core) (ingress-nginx))",
+    ]
+    # the OCI layout form (index.json annotations), short names normalised to docker.io
+    oci = image_refs(_saved(tmp_path / "oci", ["rancher/rke2-runtime:v1.31.4-rke2r1"], oci=True))
+    assert oci == ["docker.io/rancher/rke2-runtime:v1.31.4-rke2r1"]
+    (tmp_path / "junk").write_bytes(b"junk" * 100)
+    with pytest.raises(ArchiveProblem, match="not a readable tar archive"):
+        image_refs(tmp_path / "junk")
+    with pytest.raises(ArchiveProblem, match="not a saved-image tarball"):
+        image_refs(_saved_plain(tmp_path / "plain"))
+
+
+def _saved_plain(path: Path) -> Path:
+    path.write_bytes(_tar_bytes([("hello.txt", b"hi", 0o644)]))
+    return path
+
+
+def test_install_step_refuses_tarballs_of_another_release(tmp_path: Path) -> None:
+    """install-rke2 opens the locked tarballs: the right names and hashes of the wrong release
+    (a mirror that re-published, a lock edited by hand) fail the build before install.sh runs."""
+    old = make_rke2_release(tmp_path / "old", "v1.31.3+rke2r1", images=("core", "canal"))
+    new = make_rke2_release(tmp_path / "new", "v1.31.4+rke2r1", images=("core", "canal"))
+
+    def ctx(release_dir: Path) -> SimpleNamespace:
+        names = [f"rke2-images-{n}.linux-amd64.tar.zst" for n in ("core", "canal")]
+        return SimpleNamespace(
+            recipe=SimpleNamespace(name="r", rke2=rke2(images=["core", "canal"])),
+            lock_entry={"rke2": {"version": "v1.31.4+rke2r1"}},
+            locked=[Artifact(n, "0" * 64, f"https://x.example/{n}", "rke2-images") for n in names],
+            fetcher=SimpleNamespace(get=lambda a, _r: release_dir / a.name))
+
+    got = _checked_image_tarballs(ctx(new.directory))  # type: ignore[arg-type]
+    assert "docker.io/rancher/rke2-runtime:v1.31.4-rke2r1" in got["rke2-images-core.linux-amd64.tar.zst"]
+    canal = got["rke2-images-canal.linux-amd64.tar.zst"]
+    assert "docker.io/rancher/hardened-flannel:v0.26.1-build20250101" in canal
+    with pytest.raises(BuildError) as e:
+        _checked_image_tarballs(ctx(old.directory))  # type: ignore[arg-type]
+    assert "lack: rancher/rke2-runtime:v1.31.4-rke2r1 (RKE2 v1.31.4+rke2r1 runs its runtime image); " \
+        "rancher/hardened-kubernetes:v1.31.4-rke2r1-*" in e.value.message
