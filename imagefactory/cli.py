@@ -343,10 +343,12 @@ def cmd_artifacts_fetch(app: App) -> int:
 
 def cmd_artifacts_export(app: App) -> int:
     from .artifacts import export_bundle
+    from .hauler import export_hauler
 
     recipe, entry = _locked(app, app.args.recipe)
     out = Path(app.args.output)
-    manifest = export_bundle(app.fetcher(), recipe.name, entry, out)
+    writer = export_hauler if app.args.format == "hauler" else export_bundle
+    manifest = writer(app.fetcher(), recipe.name, entry, out)
     size = out.stat().st_size
     app.emit({"bundle": str(out), "size": size, "files": manifest["files"]},
              lambda: app.out.print(f"wrote {out} ({len(manifest['files'])} artifacts, "
@@ -356,11 +358,23 @@ def cmd_artifacts_export(app: App) -> int:
 
 def cmd_artifacts_import(app: App) -> int:
     from .artifacts import Cache, import_bundle
+    from .hauler import import_hauler, is_hauler_layout
 
     def entry_for(name: str) -> dict[str, Any]:
         return dict(_locked(app, name)[1])
 
-    manifest = import_bundle(Cache(app.workdir / "cache"), Path(app.args.bundle), entry_for)
+    source = Path(app.args.bundle)
+    if is_hauler_layout(source):
+        if not app.args.recipe:
+            raise UserError(f"{source} is a Hauler store/haul, which names no recipe",
+                            hint="give the recipe whose lock it is checked against: --recipe NAME")
+        result = import_hauler(Cache(app.workdir / "cache"), source, app.args.recipe,
+                               entry_for(app.args.recipe))
+        app.emit(result, lambda: app.out.print(
+            f"imported {len(result['files'])} verified artifacts for {result['recipe']} from Hauler"
+            + (f"; still missing: {', '.join(result['missing'])}" if result["missing"] else "")))
+        return 0
+    manifest = import_bundle(Cache(app.workdir / "cache"), source, entry_for)
     app.emit({"recipe": manifest["recipe"], "files": manifest["files"]},
              lambda: app.out.print(f"imported {len(manifest['files'])} verified artifacts for "
                                    f"{manifest['recipe']}"))
@@ -503,10 +517,14 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_artifacts_fetch)
     s = asub.add_parser("export", help="write an air-gap bundle of a recipe's artifacts")
     s.add_argument("recipe")
-    s.add_argument("-o", "--output", required=True, help="bundle file (tar)")
+    s.add_argument("-o", "--output", required=True, help="bundle file (tar; a haul: .tar.zst)")
+    s.add_argument("--format", choices=("bundle", "hauler"), default="bundle",
+                   help="bundle: imagefactory's own; hauler: a haul for `hauler store load`")
     s.set_defaults(func=cmd_artifacts_export)
-    s = asub.add_parser("import", help="verify a bundle against the lock and add it to the cache")
-    s.add_argument("bundle")
+    s = asub.add_parser("import", help="verify a bundle (or a Hauler store/haul) against the lock and "
+                        "add it to the cache")
+    s.add_argument("bundle", help="an imagefactory bundle, a Hauler haul (.tar.zst) or store directory")
+    s.add_argument("--recipe", help="for Hauler content: the recipe whose locked artifacts to take")
     s.set_defaults(func=cmd_artifacts_import)
 
     st = sub.add_parser("stig", help="the STIG catalogue (DISA benchmarks joined with our fixes)")

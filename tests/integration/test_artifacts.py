@@ -282,3 +282,100 @@ def test_build_rke2_node_fails_early_when_the_cloud_image_is_unreachable(site: d
     offline.write_text(yaml.safe_dump({"upstream": upstream_bases(site["mirror"].url), "offline": True}))
     r = cli(site, "build", "rke2-node-packer", "--skip-tests", config=offline)
     assert r.returncode == 2 and "offline: cannot read" in r.stderr and "SHA256SUMS" in r.stderr
+
+
+def _unhaul(haul: Path, dest: Path) -> Path:
+    """What `hauler store load` leaves: the haul's OCI layout as a store directory."""
+    data = subprocess.run(["zstd", "-dcq", str(haul)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def test_hauler_haul_and_store_roundtrip(site: dict[str, Any]) -> None:
+    """`artifacts export --format hauler` writes a haul Hauler's file layout describes (OCI layout,
+    file layers titled with the upstream name, digest = the locked sha256); import takes a haul or
+    a store directory, checked against the lock, ignoring content that is not ours."""
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    locked = {a["name"]: a["sha256"] for a in lock(site)["recipes"]["rke2-node-debian"]["artifacts"]}
+    haul = site["tmp"] / "haul.tar.zst"
+    r = cli(site, "artifacts", "export", "rke2-node-debian", "--format", "hauler", "-o", str(haul))
+    assert r.returncode == 0, r.stderr
+    store = _unhaul(haul, site["tmp"] / "store")
+    assert json.loads((store / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((store / "index.json").read_text())
+    titles = {}
+    for desc in index["manifests"]:
+        blob = store / "blobs/sha256" / desc["digest"].removeprefix("sha256:")
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == desc["digest"].removeprefix("sha256:")
+        man = json.loads(blob.read_text())
+        assert desc["annotations"]["kind"] == "dev.hauler/image"
+        layer = man["layers"][0]
+        assert layer["mediaType"] == "application/vnd.content.hauler.file.layer.v1"
+        assert man["config"]["mediaType"] == "application/vnd.content.hauler.file.http.config.v1+json"
+        name = layer["annotations"]["org.opencontainers.image.title"]
+        assert desc["annotations"]["org.opencontainers.image.ref.name"] == f"hauler/{name}:latest"
+        titles[name] = layer["digest"].removeprefix("sha256:")
+    assert titles == locked
+
+    # the haul, into a disconnected workdir
+    other = site["tmp"] / "disconnected"
+    r = cli(site, "--json", "artifacts", "import", str(haul), "--recipe", "rke2-node-debian", workdir=other)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["missing"] == []
+    assert sorted(p.name for p in (other / "cache/sha256").iterdir()) == sorted(locked.values())
+    r = cli(site, "artifacts", "import", str(haul), workdir=other)
+    assert r.returncode == 2 and "--recipe" in r.stderr
+
+    # a store directory with an unrelated image beside ours (ignored), one of ours left out
+    gz_layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "1" * 64}
+    extra = json.dumps({"schemaVersion": 2, "layers": [gz_layer]}).encode()
+    digest = hashlib.sha256(extra).hexdigest()
+    (store / "blobs/sha256" / digest).write_bytes(extra)
+    index["manifests"].append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "digest": f"sha256:{digest}", "size": len(extra),
+                               "annotations": {"kind": "dev.hauler/image",
+                                               "org.opencontainers.image.ref.name": "rancher/x:1"}})
+    dropped = next(n for n in locked if n.startswith("zarf_"))
+    index["manifests"] = [d for d in index["manifests"]
+                          if json.loads((store / "blobs/sha256" / d["digest"][7:]).read_text())["layers"][0]
+                          .get("annotations", {}).get("org.opencontainers.image.title") != dropped]
+    (store / "index.json").write_text(json.dumps(index))
+    third = site["tmp"] / "third"
+    r = cli(site, "--json", "artifacts", "import", str(store), "--recipe", "rke2-node-debian", workdir=third)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["missing"] == [dropped]
+    assert (store / "blobs/sha256" / locked[dropped]).is_file()  # the store is left as it was
+
+    # another release under a locked name: refused, nothing imported
+    bundle_name = next(n for n in locked if n.startswith("rke2.linux"))
+    for d in index["manifests"]:
+        blob = store / "blobs/sha256" / d["digest"][7:]
+        man = json.loads(blob.read_text())
+        if man["layers"][0].get("annotations", {}).get("org.opencontainers.image.title") == bundle_name:
+            man["layers"][0]["digest"] = "sha256:" + "2" * 64
+            data = json.dumps(man).encode()
+            new = hashlib.sha256(data).hexdigest()
+            (store / "blobs/sha256" / new).write_bytes(data)
+            d["digest"] = f"sha256:{new}"
+    (store / "index.json").write_text(json.dumps(index))
+    fourth = site["tmp"] / "fourth"
+    r = cli(site, "artifacts", "import", str(store), "--recipe", "rke2-node-debian", workdir=fourth)
+    assert r.returncode == 1 and f"{bundle_name}" in r.stderr and "differs from the lock" in r.stderr
+    assert not (fourth / "cache/sha256").exists() or not list((fourth / "cache/sha256").iterdir())
+
+
+def test_hauler_haul_with_a_path_outside_the_layout_is_refused(site: dict[str, Any]) -> None:
+    assert cli(site, "lock", "update", "rke2-node-debian").returncode == 0
+    evil = site["tmp"] / "evil.tar.zst"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("index.json", b'{"manifests": []}'), ("../../escape", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    evil.write_bytes(subprocess.run(["zstd", "-q"], input=buf.getvalue(), capture_output=True,
+                                    check=True).stdout)
+    r = cli(site, "artifacts", "import", str(evil), "--recipe", "rke2-node-debian")
+    assert r.returncode == 2 and "unexpected member ../../escape" in r.stderr
+    assert not (site["tmp"] / "escape").exists()
