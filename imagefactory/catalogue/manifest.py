@@ -103,6 +103,7 @@ class Manifest(_Model):
     published: str
     os: OsInfo
     kernel: str | None = None
+    boot: dict[str, Any] | None = None  # {firmware: bios|uefi|hybrid, secure_boot}; older manifests: none
     rke2: dict[str, Any] | None = None
     zarf: dict[str, Any] | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)

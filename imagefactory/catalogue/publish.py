@@ -239,6 +239,9 @@ def make_manifest(bm: dict[str, Any], files: list[FileRef]) -> dict[str, Any]:
         "created": bm["created"], "published": now(),
         "os": {k: bm["os"][k] for k in ("family", "release", "arch")},
         "kernel": bm.get("kernel"),
+        # what a consumer must boot it with (Harvester VMs: EFI, Secure Boot + SMM)
+        "boot": ({"firmware": bm["disk"].get("firmware"), "secure_boot": bool(bm["disk"].get("secure_boot"))}
+                 if isinstance(bm.get("disk"), dict) and bm["disk"].get("firmware") else None),
         "rke2": {"version": bm["rke2"]["version"]} if bm.get("rke2") else None,
         "zarf": {"version": bm["zarf"]["version"]} if bm.get("zarf") else None,
         "recipe": {"name": (bm.get("recipe") or {}).get("name", bm["name"]),

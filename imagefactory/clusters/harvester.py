@@ -63,6 +63,7 @@ class HarvesterCluster:
                 raise UserError(f"{key}.disk: {pool.disk} bytes is smaller than the image's virtual size "
                                 f"{image.virtual_size} (the guest disk would be corrupt)",
                                 hint=f"set {key}.disk to at least {-(-image.virtual_size // 1024**3)}GiB")
+        firmware(spec, image)  # an image the chosen firmware cannot boot: before anything is created
         if spec.network_type == "vlan":
             assert spec.network.nad
             ns, nad = spec.network.nad.split("/")
@@ -166,6 +167,7 @@ class HarvesterCluster:
                         "hostname": node.name,
                         "evictionStrategy": "LiveMigrateIfPossible",
                         "domain": {
+                            **firmware(spec, image),
                             "cpu": {"cores": cores, "sockets": 1, "threads": 1},
                             "resources": {"limits": {"cpu": str(cores),
                                                      "memory": _size(int(node.pool.memory))}},
@@ -273,6 +275,30 @@ def _vmi_ip(vmi: dict[str, Any] | None) -> str | None:
         break
     return None
 
+
+
+def firmware(spec: ClusterSpec, image: UploadResult) -> dict[str, Any]:
+    """The VM's firmware (KubeVirt `domain.firmware`/`features`) for the image's declared boot.
+
+    KubeVirt defaults an EFI bootloader's `secureBoot` to true and refuses Secure Boot without SMM
+    (virt-api's validating webhook), so both are always spelled out."""
+    declared = image.firmware or "bios"  # a manifest from before `boot` was recorded: BIOS, as before
+    wanted = spec.firmware
+    if wanted == "auto":
+        wanted = "uefi" if declared in ("uefi", "hybrid") else "bios"
+    if wanted == "bios" and declared == "uefi":
+        raise UserError(f"{image.ref} boots on UEFI only; firmware: bios would not boot it",
+                        hint="remove 'firmware' from the cluster spec (auto) or set firmware: uefi")
+    if wanted == "uefi" and declared == "bios":
+        raise UserError(f"{image.ref} has no EFI system partition; firmware: uefi would not boot it",
+                        hint="remove 'firmware' from the cluster spec (auto) or set firmware: bios")
+    if wanted == "bios":
+        return {}
+    secure = image.secure_boot
+    out: dict[str, Any] = {"firmware": {"bootloader": {"efi": {"secureBoot": secure}}}}
+    if secure:
+        out["features"] = {"smm": {"enabled": True}}
+    return out
 
 
 def anti_affinity(cluster: str, pool: str, mode: str) -> dict[str, Any]:

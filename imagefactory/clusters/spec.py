@@ -154,6 +154,9 @@ class ClusterSpec(_Model):
     ssh_authorized_keys: tuple[str, ...] = ()
     rke2: Rke2Options = Rke2Options()
     zarf: ZarfOptions = ZarfOptions()
+    firmware: Literal["auto", "bios", "uefi"] = Field(
+        "auto", description="harvester: auto = what the image declares (UEFI with Secure Boot when it "
+        "supports UEFI and was built for Secure Boot; BIOS for a BIOS-only or older image)")
     registries: Registries | None = Field(
         None, description="registries.yaml written at first boot (replaces one baked in the image)")
     libvirt: LibvirtOptions = LibvirtOptions()

@@ -65,6 +65,8 @@ class UploadResult:
     virtual_size: int | None
     size: int | None
     seconds: float
+    firmware: str | None = None  # the manifest's boot.firmware (None: an older manifest, BIOS)
+    secure_boot: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -443,4 +445,5 @@ class ImageUploader:
             display_name=obj.get("spec", {}).get("displayName", ""), ref=m.ref, sha256=m.image.sha256,
             source=obj.get("spec", {}).get("sourceType", mode), reused=reused, storage_class=sc,
             virtual_size=status.get("virtualSize"), size=status.get("size"),
-            seconds=round(time.monotonic() - start, 2))
+            seconds=round(time.monotonic() - start, 2),
+            firmware=(m.boot or {}).get("firmware"), secure_boot=bool((m.boot or {}).get("secure_boot")))

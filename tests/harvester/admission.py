@@ -492,8 +492,18 @@ class Admission:
             raise webhook_denied(
                 KUBEVIRT_VM_WEBHOOK, f"Invalid RunStrategy ({spec['runStrategy']})", field="spec.runStrategy"
             )
+        # kubevirt pkg/virt-api/webhooks/validating-webhook/admitters (validateDomainSpec): an EFI
+        # bootloader's secureBoot defaults to true when unset, and Secure Boot needs SMM.
+        domain = tspec.get("domain") or {}
+        efi = ((domain.get("firmware") or {}).get("bootloader") or {}).get("efi")
+        smm = (domain.get("features") or {}).get("smm")
+        if isinstance(efi, dict) and efi.get("secureBoot", True) is not False and \
+                (not isinstance(smm, dict) or smm.get("enabled", True) is False):
+            raise webhook_denied(
+                KUBEVIRT_VM_WEBHOOK, "spec.template.spec.domain has EFI SecureBoot enabled. SecureBoot "
+                "requires SMM, which is currently disabled.", field="spec.template.spec.domain")
         volumes = {v.get("name"): v for v in tspec.get("volumes") or []}
-        devices = (tspec.get("domain") or {}).get("devices") or {}
+        devices = domain.get("devices") or {}
         for i, disk in enumerate(devices.get("disks") or []):
             if disk.get("name") not in volumes:
                 raise webhook_denied(

@@ -69,7 +69,8 @@ def signer() -> Ed25519PrivateKey:
 
 
 def qcow2_build(
-    root: Path, version: str, virtual: int = 2 * GiB, tail: int = 0, name: str = "rke2-node-debian"
+    root: Path, version: str, virtual: int = 2 * GiB, tail: int = 0, name: str = "rke2-node-debian",
+    disk: dict[str, Any] | None = None,
 ) -> Path:
     """A publishable build directory whose image is a real (empty) qcow2 of `virtual` bytes,
     optionally followed by `tail` random bytes (qcow2 ignores them: a big file, cheaply)."""
@@ -90,6 +91,8 @@ def qcow2_build(
         sha256=hashlib.sha256(data).hexdigest(),
         sha512=hashlib.sha512(data).hexdigest(),
     )
+    if disk is not None:  # the build's disk description (builders/rootfs.py): firmware, secure_boot
+        m["disk"] = disk
     (d / "manifest.json").write_text(json.dumps(m))
     return d
 
@@ -756,3 +759,38 @@ def test_registry_credentials_travel_in_the_cloudinit_secret_only(
         assert yaml.safe_load(reg["content"])["configs"]["registry.site"]["auth"]["password"] == \
             "registry-secret-42"
         assert "registry-secret-42" not in json.dumps(harvester.get_object("virtualmachines", "default", vm))
+
+
+@pytest.mark.parametrize(("disk", "want", "smm"), [
+    ({"firmware": "hybrid", "secure_boot": True}, {"bootloader": {"efi": {"secureBoot": True}}}, True),
+    ({"firmware": "uefi", "secure_boot": False}, {"bootloader": {"efi": {"secureBoot": False}}}, False),
+    ({"firmware": "bios"}, None, False),
+    (None, None, False),  # a manifest from before `boot` was recorded: BIOS, as before
+])
+def test_vm_firmware_follows_the_image(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path,
+    disk: dict[str, Any] | None, want: dict[str, Any] | None, smm: bool,
+) -> None:
+    """UEFI (with Secure Boot and SMM when the image was built for it) for an image that boots on
+    UEFI; the double refuses Secure Boot without SMM as KubeVirt's webhook does."""
+    api = api_for(harvester, tmp_path)
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.080000-efef", disk=disk))
+    image = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    HarvesterCluster(api, spec(agents={"count": 0}), poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    domain = vm["spec"]["template"]["spec"]["domain"]
+    assert domain.get("firmware") == want
+    assert (domain.get("features") or {}).get("smm") == ({"enabled": True} if smm else None)
+
+
+def test_firmware_the_image_cannot_boot_is_refused_before_anything_is_created(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    api = api_for(harvester, tmp_path)
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.080000-abab",
+                                                      disk={"firmware": "uefi", "secure_boot": True}))
+    image = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    with pytest.raises(UserError, match="boots on UEFI only"):
+        HarvesterCluster(api, spec(firmware="bios"), poll=0.05, ip_timeout=30).create(image)
+    assert harvester.get_object("virtualmachines", "default", "edge-server-0") is None
+    assert harvester.get_object("secrets", "default", "edge-token") is None

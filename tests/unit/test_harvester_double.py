@@ -871,7 +871,14 @@ def test_vm_admission(harvester: HarvesterDouble, co: client.CustomObjectsApi, f
     broken_disk["spec"]["template"]["spec"]["domain"]["devices"]["disks"].append(
         {"name": "ghost", "disk": {}}
     )
+    efi_default = vm_body("g", sc)  # KubeVirt: an EFI bootloader's secureBoot defaults to true
+    efi_default["spec"]["template"]["spec"]["domain"]["firmware"] = {"bootloader": {"efi": {}}}
+    efi_smm_off = vm_body("h", sc)
+    efi_smm_off["spec"]["template"]["spec"]["domain"].update(
+        firmware={"bootloader": {"efi": {"secureBoot": True}}}, features={"smm": {"enabled": False}})
     cases = [
+        (efi_default, "EFI SecureBoot enabled. SecureBoot requires SMM, which is currently disabled"),
+        (efi_smm_off, "SecureBoot requires SMM"),
         (vm_body("a", sc, storage="1Gi"), "smaller than the virtual size"),
         (vm_body("b", "no-such-sc"), "storageclass no-such-sc not found"),
         (broken_disk, "'ghost' not found"),
