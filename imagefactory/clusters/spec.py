@@ -19,6 +19,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ..catalogue.manifest import parse_ref
 from ..errors import Problem, UserError, ValidationError
+from ..recipes.rke2_releases import unknown_config_keys
 
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,28}[a-z0-9])?$")
 _NAD = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?/[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -88,6 +89,10 @@ class Rke2Options(_Model):
         if owned:
             raise ValueError(f"{', '.join(sorted(owned))} are set by imagefactory per node; "
                              "use tls_san for extra names")
+        unknown = unknown_config_keys(v)
+        if unknown:
+            raise ValueError("; ".join(f"rke2 has no '{k}' setting (it would skip it with a warning)"
+                                       + (f": did you mean '{c}'?" if c else "") for k, c in unknown))
         return v
 
 

@@ -21,6 +21,7 @@ Sources (upstream rancher/rke2):
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -172,4 +173,53 @@ def missing_images(needs: list[ImageNeed], refs: list[str]) -> list[str]:
             if n.tag_prefix:
                 want += f":{n.tag_prefix}{'*' if n.tag_prefix.endswith('-') else ''}"
             out.append(f"{want} ({n.why})")
+    return out
+
+
+# config.yaml keys rke2 reads (rancher/rke2 main, August 2026): `pkg/cli/cmds/server.go` and
+# `agent.go` (the k3s flags each copies or hides - dropped ones excluded - and their own flags) and
+# `root.go` commonFlag. k3s's configfilearg parser skips any other key with a warning ("Unknown flag
+# --KEY found in config.yaml, skipping"): a typo'd hardening setting is silently not applied.
+_SERVER_KEYS = """
+advertise-address agent-token agent-token-file airgap-extra-registry alsologtostderr bind-address
+cluster-cidr cluster-dns cluster-domain cluster-reset cluster-reset-restore-path cni config
+container-runtime-endpoint data-dir datastore-cafile datastore-certfile datastore-endpoint
+datastore-keyfile debug default-runtime disable disable-agent disable-apiserver
+disable-cloud-controller disable-controller-manager disable-default-registry-endpoint disable-etcd
+disable-kube-proxy disable-scheduler egress-selector-mode embedded-registry enable-pprof
+enable-servicelb etcd-arg etcd-disable-snapshots etcd-expose-metrics etcd-s3 etcd-s3-access-key
+etcd-s3-bucket etcd-s3-bucket-lookup-type etcd-s3-config-secret etcd-s3-endpoint etcd-s3-endpoint-ca
+etcd-s3-folder etcd-s3-insecure etcd-s3-proxy etcd-s3-region etcd-s3-retention etcd-s3-secret-key
+etcd-s3-session-token etcd-s3-skip-ssl-verify etcd-s3-timeout etcd-snapshot-compress etcd-snapshot-dir
+etcd-snapshot-name etcd-snapshot-reconcile-interval etcd-snapshot-retention etcd-snapshot-schedule-cron
+helm-controller-arg helm-job-image image-credential-provider-bin-dir image-credential-provider-config
+ingress-controller kube-apiserver-arg kube-cloud-controller-manager-arg kube-controller-manager-arg
+kube-proxy-arg kube-scheduler-arg kubelet-arg lb-server-port log node-external-dns node-external-ip
+node-internal-dns node-ip node-label node-name node-taint nonroot-devices prime private-registry
+protect-kernel-defaults resolv-conf secrets-encryption secrets-encryption-provider selinux server
+service-cidr service-node-port-range servicelb-namespace snapshotter supervisor-metrics
+system-default-registry tls-san tls-san-security token token-file v vmodule with-node-id
+write-kubeconfig write-kubeconfig-group write-kubeconfig-mode write-kubeconfig-name
+"""
+_COMMON_KEYS = """
+runtime-image kube-apiserver-image kube-controller-manager-image kube-proxy-image kube-scheduler-image
+etcd-image pause-image cloud-controller-manager-image kubelet-path cloud-provider-name
+cloud-provider-config node-name-from-cloud-provider-metadata profile audit-policy-file
+pod-security-admission-config-file control-plane-resource-requests control-plane-resource-limits
+control-plane-probe-configuration
+"""
+_COMPONENTS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager", "kube-proxy", "etcd",
+               "cloud-controller-manager")
+CONFIG_KEYS = frozenset(_SERVER_KEYS.split()) | frozenset(_COMMON_KEYS.split()) | frozenset(
+    f"{c}-extra-{kind}" for c in _COMPONENTS for kind in ("mount", "env"))
+
+
+def unknown_config_keys(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key as written, closest known key or "") for every key rke2 would skip."""
+    out: list[tuple[str, str]] = []
+    for key in config:
+        base = key[:-1] if key.endswith("+") else key  # `key+` appends (rke2's drop-in syntax)
+        if base not in CONFIG_KEYS:
+            close = difflib.get_close_matches(base, sorted(CONFIG_KEYS), n=1)
+            out.append((key, close[0] if close else ""))
     return out

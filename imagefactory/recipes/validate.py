@@ -9,7 +9,7 @@ from .. import distros, templates
 from ..errors import Problem, UserError, ValidationError
 from ..zarf_packages import PackageProblem, read_key
 from .located import LoadedRecipe, Located, fmt_path
-from .rke2_releases import release_problems
+from .rke2_releases import release_problems, unknown_config_keys
 
 # Trees that are the build host's own while a build runs (bind mounts, proc, sysfs) and runtime
 # filesystems in the booted guest: a `files` entry there is refused.
@@ -111,6 +111,10 @@ def semantic_problems(loaded: LoadedRecipe, located: Located) -> list[Problem]:
                 "an image runs one architecture")
         if r.rke2.selinux and r.os.family in ("debian", "ubuntu"):
             add(("rke2", "selinux"), f"SELinux is not available on {r.os.family}", "remove it")
+        for key, close in unknown_config_keys(r.rke2.config):
+            add(("rke2", "config", key), f"rke2 has no '{key.rstrip('+')}' setting: it would log \"Unknown "
+                f"flag --{key.rstrip('+')} found in config.yaml, skipping\" and run without it",
+                f"did you mean '{close}'?" if close else "see `rke2 server --help` for the settings")
         configs = r.rke2.registries.get("configs") if isinstance(r.rke2.registries, dict) else None
         for host, cfg in (configs.items() if isinstance(configs, dict) else ()):
             auth = cfg.get("auth") if isinstance(cfg, dict) else None

@@ -87,6 +87,12 @@ def test_node_order_roles_and_addresses(tmp_path: Path) -> None:
             "set by imagefactory",
         ),
         (
+            {"name": "edge", "image": "x", "rke2": {"config": {"kubelet-args": ["max-pods=200"]}}},
+            "rke2.config",
+            "rke2 has no 'kubelet-args' setting (it would skip it with a warning): "
+            "did you mean 'kubelet-arg'?",
+        ),
+        (
             {"name": "edge", "image": "x", "ssh_authorized_keys": ["not a key"]},
             "ssh_authorized_keys",
             "OpenSSH",

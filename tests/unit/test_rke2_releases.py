@@ -17,8 +17,13 @@ from imagefactory.errors import BuildError, UserError, ValidationError
 from imagefactory.lock import check_entry
 from imagefactory.recipes import RecipeBook
 from imagefactory.recipes.model import Rke2
-from imagefactory.recipes.rke2_releases import images_needed, missing_images, release_problems
-from imagefactory.steps.rke2 import _checked_image_tarballs
+from imagefactory.recipes.rke2_releases import (
+    images_needed,
+    missing_images,
+    release_problems,
+    unknown_config_keys,
+)
+from imagefactory.steps.rke2 import STIG_CONFIG, _checked_image_tarballs
 from imagefactory.tarballs import ArchiveProblem, image_refs
 from tests.conftest import MINIMAL, write
 from tests.standins.release import _tar_bytes, image_list, make_rke2_release, zstd_compress
@@ -183,3 +188,22 @@ def test_install_step_refuses_tarballs_of_another_release(tmp_path: Path) -> Non
         _checked_image_tarballs(ctx(old.directory))  # type: ignore[arg-type]
     assert "lack: rancher/rke2-runtime:v1.31.4-rke2r1 (RKE2 v1.31.4+rke2r1 runs its runtime image); " \
         "rancher/hardened-kubernetes:v1.31.4-rke2r1-*" in e.value.message
+
+
+def test_the_baked_stig_config_uses_only_settings_rke2_reads() -> None:
+    """A typo in our own hardening (`kubelet-args`) would be skipped by rke2 with a warning."""
+    assert unknown_config_keys(STIG_CONFIG) == []
+    assert unknown_config_keys({"kubelet-args": [], "kube-apiserver-arg+": [], "cni": "canal",
+                                "etcd-extra-mount": [], "write-kubeconfig-mod": "0600"}) == [
+        ("kubelet-args", "kubelet-arg"), ("write-kubeconfig-mod", "write-kubeconfig-mode")]
+
+
+def test_unknown_rke2_settings_are_recipe_errors(recipe_dir: Path) -> None:
+    p = write(recipe_dir, "r", MINIMAL + "rke2:\n  version: v1.31.4+rke2r1\n  config:\n"
+              "    kubelet-args: [max-pods=200]\n    kube-apiserver-arg+: [v=2]\n")
+    with pytest.raises(ValidationError) as e:
+        RecipeBook(recipe_dir).load("r")
+    found = [str(x) for x in e.value.problems]
+    assert len(found) == 1 and found[0].startswith(f"{p}:") and "rke2.config.kubelet-args" in found[0]
+    assert "Unknown flag --kubelet-args found in config.yaml, skipping" in found[0]
+    assert "did you mean 'kubelet-arg'?" in found[0]
