@@ -22,7 +22,7 @@ from ..fsutil import copy_into_root, mkdir_in_root, read_in_root, resolve_in_roo
 from ..recipes.model import Recipe
 from ..recipes.rke2_releases import images_needed, missing_images
 from ..tarballs import ArchiveProblem, image_refs
-from ..zarf_packages import PackageProblem, check_package, read_key
+from ..zarf_packages import PackageProblem, PublicKey, check_package, read_key
 
 STAGING = "var/tmp/imagefactory-rke2"  # inside the root: install.sh runs in the chroot
 IMAGES_DIR = "var/lib/rancher/rke2/agent/images"
@@ -183,13 +183,12 @@ def configure_rke2(ctx: BuildContext) -> None:
                   render_firstboot_script(prefix=prefix, zarf=zarf, verify_key=verify_key), 0o755)
 
 
-def _checked_packages(ctx: BuildContext) -> dict[str, dict[str, Any]]:
+def _checked_packages(ctx: BuildContext, key: PublicKey | None) -> dict[str, dict[str, Any]]:
     """Every baked package (and the init package) checked as `zarf package deploy` checks it:
     a corrupt or, with zarf.verify, unsigned/wrongly signed package fails the build here rather
     than the site's first boot."""
     z = ctx.recipe.zarf
     assert z is not None
-    key = read_key(ctx.loaded.directory, z.verify.key)[1] if z.verify else None
     out: dict[str, dict[str, Any]] = {}
     for a in _artifacts(ctx, "zarf-init", "zarf-package"):
         try:
@@ -208,13 +207,14 @@ def install_zarf(ctx: BuildContext) -> None:
     z = ctx.recipe.zarf
     assert z is not None
     target = ctx.distro.zarf_dir
-    checked = _checked_packages(ctx)
+    # the key file is read once: checked, baked and hashed from the same bytes
+    key_data, key = read_key(ctx.loaded.directory, z.verify.key) if z.verify else (b"", None)
+    checked = _checked_packages(ctx, key)
     mkdir_in_root(ctx.root, target)
     for a in _artifacts(ctx, "zarf-package"):
         copy_into_root(ctx.fetcher.get(a, ctx.recipe.name), ctx.root, f"{target}/packages/{a.name}")
     if z.verify:
-        data = read_key(ctx.loaded.directory, z.verify.key)[0]
-        write_in_root(ctx.root, VERIFY_KEY.lstrip("/"), data, 0o644)
+        write_in_root(ctx.root, VERIFY_KEY.lstrip("/"), key_data, 0o644)
     for a in _artifacts(ctx, "zarf-binary", "zarf-init"):
         src = ctx.fetcher.get(a, ctx.recipe.name)
         if a.role == "zarf-binary":
@@ -229,7 +229,7 @@ def install_zarf(ctx: BuildContext) -> None:
     if z.verify:
         ctx.manifest["zarf"]["verify_key"] = {
             "path": VERIFY_KEY,
-            "sha256": hashlib.sha256(read_key(ctx.loaded.directory, z.verify.key)[0]).hexdigest()}
+            "sha256": hashlib.sha256(key_data).hexdigest()}
 
 
 def fetch_inputs(ctx: BuildContext) -> None:

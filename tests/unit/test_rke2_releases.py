@@ -81,12 +81,17 @@ def test_cis_profile_exists_from_its_release(version: str, ok: bool) -> None:
     assert found(version, images=("core", "canal"), profile=None) == []
 
 
-def test_a_mismatch_is_a_recipe_error_naming_the_line(recipe_dir: Path) -> None:
-    p = write(recipe_dir, "r", MINIMAL + "rke2:\n  version: v1.36.0+rke2r1\n"
-                                         "  images: [core, canal, traefik]\n")
+def recipe_problems(recipe_dir: Path, rke2_section: str) -> tuple[Path, list[str]]:
+    """The validation problems of a minimal recipe with this `rke2:` section (and its file)."""
+    p = write(recipe_dir, "r", MINIMAL + rke2_section)
     with pytest.raises(ValidationError) as e:
         RecipeBook(recipe_dir).load("r")
-    problems = [str(x) for x in e.value.problems]
+    return p, [str(x) for x in e.value.problems]
+
+
+def test_a_mismatch_is_a_recipe_error_naming_the_line(recipe_dir: Path) -> None:
+    p, problems = recipe_problems(recipe_dir, "rke2:\n  version: v1.36.0+rke2r1\n"
+                                              "  images: [core, canal, traefik]\n")
     assert len(problems) == 1 and problems[0].startswith(f"{p}:5: rke2.images[2]: RKE2 v1.36.0+rke2r1 "
                                                          "publishes no 'traefik' image set"), problems
     assert "traefik is part of core from v1.36" in problems[0]
@@ -199,11 +204,9 @@ def test_the_baked_stig_config_uses_only_settings_rke2_reads() -> None:
 
 
 def test_unknown_rke2_settings_are_recipe_errors(recipe_dir: Path) -> None:
-    p = write(recipe_dir, "r", MINIMAL + "rke2:\n  version: v1.31.4+rke2r1\n  config:\n"
-              "    kubelet-args: [max-pods=200]\n    kube-apiserver-arg+: [v=2]\n")
-    with pytest.raises(ValidationError) as e:
-        RecipeBook(recipe_dir).load("r")
-    found = [str(x) for x in e.value.problems]
+    p, found = recipe_problems(recipe_dir, "rke2:\n  version: v1.31.4+rke2r1\n  config:\n"
+                                           "    kubelet-args: [max-pods=200]\n"
+                                           "    kube-apiserver-arg+: [v=2]\n")
     assert len(found) == 1 and found[0].startswith(f"{p}:") and "rke2.config.kubelet-args" in found[0]
     assert "Unknown flag --kubelet-args found in config.yaml, skipping" in found[0]
     assert "did you mean 'kubelet-arg'?" in found[0]

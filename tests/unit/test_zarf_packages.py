@@ -99,13 +99,15 @@ def test_build_refuses_a_package_the_site_would_refuse(tmp_path: Path) -> None:
             locked=[Artifact(n, "0" * 64, f"https://x.example/{n}", "zarf-package") for n in names],
             fetcher=SimpleNamespace(get=lambda a, _recipe: files[a.name]))
 
-    checked = _checked_packages(ctx(good.name))  # type: ignore[arg-type]
+    key = load_public_key(public, "cosign.pub")
+    checked = _checked_packages(ctx(good.name), key)  # type: ignore[arg-type]
     assert checked == {good.name: {"name": "good", "kind": "ZarfPackageConfig", "version": "1.0.0",
                                    "signed": True, "signature_verified": "bundle"}}
     with pytest.raises(BuildError) as e:
-        _checked_packages(ctx(good.name, bad.name))  # type: ignore[arg-type]
+        _checked_packages(ctx(good.name, bad.name), key)  # type: ignore[arg-type]
     assert e.value.message == (f"zarf package {bad.name}: verification material was provided but "
                                "the package is not signed")
     assert "re-sign it" in (e.value.hint or "")
     # without zarf.verify the unsigned package is baked (zarf deploys it with a warning)
-    assert _checked_packages(ctx(bad.name, verify=False))[bad.name]["signed"] is False  # type: ignore[arg-type]
+    unkeyed = _checked_packages(ctx(bad.name, verify=False), None)  # type: ignore[arg-type]
+    assert unkeyed[bad.name]["signed"] is False
