@@ -188,6 +188,8 @@ class LibvirtCluster:
     def _node(self, conn: Any, state: dict[str, Any], node: Node, image: LocalImage, token: str,
               server: str, pub: str, port: int, accel: str) -> lv.Guest:
         spec = self.spec
+        # Every node runs at once in the end: under TCG they share the host's cores (guest_cpus).
+        cpus = lv.guest_cpus(node.pool.cpu, accel, len(nodes(spec)))
         rec = state["nodes"].setdefault(node.name, {})
         rec.setdefault("mgmt_mac", _mac())
         rec.setdefault("link_mac", _mac())
@@ -219,11 +221,11 @@ class LibvirtCluster:
             # files to its qemu user while the domain runs (dynamic ownership) and back afterwards.
             g.overlay.chmod(0o600)
             g.console.touch(mode=0o600)
-            xml = lv.domain_xml(g, accel, int(node.pool.memory) // 1024**2, node.pool.cpu)
+            xml = lv.domain_xml(g, accel, int(node.pool.memory) // 1024**2, cpus)
             xml = xml.replace("</devices>", f"  {link_interface_xml(rec['link_mac'], port)}\n  </devices>", 1)
             existing = conn.defineXML(xml)
         log.info("starting %s (%s, %s, %d MiB, %d vCPU, cluster address %s, ssh 127.0.0.1:%d)", node.name,
-                 node.role, accel, int(node.pool.memory) // 1024**2, node.pool.cpu, rec["ip"], g.port)
+                 node.role, accel, int(node.pool.memory) // 1024**2, cpus, rec["ip"], g.port)
         g.boot_epoch = time.time()
         try:
             existing.create()

@@ -83,3 +83,17 @@ def test_a_uefi_recipe_on_a_host_without_ovmf_fails_before_building(
     with pytest.raises(UserError, match="uefi-secure boot needs OVMF"):
         build(loaded, tmp_path / "work")
     assert not (tmp_path / "work").exists()  # nothing started, nothing to clean up
+
+
+def test_tcg_guests_share_the_host_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under TCG the guests that run at once get one vCPU per host core between them (at least
+    one each, never more than asked); KVM gets what was asked."""
+    monkeypatch.setattr(lv.os, "sched_getaffinity", lambda _pid: {0, 1})
+    assert lv.guest_cpus(2, "tcg", 1) == 2
+    assert lv.guest_cpus(2, "tcg", 2) == 1
+    assert lv.guest_cpus(4, "tcg", 3) == 1
+    assert lv.guest_cpus(1, "tcg", 1) == 1
+    assert lv.guest_cpus(4, "kvm", 3) == 4
+    monkeypatch.setattr(lv.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    assert lv.guest_cpus(2, "tcg", 2) == 2
+    assert lv.guest_cpus(8, "tcg", 2) == 4

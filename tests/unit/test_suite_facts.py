@@ -123,12 +123,24 @@ def make_target(recipe_name: str, **recipe_changes: Any) -> dict[str, Any]:
     return target
 
 
+def cloud_init_status_json(*, errors: tuple[str, ...] = (), running: str | None = None) -> str:
+    """/run/cloud-init/status.json as cloud-init 22-24 writes it (cloudinit/cmd/main.py status_wrapper)."""
+    names = ("init-local", "init", "modules-config", "modules-final")
+    stages: dict[str, dict[str, Any]] = {
+        name: {"errors": [], "finished": BOOT + 20.0 + n, "recoverable_errors": {}, "start": BOOT + 10.0 + n}
+        for n, name in enumerate(names)}
+    stages["modules-final"]["errors"] = list(errors)
+    if running:
+        stages[running]["finished"] = None
+    return json.dumps({"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vdb]", **stages, "stage": running}})
+
+
 def healthy(target: dict[str, Any], i: int) -> Guest:
     """What a good boot of clone `i` looks like to the suites."""
     info, recipe, user = target["clones"][i], target["recipe"], target["user"]
     family = recipe["os"]["family"]
     g = Guest()
-    g.run(H.CLOUD_INIT_STATUS, "status: done\ntime: now\n")
+    g.put(H.CLOUD_INIT_STATUS, cloud_init_status_json())
     g.put("/run/cloud-init/result.json", json.dumps({"v1": {"datasource": "NoCloud", "errors": []}}))
     g.run(H.SYSTEM_STATE, "running\n")
     g.run(H.FAILED_UNITS, "")
@@ -316,7 +328,14 @@ SAME_KEY = "ssh-ed25519 AAAAsame root@x\n"
 UNHEALTHY: list[tuple[str, Callable[..., None], Mutation]] = [
     # hygiene
     ("cloud-init errored", H.test_cloud_init_finished_without_errors,
-     each(lambda g: g.run(H.CLOUD_INIT_STATUS, "status: error\n", rc=1))),
+     each(lambda g: g.put(H.CLOUD_INIT_STATUS, cloud_init_status_json(errors=("runcmd failed",))))),
+    ("cloud-init still running", H.test_cloud_init_finished_without_errors,
+     each(lambda g: (g.put(H.CLOUD_INIT_STATUS, cloud_init_status_json(running="modules-final")),
+                     g.rm(H.CLOUD_INIT_RESULT)))),
+    ("cloud-init never ran", H.test_cloud_init_finished_without_errors,
+     each(lambda g: (g.rm(H.CLOUD_INIT_STATUS), g.rm(H.CLOUD_INIT_RESULT)))),
+    ("cloud-init disabled", H.test_cloud_init_finished_without_errors,
+     each(lambda g: g.put("/etc/cloud/cloud-init.disabled", ""))),
     ("cloud-init recorded errors", H.test_cloud_init_finished_without_errors,
      each(lambda g: g.put("/run/cloud-init/result.json", '{"v1": {"errors": ["boom"]}}'))),
     ("a unit failed", H.test_no_failed_units,
