@@ -157,10 +157,16 @@ class RootSource:
 
     def walk(self, paths: Iterable[str], recursive: bool, name: str | None) -> list[Stat]:
         out: list[Stat] = []
+        seen: set[Path] = set()
         for top in paths:
             s = self.stat(top)
             if s is None:
                 continue
+            if recursive:  # a root that is another's link (merged /usr): walked once (HostSource.walk)
+                real = self.path(top).resolve()
+                if real in seen:
+                    continue
+                seen.add(real)
             if s.kind == "link":  # a top-level link (e.g. /lib -> usr/lib on merged /usr): follow it
                 real = self.path(top)
                 if not real.exists():
@@ -270,10 +276,22 @@ class HostSource:
         return out.strip() if rc == 0 else None
 
     def walk(self, paths: Iterable[str], recursive: bool, name: str | None) -> list[Stat]:
-        quoted = " ".join(shlex.quote(p) for p in paths)
-        if not quoted:
+        roots = list(paths)
+        if not roots:
             return []
+        quoted = " ".join(shlex.quote(p) for p in roots)
         depth = "" if recursive else " -maxdepth 0"
         filt = f" -name {shlex.quote(name)}" if name else ""
-        _rc, out = self.run(f"find -H {quoted}{depth}{filt} -printf '%m\\t%U\\t%G\\t%y\\t%p\\n' 2>/dev/null")
+        find = "find -H {}" + f"{depth}{filt} -printf '%m\\t%U\\t%G\\t%y\\t%p\\n' 2>/dev/null"
+        if recursive and len(roots) > 1:
+            # Merged /usr: /lib and /lib64 are links to usr/lib and usr/lib64, which find -H
+            # follows, so /lib /usr/lib walked /usr/lib twice and listed every file in it twice
+            # (20-25 s a walk in a TCG guest). A root resolving to one already listed is skipped
+            # (the first name is kept), as RootSource.walk skips it offline.
+            cmd = (f"set --; seen='|'; for p in {quoted}; do r=$(readlink -f -- \"$p\") || continue; "
+                   'case "$seen" in *"|$r|"*) continue;; esac; seen="$seen$r|"; set -- "$@" "$p"; done; '
+                   '[ $# -eq 0 ] || ' + find.replace("{}", '"$@"', 1))
+        else:
+            cmd = find.replace("{}", quoted, 1)
+        _rc, out = self.run(cmd)
         return self._parse(out)

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import sqlite3
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from imagefactory.stig.catalogue import Control, load_catalogue
 from imagefactory.stig.kinds import CheckContext, FixContext, PamLineAbsent
 from imagefactory.stig.kinds_fs import FileMode
 from imagefactory.stig.kinds_svc import AuditRule, YamlListContains
-from imagefactory.stig.sources import RootSource, inroot
+from imagefactory.stig.sources import HostSource, RootSource, inroot
 from imagefactory.stig.xccdf import load_benchmark
 
 PAM_AUTH = ("auth\t[success=1 default=ignore]\tpam_unix.so nullok\n"
@@ -961,3 +962,30 @@ def test_host_source_reads_each_file_once() -> None:
     assert src.read("/etc/login.defs") == src.read("/etc/login.defs") == "UMASK 077\n"
     assert src.read("/etc/missing") is None and src.read("/etc/missing") is None
     assert host.ran == ["cat -- /etc/login.defs", "cat -- /etc/missing"]
+
+
+class _ShellHost:
+    """Runs host_check's commands with this machine's sh and find (for the walk's shell prelude)."""
+
+    def run(self, cmd: str) -> _Result:
+        p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60)
+        return _Result(p.returncode, p.stdout)
+
+
+def test_walk_lists_a_merged_usr_tree_once_on_both_sides(tmp_path: Path) -> None:
+    """/lib -> usr/lib: find -H follows the link, so /lib /usr/lib walked the same tree twice. Both
+    sides keep the first name and list each file once; unrelated roots are all walked."""
+    root = make_root(tmp_path / "r", {"usr/lib/x/libfoo.so.1": "", "usr/lib64/ld.so": "", "opt/a": ""},
+                     {"lib": "usr/lib", "lib64": "usr/lib64"})
+    roots = ["/lib", "/usr/lib", "/lib64", "/usr/lib64", "/opt", "/missing"]
+    offline = sorted(s.path for s in RootSource(root).walk(roots, True, None))
+    assert offline == ["/lib", "/lib/x", "/lib/x/libfoo.so.1", "/lib64", "/lib64/ld.so", "/opt", "/opt/a"]
+    on_host = HostSource(_ShellHost()).walk([f"{root}{r}" for r in roots], True, None)
+    assert sorted(s.path.removeprefix(str(root)) for s in on_host) == offline
+    named = HostSource(_ShellHost()).walk([f"{root}{r}" for r in roots], True, "*.so*")
+    assert sorted(s.path.removeprefix(str(root)) for s in named) == ["/lib/x/libfoo.so.1", "/lib64/ld.so"]
+    assert sorted(s.path for s in RootSource(root).walk(roots, True, "*.so*")) == [
+        "/lib/x/libfoo.so.1", "/lib64/ld.so"]
+    # one root: a plain find, as before
+    single = HostSource(_ShellHost()).walk([f"{root}/usr/lib"], True, None)
+    assert len(single) == 3
