@@ -1,0 +1,109 @@
+"""Benchmark: clones booted at once under TCG with the recipe's vCPUs each (the anchor: what the
+boot test did before `testing.libvirt.guest_cpus`) against the host's cores shared between them
+(one vCPU each for two clones on two cores). Run as root, with the image built and stored:
+
+    .venv/bin/python benchmarks/tcg_vcpus.py [--workdir DIR] [--rounds N] [IMAGE]
+
+IMAGE is a store reference in WORKDIR's store (default ubuntu-22.04-base). Each round boots the
+recipe's clones (same count, firmwares and memory as the boot test) until every one is ready (SSH
+login with the test key and cloud-init finished), once each way, alternating which goes first.
+Only boot-to-ready is timed: the suites do not depend on the vCPU count. Prints a table and writes
+benchmarks/results/tcg_vcpus.json; README.md's numbers come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from imagefactory import distros  # noqa: E402
+from imagefactory.recipes.model import Recipe  # noqa: E402
+from imagefactory.store.local import LocalStore  # noqa: E402
+from imagefactory.testing import libvirt as lv  # noqa: E402
+from imagefactory.testing.harness import clone_firmwares  # noqa: E402
+
+SHARED = lv.guest_cpus
+
+
+def as_asked(requested: int, accel: str, together: int) -> int:
+    """The anchor: every clone gets the recipe's vCPUs, however many run at once."""
+    return requested
+
+
+Policy = Callable[[int, str, int], int]
+
+
+def boot_to_ready(image: Path, recipe: Recipe, scratch: Path, policy: Policy) -> float:
+    t = recipe.tests
+    lv.guest_cpus = policy  # boot() asks this module-level function
+    try:
+        start = time.monotonic()
+        with lv.boot(image, clones=t.clones, user=distros.get(recipe.os.family).default_user,
+                     accelerator=lv.resolve_accelerator(recipe.effective_accelerator()),
+                     memory_mib=t.memory // 1024**2, cpus=t.cpus, boot_timeout=t.boot_timeout,
+                     scratch=scratch, console_dir=scratch, firmwares=clone_firmwares(recipe.disk)):
+            return time.monotonic() - start
+    finally:
+        lv.guest_cpus = SHARED
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("image", nargs="?", default="ubuntu-22.04-base")
+    ap.add_argument("--workdir", default="/var/tmp/ifw")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    workdir = Path(args.workdir)
+    image = LocalStore(workdir / "store").resolve(args.image)
+    manifest = json.loads((image.parent / "manifest.json").read_text())
+    recipe = Recipe.model_validate(manifest["recipe"]["merged"])
+    accel = lv.resolve_accelerator(recipe.effective_accelerator())
+    policies = {"as_asked": as_asked, "shared": SHARED}
+    rounds: list[dict[str, Any]] = []
+    for i in range(args.rounds):
+        order = list(policies) if i % 2 == 0 else list(reversed(policies))
+        row: dict[str, Any] = {"order": order}
+        for name in order:
+            scratch = Path(tempfile.mkdtemp(prefix="bench-vcpus-", dir=workdir / "tmp"))
+            scratch.chmod(0o755)  # libvirt's qemu user reaches the overlays
+            try:
+                row[f"{name}_vcpus"] = policies[name](recipe.tests.cpus, accel, recipe.tests.clones)
+                row[f"{name}_ready_s"] = round(boot_to_ready(image, recipe, scratch, policies[name]), 1)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        row["load_avg_after"] = round(os.getloadavg()[0], 1)
+        rounds.append(row)
+        print(f"round {i + 1}: {row}", file=sys.stderr)
+    med = {n: statistics.median(r[f"{n}_ready_s"] for r in rounds) for n in policies}
+    data = {
+        "host": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+                 "accelerator": accel},
+        "image": str(image.relative_to(workdir)) if image.is_relative_to(workdir) else str(image),
+        "recipe": recipe.name, "clones": recipe.tests.clones, "recipe_cpus": recipe.tests.cpus,
+        "firmwares": list(clone_firmwares(recipe.disk)),
+        "rounds": rounds,
+        "median_ready_s": med,
+        "shared_over_as_asked": round(med["shared"] / med["as_asked"], 2),
+    }
+    out = REPO / "benchmarks/results/tcg_vcpus.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
