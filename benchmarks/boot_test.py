@@ -44,6 +44,20 @@ def boot_to_ready(image: Path, recipe: Recipe, scratch: Path) -> float:
         return time.monotonic() - start
 
 
+def stored_image(workdir: Path, ref: str) -> tuple[Path, Recipe]:
+    """A stored image and the recipe it was built from (its manifest's merged recipe)."""
+    image = LocalStore(workdir / "store").resolve(ref)
+    manifest = json.loads((image.parent / "manifest.json").read_text())
+    return image, Recipe.model_validate(manifest["recipe"]["merged"])
+
+
+def write_result(name: str, data: dict[str, Any]) -> None:
+    out = REPO / "benchmarks/results" / name
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("image", nargs="?", default="ubuntu-22.04-base")
@@ -51,9 +65,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     workdir = Path(args.workdir)
-    image = LocalStore(workdir / "store").resolve(args.image)
-    manifest = json.loads((image.parent / "manifest.json").read_text())
-    recipe = Recipe.model_validate(manifest["recipe"]["merged"])
+    image, recipe = stored_image(workdir, args.image)
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):
         scratch = Path(tempfile.mkdtemp(prefix="bench-boot-", dir=workdir / "tmp"))
@@ -84,10 +96,7 @@ def main() -> int:
         "boot_test_over_boot_to_ready": round(med["boot_test_s"] / med["boot_to_ready_s"], 2),
         "suites_over_boot": round(med["suites_s"] / med["boot_test_boot_s"], 2),
     }
-    out = REPO / "benchmarks/results/boot_test.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2))
+    write_result("boot_test.json", data)
     return 0 if all(r["ok"] for r in rounds) else 1
 
 

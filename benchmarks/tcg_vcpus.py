@@ -14,14 +14,12 @@ benchmarks/results/tcg_vcpus.json; README.md's numbers come from here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,9 +27,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imagefactory import distros  # noqa: E402
+from boot_test import boot_to_ready, stored_image, write_result  # noqa: E402
+
 from imagefactory.recipes.model import Recipe  # noqa: E402
-from imagefactory.store.local import LocalStore  # noqa: E402
 from imagefactory.testing import libvirt as lv  # noqa: E402
 from imagefactory.testing.harness import clone_firmwares  # noqa: E402
 
@@ -46,16 +44,12 @@ def as_asked(requested: int, accel: str, together: int) -> int:
 Policy = Callable[[int, str, int], int]
 
 
-def boot_to_ready(image: Path, recipe: Recipe, scratch: Path, policy: Policy) -> float:
-    t = recipe.tests
-    lv.guest_cpus = policy  # boot() asks this module-level function
+def boot_with(policy: Policy, image: Path, recipe: Recipe, scratch: Path) -> float:
+    """boot_test's boot-to-ready with `policy` deciding each clone's vCPUs (boot() asks the
+    module-level guest_cpus)."""
+    lv.guest_cpus = policy
     try:
-        start = time.monotonic()
-        with lv.boot(image, clones=t.clones, user=distros.get(recipe.os.family).default_user,
-                     accelerator=lv.resolve_accelerator(recipe.effective_accelerator()),
-                     memory_mib=t.memory // 1024**2, cpus=t.cpus, boot_timeout=t.boot_timeout,
-                     scratch=scratch, console_dir=scratch, firmwares=clone_firmwares(recipe.disk)):
-            return time.monotonic() - start
+        return boot_to_ready(image, recipe, scratch)
     finally:
         lv.guest_cpus = SHARED
 
@@ -67,9 +61,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     workdir = Path(args.workdir)
-    image = LocalStore(workdir / "store").resolve(args.image)
-    manifest = json.loads((image.parent / "manifest.json").read_text())
-    recipe = Recipe.model_validate(manifest["recipe"]["merged"])
+    image, recipe = stored_image(workdir, args.image)
     accel = lv.resolve_accelerator(recipe.effective_accelerator())
     policies = {"as_asked": as_asked, "shared": SHARED}
     rounds: list[dict[str, Any]] = []
@@ -81,7 +73,7 @@ def main() -> int:
             scratch.chmod(0o755)  # libvirt's qemu user reaches the overlays
             try:
                 row[f"{name}_vcpus"] = policies[name](recipe.tests.cpus, accel, recipe.tests.clones)
-                row[f"{name}_ready_s"] = round(boot_to_ready(image, recipe, scratch, policies[name]), 1)
+                row[f"{name}_ready_s"] = round(boot_with(policies[name], image, recipe, scratch), 1)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         row["load_avg_after"] = round(os.getloadavg()[0], 1)
@@ -98,10 +90,7 @@ def main() -> int:
         "median_ready_s": med,
         "shared_over_as_asked": round(med["shared"] / med["as_asked"], 2),
     }
-    out = REPO / "benchmarks/results/tcg_vcpus.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2))
+    write_result("tcg_vcpus.json", data)
     return 0
 
 
