@@ -28,6 +28,8 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from . import k8s_flags
+
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 RKE2_DOWNLOAD = "rancher/rke2/releases/download"
@@ -110,9 +112,10 @@ def _template(name: str, **subs: str) -> str:
 
 
 def rke2_script(version: str) -> str:
-    """The stand-in ``bin/rke2`` (also the bare ``rke2.linux-<arch>`` asset)."""
+    """The stand-in ``bin/rke2`` (also the bare ``rke2.linux-<arch>`` asset), with the component
+    flag table of ``k8s_flags`` embedded (it checks ``kube-apiserver-arg`` & co. against it)."""
     kubectl = _template("kubectl.in", RKE2_VERSION=version).rstrip("\n")
-    return _template("rke2.in", RKE2_VERSION=version, KUBECTL=kubectl)
+    return _template("rke2.in", RKE2_VERSION=version, KUBECTL=kubectl, K8S_FLAGS=k8s_flags.table_json())
 
 
 def install_script(version: str) -> str:

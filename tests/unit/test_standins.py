@@ -20,7 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from imagefactory.steps.rke2 import STIG_CONFIG
+from tests.standins import k8s_flags
 from tests.standins.mirror import ReleaseMirror, disk_path, upstream_bases
 from tests.standins.release import (
     CIS_SYSCTLS,
@@ -30,6 +33,7 @@ from tests.standins.release import (
     make_rke2_release,
     make_zarf_package,
     make_zarf_release,
+    rke2_script,
     tamper_zarf_yaml,
     version_dirname,
 )
@@ -585,6 +589,176 @@ def test_rke2_needs_core_images_offline(rke2: Rke2Release, tmp_path: Path) -> No
     root = node_root(rke2, tmp_path, "node-name: n1\n", images=False)
     out = run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root))
     assert out.returncode == 1 and "rke2-runtime:v1.31.4-rke2r1" in out.stderr
+
+
+# --- component args (kube-apiserver-arg, kubelet-arg, ...) against the v1.31 flag tables --------------
+
+STIG_CATALOGUE = Path(__file__).resolve().parents[2] / "stig/rke2.yaml"
+
+
+def product_args() -> dict[str, list[str]]:
+    """Every `*-arg` item the product bakes: steps/rke2.py STIG_CONFIG and the stig/rke2.yaml fixes
+    (items that must be present, with their accepted alternatives)."""
+    args: dict[str, list[str]] = {k: list(v) for k, v in STIG_CONFIG.items() if k in k8s_flags.CONFIG_KEYS}
+
+    def walk(node: object) -> Iterator[dict[str, object]]:
+        if isinstance(node, dict):
+            if node.get("type") == "yaml_list_contains":
+                yield node
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    for fix in walk(yaml.safe_load(STIG_CATALOGUE.read_text())):
+        key = str(fix["key"])
+        if key in k8s_flags.CONFIG_KEYS and fix.get("present", True) is not False:
+            items = [str(fix["item"]), *(str(a) for a in fix.get("accept") or [])]  # type: ignore[attr-defined]
+            args.setdefault(key, []).extend(items)
+    return args
+
+
+def flag_name(item: str) -> str:
+    """The flag an item becomes (k3s GetArgs): one leading `--` dropped, up to the first `=`."""
+    return item.removeprefix("--").partition("=")[0].rstrip("+-")
+
+
+def test_product_component_flags_exist_in_kubernetes_1_31() -> None:
+    args = product_args()
+    assert set(k8s_flags.CONFIG_KEYS) - {"kube-proxy-arg"} <= set(args)
+    unknown = [(key, item) for key, items in args.items() for item in items
+               if not k8s_flags.known("1.31", k8s_flags.CONFIG_KEYS[key], flag_name(item))]
+    assert unknown == [], "flags no v1.31 component accepts (the node would not start)"
+    # the check can fail: a typo is not in the table, and neither is another component's flag
+    assert not k8s_flags.known("1.31", "kube-apiserver", "anonymus-auth")
+    assert not k8s_flags.known("1.31", "kubelet", "audit-log-maxage")
+    assert k8s_flags.known("1.31", "kube-proxy", "log-dir")  # `_` and `-` are the same to pflag
+
+
+def test_k8s_flag_table_shape() -> None:
+    assert k8s_flags.minor_of(VERSION) == "1.31"
+    counts = {c: len(n) for c, n in k8s_flags.FLAGS["1.31"].items()}
+    assert set(counts) == set(k8s_flags.CONFIG_KEYS.values())
+    assert min(counts.values()) > 50
+    for names in k8s_flags.FLAGS["1.31"].values():
+        assert all(re.fullmatch(r"[a-z0-9][a-z0-9_-]*", n) for n in names)
+        assert {"v", "vmodule", "log-flush-frequency", "feature-gates", "help", "version"} <= names
+    assert json.loads(k8s_flags.table_json())["1.31"]["kubelet"] == sorted(k8s_flags.FLAGS["1.31"]["kubelet"])
+
+
+def component_args(root: Path) -> dict[str, list[str]]:
+    recorded: dict[str, list[str]] = json.loads(
+        (root / "var/lib/rancher/rke2/standin/component-args.json").read_text())
+    return recorded
+
+
+def assert_never_ready(out: subprocess.CompletedProcess[str], root: Path, message: str) -> None:
+    assert out.returncode == 1, out.stderr
+    assert f"\nError: {message}\n" in out.stderr
+    assert "level=fatal" in out.stderr and "not ready" in out.stderr
+    assert not (root / "var/lib/rancher/rke2/standin/ready").exists()
+
+
+def test_rke2_valid_component_args_start(rke2: Rke2Release, tmp_path: Path) -> None:
+    args = product_args()
+    args["kubelet-arg"] += ["--v=2", "log_flush_frequency=5s"]
+    config = yaml.safe_dump({"node-name": "n1", **args, "etcd-arg": ["not-checked=1"]})
+    root = node_root(rke2, tmp_path, config)
+    # a flow list: a quoted item keeps its commas, an unquoted comma separates items (YAML)
+    dropins = root / "etc/rancher/rke2/config.yaml.d"
+    dropins.mkdir(parents=True, exist_ok=True)
+    (dropins / "60-flow.yaml").write_text(
+        'kube-apiserver-arg+: ["tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384", '
+        "'audit-log-maxage=30', audit-log-maxbackup=10]\n")
+    out = run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root))
+    assert out.returncode == 0, out.stderr
+    assert (root / "var/lib/rancher/rke2/standin/ready").exists()
+    recorded = component_args(root)
+    api = recorded["kube-apiserver-arg"]
+    assert "--tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384" in api
+    assert {"--audit-log-maxage=30", "--audit-log-maxbackup=10"} <= set(api)
+    assert "--anonymous-auth=false" in recorded["kube-apiserver-arg"]
+    assert "--protect-kernel-defaults=true" in recorded["kubelet-arg"]
+    assert "--v=2" in recorded["kubelet-arg"]  # leading `--` dropped and put back once
+    assert recorded["kubelet-arg"] == sorted(recorded["kubelet-arg"])  # GetArgs sorts by name
+    assert recorded["etcd-arg"] == ["--not-checked=1"]  # recorded, not checked
+
+
+def test_rke2_apiserver_arg_typo_never_ready(rke2: Rke2Release, tmp_path: Path) -> None:
+    args = product_args()
+    args["kube-apiserver-arg"] = [
+        a.replace("anonymous-auth", "anonymus-auth") for a in args["kube-apiserver-arg"]]
+    root = node_root(rke2, tmp_path, yaml.safe_dump({"node-name": "n1", **args}))
+    out = run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root))
+    assert_never_ready(out, root, "unknown flag: --anonymus-auth")
+    assert "Usage:\n  kube-apiserver [flags]" in out.stderr
+    assert "Waiting for API server to become available" in out.stderr
+    pod_log = root / "var/log/pods/kube-system_kube-apiserver-n1_standin/kube-apiserver/0.log"
+    assert "Error: unknown flag: --anonymus-auth" in pod_log.read_text()
+
+
+def test_rke2_kubelet_arg_dropin_replaces_and_is_checked(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "node-name: n1\nkubelet-arg:\n  - read-only-prot=0\n")
+    dropins = root / "etc/rancher/rke2/config.yaml.d"
+    dropins.mkdir()
+    exe = str(root / "usr/local/bin/rke2")
+    # a later file replaces the list: the typo in config.yaml is gone
+    (dropins / "50-kubelet.yaml").write_text("kubelet-arg: [read-only-port=0]\n")
+    out = run([exe, "server"], rke2_env(root))
+    assert out.returncode == 0, out.stderr
+    assert component_args(root)["kubelet-arg"] == ["--read-only-port=0"]
+    # an unknown kubelet flag in a drop-in (ignored: the README-style .txt; read: .yml)
+    (dropins / "10-notes.txt").write_text("kubelet-arg: [also-not-a-flag=1]\n")
+    (dropins / "60-more.yml").write_text("kubelet-arg:\n- protect-kernel-defaults=true\n- max-pod=110\n")
+    out = run([exe, "server"], rke2_env(root))
+    assert_never_ready(out, root, "unknown flag: --max-pod")
+    assert "Usage:\n  kubelet [flags]" in out.stderr and "Kubelet exited: exit status 1" in out.stderr
+    assert "also-not-a-flag" not in out.stderr
+    kubelet_log = root / "var/lib/rancher/rke2/agent/logs/kubelet.log"
+    assert "Error: unknown flag: --max-pod" in kubelet_log.read_text()
+
+
+def test_rke2_appended_kubelet_arg_is_checked(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "node-name: n1\nkubelet-arg:\n  - read-only-port=0\n")
+    dropins = root / "etc/rancher/rke2/config.yaml.d"
+    dropins.mkdir()
+    (dropins / "50-append.yaml").write_text("kubelet-arg+:\n  - protect-kernel-default=true\n  - zz-bad=1\n")
+    out = run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root))
+    # pflag reports the first unknown flag of the sorted list; the stand-in names both
+    assert_never_ready(out, root, "unknown flag: --protect-kernel-default")
+    assert "--zz-bad=1" in out.stderr
+    assert component_args(root)["kubelet-arg"] == [
+        "--protect-kernel-default=true", "--read-only-port=0", "--zz-bad=1"]
+
+
+def test_rke2_component_args_on_command_line_and_agents(
+    rke2: Rke2Release, tmp_path: Path, spawn: Spawn
+) -> None:
+    root = node_root(rke2, tmp_path, "node-name: n1\n")
+    exe = str(root / "usr/local/bin/rke2")
+    out = run([exe, "server", "--kube-scheduler-arg", "tls-min-versoin=VersionTLS12"], rke2_env(root))
+    assert_never_ready(out, root, "unknown flag: --tls-min-versoin")
+    # agents do not read the server-only keys (k3s strips them), but do check kubelet-arg
+    _, _, url = start_server(spawn, rke2, tmp_path, "token: t\nnode-name: cp\n")
+    (root / "etc/rancher/rke2/config.yaml").write_text(
+        f"server: {url}\ntoken: t\nnode-name: w1\nkube-apiserver-arg: [not-checked-here=1]\n")
+    out = run([exe, "agent"], rke2_env(root))
+    assert out.returncode == 0, out.stderr
+    out = run([exe, "agent", "--kubelet-arg=bogus-flag=1"], rke2_env(root))
+    assert_never_ready(out, root, "unknown flag: --bogus-flag")
+
+
+def test_rke2_unknown_kubernetes_minor_is_fatal(rke2: Rke2Release, tmp_path: Path) -> None:
+    root = node_root(rke2, tmp_path, "node-name: n1\nkubelet-arg: [read-only-port=0]\n")
+    exe = root / "usr/local/bin/rke2"
+    exe.write_text(rke2_script("v1.99.0+rke2r1"))
+    out = run([str(exe), "server"], rke2_env(root, RKE2_STANDIN_ALLOW_PULL="1"))
+    assert out.returncode == 1
+    assert "no flag table for Kubernetes 1.99" in out.stderr
+    assert not (root / "var/lib/rancher/rke2/standin/ready").exists()
+    (root / "etc/rancher/rke2/config.yaml").write_text("node-name: n1\n")  # nothing to check
+    assert run([str(exe), "server"], rke2_env(root, RKE2_STANDIN_ALLOW_PULL="1")).returncode == 0
 
 
 # --- multi-node: supervisor, join, heartbeats ---------------------------------------------------------
