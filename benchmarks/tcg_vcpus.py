@@ -8,7 +8,7 @@ IMAGE is a store reference in WORKDIR's store (default ubuntu-22.04-base). Each 
 recipe's clones (same count, firmwares and memory as the boot test) until every one is ready (SSH
 login with the test key and cloud-init finished), once each way, alternating which goes first.
 Only boot-to-ready is timed: the suites do not depend on the vCPU count. Prints a table and writes
-benchmarks/results/tcg_vcpus.json; README.md's numbers come from here.
+benchmarks/results/tcg_vcpus-<recipe>.json; README.md's numbers come from here.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> int:
         "median_ready_s": med,
         "shared_over_as_asked": round(med["shared"] / med["as_asked"], 2),
     }
-    write_result("tcg_vcpus.json", data)
+    write_result(f"tcg_vcpus-{recipe.name}.json", data)
     return 0
 
 

@@ -18,7 +18,7 @@ from ..errors import BuildError
 from ..fsutil import resolve_in_root
 from ..recipes.model import MmdebstrapSource, Recipe
 from ..run import run
-from ..steps import rke2, scripts, stig
+from ..steps import apparmor, rke2, scripts, stig
 from ..steps import seal as sealing
 from . import disk, efi
 
@@ -277,6 +277,7 @@ def offline_steps(recipe: Recipe, *, packages_step: bool) -> list[Step]:
         Step("configure-services", configure_services),
         *rke2.steps(recipe),
         *stig.steps_before_leaving_chroot(recipe),
+        *apparmor.steps(recipe),
         Step("leave-chroot", leave_chroot),
         Step("record-packages", record_packages),
         Step("seal", seal),

@@ -205,6 +205,10 @@ def healthy(target: dict[str, Any], i: int) -> Guest:
         g.put(R.NETPLAN, "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n", mode=0o600)
         g.run(R.NETWORKCTL, "* 2: eth0\n    State: routable (configured)\n  Address: 10.0.2.15\n")
         g.run("systemctl is-active systemd-resolved", "active\n")
+        # rsyslog.service recompiles its own profile at every start (FORCED_RECOMPILE), which
+        # also renews the directory's time
+        g.run(R.APPARMOR_CACHE, "".join(f"{t}\t{AA_CACHE}{p}\n" for t, p in (
+            (NEW, ""), (OLD, "/.features"), (OLD, "/1password"), (NEW, "/usr.sbin.rsyslogd"))))
     else:
         g.put(R.IFUPDOWN, "auto eth0\niface eth0 inet dhcp\n")
     g.run(R.ADDRESS, "2: eth0: <UP>\n    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0\n")
@@ -323,6 +327,7 @@ def both(*mutations: Mutation) -> Mutation:
     return mutate
 
 
+AA_CACHE = "/var/cache/apparmor/b8ec2925.0"  # shipped by the build (steps/apparmor.py)
 ROOT_KEY = "/root/.ssh/authorized_keys"
 SAME_KEY = "ssh-ed25519 AAAAsame root@x\n"
 UNHEALTHY: list[tuple[str, Callable[..., None], Mutation]] = [
@@ -442,6 +447,11 @@ UNHEALTHY: list[tuple[str, Callable[..., None], Mutation]] = [
      each(lambda g: g.run("systemctl is-enabled motd-news.timer", "enabled\n"))),
     ("motd news on", R.test_nothing_phones_home,
      each(lambda g: g.put("/etc/default/motd-news", "ENABLED=1\n"))),
+    ("AppArmor recompiled a profile at boot", R.test_apparmor_policy_loaded_from_the_shipped_cache,
+     each(lambda g: g.run(R.APPARMOR_CACHE, g.cmds[R.APPARMOR_CACHE][1] + f"{NEW}\t{AA_CACHE}/1password\n"))),
+    ("AppArmor compiled for other kernel features", R.test_apparmor_policy_loaded_from_the_shipped_cache,
+     second(lambda g: g.run(R.APPARMOR_CACHE, g.cmds[R.APPARMOR_CACHE][1] + "".join(
+         f"{NEW}\t/var/cache/apparmor/0a1b2c3d.0{p}\n" for p in ("", "/.features", "/rsyslogd"))))),
     ("netplan without eth0", R.test_network_rendered_by_cloud_init,
      each(lambda g: g.put(R.NETPLAN, "network: {}\n"))),
     ("eth0 not configured", R.test_network_rendered_by_cloud_init,

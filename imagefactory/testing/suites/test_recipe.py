@@ -23,6 +23,14 @@ NETPLAN = "/etc/netplan/50-cloud-init.yaml"
 NETWORKCTL = "networkctl status eth0 --no-pager"
 IFUPDOWN = "/etc/network/interfaces.d/50-cloud-init"
 ADDRESS = "ip -4 addr show eth0"
+# The compiled AppArmor policy (steps/apparmor.py): each cache directory (one per kernel feature
+# set) and its entries, `.features` (what it was compiled for) included, with their ctimes: the
+# parser stamps a compiled profile with its source's mtime (its freshness check), so only the
+# ctime says when it was written.
+APPARMOR_CACHE = "find /var/cache/apparmor -mindepth 1 -maxdepth 2 -printf '%C@\\t%p\\n'"
+# Profiles a service recompiles at every start, cache or not: Ubuntu's rsyslog.service runs
+# /usr/lib/rsyslog/reload-apparmor-profile (`apparmor_parser -r -W -T`, skip reading the cache).
+FORCED_RECOMPILE = frozenset({"usr.sbin.rsyslogd"})
 
 
 def wanted(target: dict[str, Any], clone: dict[str, Any]) -> Iterator[F.Item]:
@@ -38,6 +46,7 @@ def wanted(target: dict[str, Any], clone: dict[str, Any]) -> Iterator[F.Item]:
     yield F.PACKAGES
     yield from map(F.cmd, (DISK_SIZE, ROOT_SIZE, ADDRESS))
     yield F.stat("/sys/firmware/efi")
+    yield from (F.cmd(APPARMOR_CACHE), F.read("/proc/stat"))
     if clone["firmware"] != "bios":
         yield from (F.cmd(SECURE_BOOT_STATE), F.cmd("dmesg"), F.read("/proc/mounts"), F.stat(ESP_LOADER))
     if family in ("debian", "ubuntu"):
@@ -151,3 +160,37 @@ def test_network_rendered_by_cloud_init(clone: Clone, target: dict[str, Any]) ->
     elif family == "debian":
         assert "eth0" in g.text(IFUPDOWN)
     assert "inet 10.0.2." in g.cmd(ADDRESS).stdout
+
+
+def _btime(g: F.FactStore) -> int:
+    for line in g.text("/proc/stat").splitlines():
+        if line.startswith("btime "):
+            return int(line.split()[1])
+    raise AssertionError("no btime in /proc/stat")
+
+
+def test_apparmor_policy_loaded_from_the_shipped_cache(clone: Clone) -> None:
+    # An image that ships compiled AppArmor policy (a cache directory whose `.features` predates
+    # this boot) must have booted from it: no profile in it rewritten this boot, no directory
+    # compiled for another feature set. Either would mean that the kernel's features differ from
+    # the captured set the build compiled for (imagefactory/apparmor_features/): refresh it. An
+    # image without a shipped cache compiles at boot as apparmor.service always did; nothing to
+    # vouch for. The directory's own time is not evidence: a profile a service recompiles on
+    # purpose (FORCED_RECOMPILE) renames its new copy into it.
+    _, g = clone
+    limit = _btime(g) - 5  # a few seconds of slack for the clock settling right after boot
+    entries: dict[str, list[tuple[float, str]]] = {}
+    for line in g.cmd(APPARMOR_CACHE).stdout.splitlines():
+        ctime, _, path = line.partition("\t")
+        top = "/".join(path.split("/")[:5])  # /var/cache/apparmor/<hash>.0
+        if path != top:
+            entries.setdefault(top, []).append((float(ctime), path))
+    shipped = {top for top, items in entries.items()
+               if any(p == f"{top}/.features" and t <= limit for t, p in items)}
+    if not shipped:
+        return
+    other = sorted(set(entries) - shipped)
+    assert other == [], f"compiled at boot for another feature set than {sorted(shipped)}: {other}"
+    rewritten = [p for top in shipped for t, p in entries[top]
+                 if t > limit and p.rsplit("/", 1)[-1] not in FORCED_RECOMPILE]
+    assert rewritten == [], f"recompiled at boot despite the shipped cache: {rewritten}"
