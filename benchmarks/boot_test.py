@@ -40,7 +40,8 @@ def boot_to_ready(image: Path, recipe: Recipe, scratch: Path) -> float:
     with lv.boot(image, clones=t.clones, user=distros.get(recipe.os.family).default_user,
                  accelerator=lv.resolve_accelerator(recipe.effective_accelerator()),
                  memory_mib=t.memory // 1024**2, cpus=t.cpus, boot_timeout=t.boot_timeout,
-                 scratch=scratch, console_dir=scratch, firmwares=clone_firmwares(recipe.disk)):
+                 scratch=scratch, console_dir=scratch, firmwares=clone_firmwares(recipe.disk),
+                 tcg_cpus=t.tcg_cpus):
         return time.monotonic() - start
 
 

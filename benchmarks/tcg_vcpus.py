@@ -20,7 +20,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +32,13 @@ from imagefactory.recipes.model import Recipe  # noqa: E402
 from imagefactory.testing import libvirt as lv  # noqa: E402
 from imagefactory.testing.harness import clone_firmwares  # noqa: E402
 
-SHARED = lv.guest_cpus
+POLICIES = {"as_asked": "asked", "shared": "shared"}  # benchmark name -> recipe tests.tcg_cpus
 
 
-def as_asked(requested: int, accel: str, together: int) -> int:
-    """The anchor: every clone gets the recipe's vCPUs, however many run at once."""
-    return requested
-
-
-Policy = Callable[[int, str, int], int]
-
-
-def boot_with(policy: Policy, image: Path, recipe: Recipe, scratch: Path) -> float:
-    """boot_test's boot-to-ready with `policy` deciding each clone's vCPUs (boot() asks the
-    module-level guest_cpus)."""
-    lv.guest_cpus = policy
-    try:
-        return boot_to_ready(image, recipe, scratch)
-    finally:
-        lv.guest_cpus = SHARED
+def boot_with(policy: str, image: Path, recipe: Recipe, scratch: Path) -> float:
+    """boot_test's boot-to-ready with the recipe's `tests.tcg_cpus` set to `policy`."""
+    tests = recipe.tests.model_copy(update={"tcg_cpus": policy})
+    return boot_to_ready(image, recipe.model_copy(update={"tests": tests}), scratch)
 
 
 def main() -> int:
@@ -63,23 +50,23 @@ def main() -> int:
     workdir = Path(args.workdir)
     image, recipe = stored_image(workdir, args.image)
     accel = lv.resolve_accelerator(recipe.effective_accelerator())
-    policies = {"as_asked": as_asked, "shared": SHARED}
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):
-        order = list(policies) if i % 2 == 0 else list(reversed(policies))
+        order = list(POLICIES) if i % 2 == 0 else list(reversed(POLICIES))
         row: dict[str, Any] = {"order": order}
         for name in order:
             scratch = Path(tempfile.mkdtemp(prefix="bench-vcpus-", dir=workdir / "tmp"))
             scratch.chmod(0o755)  # libvirt's qemu user reaches the overlays
             try:
-                row[f"{name}_vcpus"] = policies[name](recipe.tests.cpus, accel, recipe.tests.clones)
-                row[f"{name}_ready_s"] = round(boot_with(policies[name], image, recipe, scratch), 1)
+                row[f"{name}_vcpus"] = lv.guest_cpus(recipe.tests.cpus, accel, recipe.tests.clones,
+                                                     POLICIES[name])
+                row[f"{name}_ready_s"] = round(boot_with(POLICIES[name], image, recipe, scratch), 1)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         row["load_avg_after"] = round(os.getloadavg()[0], 1)
         rounds.append(row)
         print(f"round {i + 1}: {row}", file=sys.stderr)
-    med = {n: statistics.median(r[f"{n}_ready_s"] for r in rounds) for n in policies}
+    med = {n: statistics.median(r[f"{n}_ready_s"] for r in rounds) for n in POLICIES}
     data = {
         "host": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                  "accelerator": accel},

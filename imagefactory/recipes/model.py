@@ -239,6 +239,9 @@ class Tests(Strict):
     memory: ByteSize = Field(ByteSize(1024**3), ge=256 * 1024**2, le=MAX_GUEST_MEMORY,
                              description="guest memory")
     cpus: int = Field(2, ge=1, le=16)
+    tcg_cpus: Literal["shared", "asked"] = Field(
+        "shared", description="under TCG: 'shared' gives the clones booted together at most one vCPU "
+                              "per host core between them; 'asked' gives each clone `cpus`")
 
 
 RKE2_VERSION = re.compile(r"^v\d+\.\d+\.\d+(-rc\d+)?\+rke2r\d+$")

@@ -143,6 +143,7 @@ def run_suites(image: Path, recipe: Recipe, junit: Path, scratch: Path, log_dir:
         image, clones=t.clones, user=distro(recipe.os.family).default_user, accelerator=accel,
         memory_mib=t.memory // 1024**2, cpus=t.cpus, boot_timeout=t.boot_timeout,
         scratch=scratch, console_dir=log_dir, firmwares=clone_firmwares(recipe.disk, t.clones),
+        tcg_cpus=t.tcg_cpus,
     ) as booted:
         boot_seconds = time.monotonic() - start
         clones = [{"name": g.name, "port": g.port, "instance_id": g.instance_id, "hostname": g.hostname,

@@ -132,15 +132,17 @@ class Guest:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def guest_cpus(requested: int, accel: str, together: int) -> int:
+def guest_cpus(requested: int, accel: str, together: int, policy: str = "shared") -> int:
     """vCPUs for each of `together` guests that run at once. Under KVM, what was asked. Under TCG
     each vCPU is a host thread emulating a CPU flat out, and more of them than the host has cores
     means a vCPU holding a guest spinlock is descheduled while its siblings spin for it (and an
     SMP TCG guest can soft-lock while its kernel patches its own text across CPUs; see
     builders/packer.build_vm_cpus). Measured here (2 cores): two Ubuntu 22.04 clones with 2 vCPUs
     each were up after 342-356 s, with one vCPU each after 248-251 s. So under TCG the guests get
-    at most one vCPU per host core between them, and at least one each."""
-    if accel == "kvm":
+    at most one vCPU per host core between them, and at least one each. A recipe's
+    `tests.tcg_cpus: asked` (policy "asked") gives each guest what it asked for instead: Ubuntu
+    24.04's CPU-bound first boot gained nothing measurable from sharing (README, Boot tests)."""
+    if accel == "kvm" or policy == "asked":
         return requested
     cores = len(os.sched_getaffinity(0))
     return max(1, min(requested, cores // max(1, together)))
@@ -263,12 +265,13 @@ def boot(
     grow: int = 1024**3,
     user_data: Callable[[Guest, str], str] | None = None,
     firmwares: Sequence[GuestFirmware] = ("bios",),
+    tcg_cpus: str = "shared",
 ) -> Iterator[BootRun]:
     """Boot `clones` copies of `image` and wait for SSH on each; always clean up.
 
     Clone i boots on `firmwares[i % len(firmwares)]` (a hybrid disk: one clone per firmware).
     `user_data(guest, public_key)` replaces the default test user-data (e.g. an RKE2 node seed);
-    it must authorise `public_key` for `user`.
+    it must authorise `public_key` for `user`. `tcg_cpus`: the vCPU policy under TCG (`guest_cpus`).
     """
     if not image.is_file():
         raise UserError(f"{image}: no such image")
@@ -277,7 +280,7 @@ def boot(
     ensure_libvirtd()
     check_reachable(image)
     accel = resolve_accelerator(accelerator)
-    if (capped := guest_cpus(cpus, accel, clones)) != cpus:
+    if (capped := guest_cpus(cpus, accel, clones, tcg_cpus)) != cpus:
         log.info("%d vCPU per clone instead of %d: %d clones under TCG on %d host cores", capped, cpus,
                  clones, len(os.sched_getaffinity(0)))
         cpus = capped

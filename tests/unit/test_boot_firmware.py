@@ -97,3 +97,13 @@ def test_tcg_guests_share_the_host_cores(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(lv.os, "sched_getaffinity", lambda _pid: set(range(8)))
     assert lv.guest_cpus(2, "tcg", 2) == 2
     assert lv.guest_cpus(8, "tcg", 2) == 4
+
+
+def test_a_recipe_can_ask_for_its_vcpus_under_tcg(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tests.tcg_cpus: asked` (ubuntu-24.04-base: noble boots slower on one vCPU): every clone
+    gets `tests.cpus`; the recipes default to sharing."""
+    monkeypatch.setattr(lv.os, "sched_getaffinity", lambda _pid: {0, 1})
+    assert lv.guest_cpus(2, "tcg", 2, "asked") == 2
+    assert lv.guest_cpus(2, "tcg", 2, "shared") == 1
+    book = RecipeBook(RECIPES)
+    assert book.load("ubuntu-22.04-base").recipe.tests.tcg_cpus == "shared"
