@@ -380,6 +380,14 @@ class FactStore:
             raise AssertionError(f"{self.name}: cannot read {path}")
         return data.decode("utf-8", errors="replace")
 
+    def boot_time(self) -> int:
+        """When the clone booted (`btime` of /proc/stat, epoch seconds): what "made this boot"
+        compares against. A suite that calls it declares `read("/proc/stat")` in `wanted`."""
+        for line in self.text("/proc/stat").splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1])
+        raise AssertionError(f"{self.name}: no btime in /proc/stat")
+
     def glob(self, pattern: str) -> list[str]:
         found: list[str] = self.get(glob(pattern))
         return list(found)

@@ -62,21 +62,14 @@ def _names(g: F.FactStore, pattern: str) -> list[str]:
     return [p.rsplit("/", 1)[-1] for p in g.glob(pattern)]
 
 
-def _btime(g: F.FactStore) -> int:
-    for line in g.text("/proc/stat").splitlines():
-        if line.startswith("btime "):
-            return int(line.split()[1])
-    raise AssertionError("no btime in /proc/stat")
-
-
 def _made_this_boot(g: F.FactStore, path: str) -> bool:
     # A few seconds of slack for the clock settling right after boot.
-    return g.file(path).mtime >= _btime(g) - 5
+    return g.file(path).mtime >= g.boot_time() - 5
 
 
 def _older_than_boot(g: F.FactStore, listing: str) -> list[str]:
     """Paths from a `%T@\\t%p` listing not newer than the boot (what `! -newermt @btime-5` finds)."""
-    limit = _btime(g) - 5
+    limit = g.boot_time() - 5
     out = []
     for line in g.cmd(listing).stdout.splitlines():
         mtime, _, path = line.partition("\t")

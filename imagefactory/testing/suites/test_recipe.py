@@ -162,13 +162,6 @@ def test_network_rendered_by_cloud_init(clone: Clone, target: dict[str, Any]) ->
     assert "inet 10.0.2." in g.cmd(ADDRESS).stdout
 
 
-def _btime(g: F.FactStore) -> int:
-    for line in g.text("/proc/stat").splitlines():
-        if line.startswith("btime "):
-            return int(line.split()[1])
-    raise AssertionError("no btime in /proc/stat")
-
-
 def test_apparmor_policy_loaded_from_the_shipped_cache(clone: Clone) -> None:
     # An image that ships compiled AppArmor policy (a cache directory whose `.features` predates
     # this boot) must have booted from it: no profile in it rewritten this boot, no directory
@@ -178,7 +171,7 @@ def test_apparmor_policy_loaded_from_the_shipped_cache(clone: Clone) -> None:
     # vouch for. The directory's own time is not evidence: a profile a service recompiles on
     # purpose (FORCED_RECOMPILE) renames its new copy into it.
     _, g = clone
-    limit = _btime(g) - 5  # a few seconds of slack for the clock settling right after boot
+    limit = g.boot_time() - 5  # a few seconds of slack for the clock settling right after boot
     entries: dict[str, list[tuple[float, str]]] = {}
     for line in g.cmd(APPARMOR_CACHE).stdout.splitlines():
         ctime, _, path = line.partition("\t")
