@@ -660,14 +660,20 @@ def assert_never_ready(out: subprocess.CompletedProcess[str], root: Path, messag
     assert not (root / "var/lib/rancher/rke2/standin/ready").exists()
 
 
+def dropin_dir(root: Path) -> Path:
+    """The node's config.yaml.d, where rke2 reads drop-ins after config.yaml."""
+    dropins = root / "etc/rancher/rke2/config.yaml.d"
+    dropins.mkdir(parents=True, exist_ok=True)
+    return dropins
+
+
 def test_rke2_valid_component_args_start(rke2: Rke2Release, tmp_path: Path) -> None:
     args = product_args()
     args["kubelet-arg"] += ["--v=2", "log_flush_frequency=5s"]
     config = yaml.safe_dump({"node-name": "n1", **args, "etcd-arg": ["not-checked=1"]})
     root = node_root(rke2, tmp_path, config)
     # a flow list: a quoted item keeps its commas, an unquoted comma separates items (YAML)
-    dropins = root / "etc/rancher/rke2/config.yaml.d"
-    dropins.mkdir(parents=True, exist_ok=True)
+    dropins = dropin_dir(root)
     (dropins / "60-flow.yaml").write_text(
         'kube-apiserver-arg+: ["tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384", '
         "'audit-log-maxage=30', audit-log-maxbackup=10]\n")
@@ -700,8 +706,7 @@ def test_rke2_apiserver_arg_typo_never_ready(rke2: Rke2Release, tmp_path: Path) 
 
 def test_rke2_kubelet_arg_dropin_replaces_and_is_checked(rke2: Rke2Release, tmp_path: Path) -> None:
     root = node_root(rke2, tmp_path, "node-name: n1\nkubelet-arg:\n  - read-only-prot=0\n")
-    dropins = root / "etc/rancher/rke2/config.yaml.d"
-    dropins.mkdir()
+    dropins = dropin_dir(root)
     exe = str(root / "usr/local/bin/rke2")
     # a later file replaces the list: the typo in config.yaml is gone
     (dropins / "50-kubelet.yaml").write_text("kubelet-arg: [read-only-port=0]\n")
@@ -721,8 +726,7 @@ def test_rke2_kubelet_arg_dropin_replaces_and_is_checked(rke2: Rke2Release, tmp_
 
 def test_rke2_appended_kubelet_arg_is_checked(rke2: Rke2Release, tmp_path: Path) -> None:
     root = node_root(rke2, tmp_path, "node-name: n1\nkubelet-arg:\n  - read-only-port=0\n")
-    dropins = root / "etc/rancher/rke2/config.yaml.d"
-    dropins.mkdir()
+    dropins = dropin_dir(root)
     (dropins / "50-append.yaml").write_text("kubelet-arg+:\n  - protect-kernel-default=true\n  - zz-bad=1\n")
     out = run([str(root / "usr/local/bin/rke2"), "server"], rke2_env(root))
     # pflag reports the first unknown flag of the sorted list; the stand-in names both
