@@ -57,6 +57,9 @@ class S3StoreConfig(BaseModel):
     retry_wait: float = Field(1.0, gt=0, description="first back-off in seconds (doubles, max 30 s)")
     timeout: float = Field(300.0, gt=0, description="connect/read timeout in seconds")
     create_bucket: bool = Field(False, description="create the bucket if it does not exist")
+    anonymous_blobs: bool = Field(
+        False, description="let anyone read <prefix>blobs/ (a bucket-policy statement publish adds): "
+                           "Harvester then downloads the plain blob URL, which answers its HEAD")
 
     @field_validator("endpoint")
     @classmethod

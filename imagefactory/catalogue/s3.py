@@ -32,8 +32,10 @@ Locking (S3 has no locks): a lease object `<prefix>.lock` created with `If-None-
 lease older than its TTL by the *server's* clock (its Last-Modified against the server's Date
 header, so client clocks do not matter) is taken over with `If-Match` on its ETag, so two
 publishers cannot both break it. After acquiring, the lease is read back and must carry our
-token (a cheap guard against servers that ignore the condition); release deletes it with
-`If-Match`, never someone else's lease.
+token (a cheap guard against servers that ignore the condition); release reads the lease and
+deletes it only while it carries our token, with `If-Match` on the ETag just read (Ceph RGW 16
+ignores If-Match on DELETE). ETags in If-Match are quoted, or unquoted once the server has shown
+it needs that (`_conditional`: RGW 16 answers 412 to a quoted ETag that matches).
 
 Credentials: `IMAGEFACTORY_STORE_<NAME>_ACCESS_KEY`/`_SECRET_KEY`/`_SESSION_TOKEN` (NAME upper-cased,
 `-` as `_`), else the store's `credentials_file` (YAML `access_key`, `secret_key`,
@@ -56,6 +58,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,6 +89,8 @@ TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTi
 LOCK_KEY = ".lock"
 LOCK_TTL = 120.0  # seconds; a catalogue mutation is a handful of small PUTs
 LOCK_WAIT = 300.0  # give up waiting for another publisher after this long
+BLOBS = "blobs/"  # the content-addressed part of the layout (catalogue.manifest: blobs/sha256/<hex>)
+POLICY_SID = "ImagefactoryAnonymousBlobReads"
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ class S3Store:
                             secure=secure, region=cfg.region, http_client=http)
         self.bucket = cfg.bucket
         self.prefix = cfg.prefix.strip("/") + "/" if cfg.prefix.strip("/") else ""
+        self._quote_if_match = True  # see _conditional
 
     def __repr__(self) -> str:
         return f"S3Store({self.name!r}, {self.cfg.endpoint!r}, bucket={self.bucket!r})"
@@ -241,6 +247,8 @@ class S3Store:
         if self.cfg.create_bucket and not self._call("check bucket", lambda: self.client.bucket_exists(
                 self.bucket)):
             self._call("create bucket", lambda: self.client.make_bucket(self.bucket))
+        if self.cfg.anonymous_blobs:
+            self._allow_anonymous_blobs()
 
     def stat(self, key: str) -> ObjectInfo | None:
         def go() -> ObjectInfo | None:
@@ -263,10 +271,10 @@ class S3Store:
                                                              "Content-MD5": md5_b64}
         if if_none_match:
             headers["If-None-Match"] = "*"
-        if if_match is not None:
-            headers["If-Match"] = f'"{if_match}"'
 
         def go() -> str:
+            if if_match is not None:
+                headers["If-Match"] = self._if_match(if_match)
             try:
                 r = self.client._put_object(self.bucket, self._key(key), data, dict(headers))
             except S3Error as e:
@@ -279,7 +287,29 @@ class S3Store:
                 raise _PartMismatch(key)
             return etag
 
-        return self._call(f"write {key}", go)
+        return self._conditional(key, if_match, lambda: self._call(f"write {key}", go))
+
+    def _if_match(self, etag: str) -> str:
+        return f'"{etag}"' if self._quote_if_match else etag
+
+    def _conditional(self, key: str, if_match: str | None, request: Callable[[], T]) -> T:
+        """`request` with its If-Match fallback: RFC 9110 quotes the ETag, and AWS S3, MinIO and moto
+        take it quoted, but Ceph RGW 16 answers 412 to a quoted ETag that matches (it compares the
+        raw header). A 412 while the object still has that very ETag can only be that: from then
+        on this store sends it unquoted (RGW's form, which MinIO and AWS accept too) and the
+        request is repeated once. A 412 for an object that really changed stays a 412."""
+        try:
+            return request()
+        except PreconditionFailed:
+            if if_match is None or not self._quote_if_match:
+                raise
+            info = self.stat(key)
+            if info is None or info.etag != if_match:
+                raise
+            log.info("store %s: the server refuses a quoted If-Match ETag that matches (Ceph RGW); "
+                     "sending ETags unquoted", self.name)
+            self._quote_if_match = False
+            return request()
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         def go() -> tuple[bytes, str]:
@@ -319,6 +349,39 @@ class S3Store:
                             hint=f"set {_env_name(self.name)}_ACCESS_KEY/_SECRET_KEY or credentials_file")
         return self._call(f"presign {key}", lambda: self.client.presigned_get_object(
             self.bucket, self._key(key), expires=expires))
+
+    def download_url(self, key: str, expires: dt.timedelta) -> str:
+        """A blob URL that answers HEAD as well as GET: the plain object URL when the bucket lets
+        anyone read blobs (`anonymous_blobs`), else a URL presigned for GET - on which AWS S3,
+        MinIO and Ceph RGW answer 403 to HEAD (the signature covers the method)."""
+        if self.cfg.anonymous_blobs and key.startswith(BLOBS):
+            return f"{self.cfg.endpoint}/{self.bucket}/{urllib.parse.quote(self._key(key))}"
+        return self.presign(key, expires)
+
+    def _allow_anonymous_blobs(self) -> None:
+        """Add (or keep) one bucket-policy statement: anyone may GET/HEAD objects under
+        `<prefix>blobs/`. Blobs are content-addressed and every consumer checks them against a
+        signed manifest; manifests, the index and the lock stay private. Other statements of the
+        policy are kept as they are."""
+        resource = f"arn:aws:s3:::{self.bucket}/{self.prefix}{BLOBS}*"
+        ours = {"Sid": POLICY_SID, "Effect": "Allow", "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"], "Resource": [resource]}
+
+        def go() -> None:
+            try:
+                policy = json.loads(self.client.get_bucket_policy(self.bucket))
+            except S3Error as e:
+                if e.code != "NoSuchBucketPolicy":
+                    raise
+                policy = {"Version": "2012-10-17", "Statement": []}
+            kept = [st for st in policy.get("Statement", []) if st.get("Sid") != POLICY_SID]
+            if len(kept) + 1 == len(policy.get("Statement", [])) and ours in policy["Statement"]:
+                return
+            policy["Statement"] = [*kept, ours]
+            log.info("store %s: bucket policy: anonymous read of %s", self.name, resource)
+            self.client.set_bucket_policy(self.bucket, json.dumps(policy))
+
+        self._call("set the bucket policy for anonymous blob reads", go)
 
     # --- blobs ------------------------------------------------------------------------------
 
@@ -541,22 +604,38 @@ class S3Store:
         token = uuid.uuid4().hex
         body = json.dumps({"owner": token, "host": socket.gethostname(), "pid": os.getpid(),
                            "what": what, "ttl": LOCK_TTL}).encode()
-        etag = self._acquire(what, token, body)
+        self._acquire(what, token, body)
         try:
             yield
         finally:
-            try:
-                self._call("release the catalogue lock", lambda: self._delete_if(LOCK_KEY, etag))
-            except (ImageFactoryError, PreconditionFailed):
-                log.warning("store %s: the catalogue lock expired while %s held it", self.name, what)
+            self._release(what, token)
+
+    def _release(self, what: str, token: str) -> None:
+        """Delete the lease if it is still ours. Read first, then a conditional DELETE on the ETag
+        just read: Ceph RGW 16 ignores If-Match on DELETE (a stale ETag deletes anyway) and AWS S3
+        honoured it only from 2024, so the owner check is what keeps us from deleting a lease
+        that someone took over after ours expired; If-Match narrows the window where it works."""
+        expired = f"store {self.name}: the catalogue lock expired while {what} held it"
+        try:
+            lease = self._lease()
+            if lease is None or lease[0].get("owner") != token:
+                log.warning("%s; %s", expired, "someone else holds it now" if lease else "it is gone")
+                return
+            self._call("release the catalogue lock", lambda: self._delete_if(LOCK_KEY, lease[1]))
+        except (ImageFactoryError, PreconditionFailed):
+            log.warning(expired)
 
     def _delete_if(self, key: str, etag: str) -> None:
-        try:
-            self.client._execute("DELETE", self.bucket, self._key(key), headers={"If-Match": f'"{etag}"'})
-        except S3Error as e:
-            if e.code in ("PreconditionFailed", "NoSuchKey"):
-                raise PreconditionFailed(key) from None
-            raise
+        def go() -> None:
+            try:
+                self.client._execute("DELETE", self.bucket, self._key(key),
+                                     headers={"If-Match": self._if_match(etag)})
+            except S3Error as e:
+                if e.code in ("PreconditionFailed", "NoSuchKey"):
+                    raise PreconditionFailed(key) from None
+                raise
+
+        self._conditional(key, etag, go)
 
     def _acquire(self, what: str, token: str, body: bytes) -> str:
         deadline = time.monotonic() + LOCK_WAIT

@@ -10,7 +10,8 @@ A store is a flat key space (`blobs/sha256/<hex>`, `images/<name>/<version>/mani
 - `put_bytes`/`get_bytes` for small documents, with conditional writes (`if_none_match`: create
   only; `if_match`: replace only that version) - the compare-and-swap the index update uses;
 - `lock` serialises catalogue mutations (flock here, a lease object on S3);
-- `stat`, `list`, `delete`, `digest` (sha256 of the stored bytes) and `presign`.
+- `stat`, `list`, `delete`, `digest` (sha256 of the stored bytes), `presign`, and `download_url`
+  (what another system such as Harvester fetches a blob from).
 
 `LocalDirStore` is the embedded default (`local`, `WORKDIR/catalogue`): a directory on a local
 disk or a share. Blobs are copied through a hidden partial file, hashed while copied, and renamed
@@ -88,6 +89,7 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
     def digest(self, key: str, progress: Progress | None = None) -> str: ...
     def presign(self, key: str, expires: dt.timedelta) -> str: ...
+    def download_url(self, key: str, expires: dt.timedelta) -> str: ...
     def lock(self, what: str) -> contextlib.AbstractContextManager[None]: ...
 
 
@@ -265,6 +267,10 @@ class LocalDirStore:
                             hint=f"set stores.{self.name}.url to where the directory is served, "
                                  "or use 'imagefactory images pull'")
         return f"{self.url.rstrip('/')}/{check_key(key)}"
+
+    def download_url(self, key: str, expires: dt.timedelta) -> str:
+        """The URL another system (Harvester) fetches `key` from: the served directory's."""
+        return self.presign(key, expires)
 
     @contextlib.contextmanager
     def lock(self, what: str) -> Iterator[None]:

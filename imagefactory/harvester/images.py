@@ -79,6 +79,15 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query="", fragment=""))
 
 
+_URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL's query string cut: Harvester's condition messages quote the URL it
+    failed on ("got 403 status code from <url>"), presigned signature and credential included."""
+    return _URL_QUERY.sub(r"\1", text)
+
+
 def download_problem(url: str, size: int, cafile: str | None = None, timeout: float = 15) -> str | None:
     """Why Harvester would fail to download `url`, as far as this host can tell, or None.
 
@@ -160,14 +169,14 @@ def state(obj: dict[str, Any]) -> tuple[str, str]:
             msg = c.get(t, {}).get("message")
             if msg and c[t].get("status") in ("False", "True") \
                     and not (t == "Initialized" and is_(t, "True")):
-                return "failed", f"{t}: {msg}"
+                return "failed", f"{t}: {redact_urls(msg)}"
         return "failed", "failed without a message"
     if is_("Imported", "True"):
         return "imported", ""
     if is_("Initialized", "True"):
-        return "importing", c.get("Imported", {}).get("message", "")
+        return "importing", redact_urls(c.get("Imported", {}).get("message", ""))
     retry = c.get("RetryLimitExceeded", {})
-    return "initializing", retry.get("message", "")
+    return "initializing", redact_urls(retry.get("message", ""))
 
 
 def verified_sha512(path: Path, m: Manifest, padded: int) -> str:
@@ -268,16 +277,18 @@ class ImageUploader:
 
     def _download_url(self, store: BlobStore, m: Manifest, asked: Mode | None,
                       expiry: dt.timedelta) -> str | None:
-        """The presigned URL Harvester can download, or None to upload instead (the default when
-        `download_problem` finds one; an error when the download was asked for)."""
-        url = store.presign(m.image.key, expiry)
+        """The URL Harvester can download (the store's `download_url`: plain with `anonymous_blobs`,
+        else presigned), or None to upload instead (the default when `download_problem` finds one;
+        an error when the download was asked for)."""
+        url = store.download_url(m.image.key, expiry)
         ca = store.cfg.ca_bundle if isinstance(store, S3Store) else None
         problem = download_problem(url, m.image.size, ca)
         if problem and asked == "download":
             raise UserError(f"Harvester could not download {redact(url)}: {problem}",
                             hint="use --upload (the image goes through this host), or let the store "
-                                 "answer HEAD on the blob (an anonymous-read policy on the catalogue's "
-                                 "blobs/ prefix: content-addressed, checked by SHA-512)")
+                                 "answer HEAD on the blob: `anonymous_blobs: true` in the S3 store's "
+                                 "settings (a bucket policy for the content-addressed blobs/ prefix "
+                                 "only; Harvester checks the SHA-512)")
         if problem:
             log.warning("Harvester could not download %s: %s; uploading instead", redact(url), problem)
             return None

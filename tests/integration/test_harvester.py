@@ -1,8 +1,10 @@
 """Harvester image upload and RKE2 clusters against the Harvester API double (tests/harvester/):
 an HTTPS Kubernetes-style API server on 127.0.0.1 that validates images and key pairs against the
-real CRD schemas and simulates Harvester's controllers (it really downloads presigned URLs from the
-moto S3 server, verifies SHA-512, creates StorageClasses, PVCs and VMIs). Product code only gets a
-kubeconfig, as with a real cluster."""
+real CRD schemas and simulates Harvester's controllers (it really sends HEAD and GET to the URLs it
+is given, verifies SHA-512, creates StorageClasses, PVCs and VMIs). The S3 store here is Ceph RGW
+(tests/rgw.py), which checks signatures as AWS S3 and MinIO do: a URL presigned for GET answers
+HEAD with 403, as Harvester's URL check would see it. Product code only gets a kubeconfig, as
+with a real cluster."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from imagefactory.catalogue import signing
 from imagefactory.catalogue.catalogue import Catalogue, RevokedImage, verify_for_consumer
 from imagefactory.catalogue.publish import publish
-from imagefactory.catalogue.s3 import Credentials, S3Store
+from imagefactory.catalogue.s3 import S3Store
 from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.clusters.harvester import HarvesterCluster
 from imagefactory.clusters.spec import ClusterSpec
@@ -34,7 +36,8 @@ from imagefactory.errors import BuildError, UserError
 from imagefactory.harvester.api import ApiError, HarvesterApi
 from imagefactory.harvester.images import ImageUploader, UploadResult, multipart, object_name
 from tests.harvester import HarvesterDouble
-from tests.publishing import MotoServer, fake_build
+from tests.integration.conftest import S3Server
+from tests.publishing import fake_build
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +57,6 @@ def harvester() -> Iterator[HarvesterDouble]:
     finally:
         h.stop()
     assert h.errors == []
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -105,21 +101,23 @@ def local_store(tmp_path: Path, signer: Ed25519PrivateKey, *builds: Path) -> Loc
     return store
 
 
-def s3_store(moto: MotoServer, signer: Ed25519PrivateKey, *builds: Path) -> S3Store:
+def s3_store(server: S3Server, signer: Ed25519PrivateKey, *builds: Path,
+             anonymous_blobs: bool = True) -> S3Store:
     from imagefactory.config import S3StoreConfig
 
     cfg = S3StoreConfig.model_validate(
         {
             "type": "s3",
-            "endpoint": moto.endpoint,
+            "endpoint": server.endpoint,
             "bucket": f"h-{uuid.uuid4().hex[:12]}",
             "create_bucket": True,
             "retries": 3,
             "retry_wait": 0.05,
             "timeout": 20,
+            "anonymous_blobs": anonymous_blobs,
         }
     )
-    store = S3Store("s3", cfg, Credentials("AKIDTEST", "not-checked", None, "test"))
+    store = S3Store("s3", cfg, server.creds)
     store.prepare()
     for b in builds:
         publish(b, store, signer, signer.public_key())
@@ -151,16 +149,16 @@ def creates(h: HarvesterDouble, plural: str) -> int:
 
 
 @pytest.mark.parametrize(("version", "sc_prefix"), [("v1.7.0", "longhorn-"), ("v1.8.0", "lh-")])
-def test_download_from_s3_presigned_url(
+def test_download_from_s3_anonymous_blob_url(
     harvester: HarvesterDouble,
-    moto: MotoServer,
+    rgw_server: S3Server,
     signer: Ed25519PrivateKey,
     tmp_path: Path,
     version: str,
     sc_prefix: str,
 ) -> None:
     harvester.version = version
-    store = s3_store(moto, signer, qcow2_build(tmp_path, "20261130.010000-aaaa"))
+    store = s3_store(rgw_server, signer, qcow2_build(tmp_path, "20261130.010000-aaaa"))
     api = api_for(harvester, tmp_path)
     r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
     assert r.source == "download" and not r.reused
@@ -168,7 +166,9 @@ def test_download_from_s3_presigned_url(
     assert obj is not None
     m = Catalogue(store).read_manifest("rke2-node-debian", "20261130.010000-aaaa")[0]
     assert obj["spec"]["checksum"] == m["image"]["sha512"] and len(obj["spec"]["checksum"]) == 128
-    assert obj["spec"]["url"].startswith(moto.endpoint)  # a presigned URL the double really fetched
+    # the plain blob URL (the bucket policy lets anyone read blobs/), which the double HEADed and
+    # fetched from RGW without credentials
+    assert obj["spec"]["url"] == f"{rgw_server.endpoint}/{store.bucket}/{m['image']['key']}"
     assert obj["spec"]["displayName"] == "rke2-node-debian-20261130.010000-aaaa"
     labels = obj["metadata"]["labels"]
     assert labels["imagefactory.io/image"] == "rke2-node-debian"
@@ -305,10 +305,10 @@ def test_revoked_or_unsigned_images_are_refused(
 
 
 def test_checksum_mismatch_reports_the_condition(
-    harvester: HarvesterDouble, moto: MotoServer, signer: Ed25519PrivateKey, tmp_path: Path
+    harvester: HarvesterDouble, rgw_server: S3Server, signer: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     build = qcow2_build(tmp_path, "20261130.050000-eeee")
-    store = s3_store(moto, signer, build)
+    store = s3_store(rgw_server, signer, build)
     m = Catalogue(store).read_manifest("rke2-node-debian", "20261130.050000-eeee")[0]
     # The blob changes in the store after publishing (same size): Harvester's SHA-512 check catches it.
     bad = tmp_path / "bad.qcow2"
@@ -728,12 +728,35 @@ def test_download_on_request_fails_before_creating_anything(harvester: Harvester
     assert creates(harvester, "virtualmachineimages") == 0
 
 
-def test_a_size_longhorn_cannot_write_is_not_downloaded(harvester: HarvesterDouble, moto: MotoServer,
+def test_a_presigned_url_fails_harvesters_head_on_a_real_s3_server(
+        harvester: HarvesterDouble, rgw_server: S3Server, signer: Ed25519PrivateKey, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without anonymous blob reads the store can only hand out a URL presigned for GET, and RGW
+    (like AWS S3 and MinIO) answers Harvester's HEAD on it with 403: --download fails before
+    anything is created, the default uploads instead. Were the product not to check (the code
+    before d08ff25), the double's controller fails the import on that HEAD as Harvester does."""
+    store = s3_store(rgw_server, signer, qcow2_build(tmp_path, "20261206.010000-aaaa"), anonymous_blobs=False)
+    api = api_for(harvester, tmp_path)
+    with pytest.raises(UserError) as e:
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
+    assert "HEAD answered 403" in e.value.message and "anonymous_blobs" in (e.value.hint or "")
+    assert "X-Amz-Signature" not in e.value.message and creates(harvester, "virtualmachineimages") == 0
+    monkeypatch.setattr("imagefactory.harvester.images.download_problem", lambda *a, **k: None)
+    with pytest.raises(BuildError) as failed:
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
+    assert "got 403 status code" in failed.value.message, failed.value.message
+    assert "X-Amz-Signature" not in failed.value.message + (failed.value.hint or "")
+    monkeypatch.undo()
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert r.source == "upload" and not r.reused
+
+
+def test_a_size_longhorn_cannot_write_is_not_downloaded(harvester: HarvesterDouble, rgw_server: S3Server,
                                                         signer: Ed25519PrivateKey, tmp_path: Path) -> None:
     """Longhorn writes backing images with direct I/O: a download whose size is not a multiple of
     512 would fail after the whole transfer; the upload pads it."""
     build = qcow2_build(tmp_path, "20261205.030000-cccc", tail=1000)
-    store = s3_store(moto, signer, build)
+    store = s3_store(rgw_server, signer, build)
     api = api_for(harvester, tmp_path)
     with pytest.raises(UserError, match="not a multiple of 512"):
         uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")

@@ -29,8 +29,10 @@ from imagefactory.catalogue.catalogue import Catalogue, RevokedImage, presigned_
 from imagefactory.catalogue.manifest import manifest_key, parse_duration
 from imagefactory.catalogue.publish import publish
 from imagefactory.catalogue.s3 import Credentials, S3Store
+from imagefactory.catalogue.stores import PreconditionFailed
 from imagefactory.config import S3StoreConfig
 from imagefactory.errors import BuildError, UserError
+from tests.integration.conftest import S3Server
 from tests.publishing import FaultProxy, MotoServer, fake_build, iam_credentials, self_signed_cert
 
 pytestmark = pytest.mark.integration
@@ -41,19 +43,22 @@ CREDS = Credentials("AKIDTEST", "not-checked-by-this-server", None, "test")
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def moto_iam() -> Iterator[tuple[MotoServer, tuple[str, str]]]:
     server = MotoServer(iam=True).start()
     try:
         yield server, iam_credentials(server.endpoint)
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["moto-iam", "rgw"])
+def authenticating(request: pytest.FixtureRequest) -> tuple[str, tuple[str, str]]:
+    """(endpoint, (access key, secret key)) of a server that checks credentials and signatures."""
+    if request.param == "rgw":
+        rgw: S3Server = request.getfixturevalue("rgw_server")
+        return rgw.endpoint, (rgw.creds.access_key, rgw.creds.secret_key)
+    server, creds = request.getfixturevalue("moto_iam")
+    return server.endpoint, creds
 
 
 @pytest.fixture
@@ -107,9 +112,9 @@ class Watcher:
             self._stop.wait(0.05)
 
 
-def test_publish_pull_verify_channels_and_presigned_url(tmp_path: Path, moto: MotoServer, bucket: str,
+def test_publish_pull_verify_channels_and_presigned_url(tmp_path: Path, s3: S3Server, bucket: str,
                                                         key: Ed25519PrivateKey) -> None:
-    s = store(moto.endpoint, bucket)
+    s = store(s3.endpoint, bucket, s3.creds)
     pub = key.public_key()
     d = fake_build(tmp_path / "w", size=12 * MiB, rke2=True)  # multipart: 3 parts of 5 MiB
     r = publish(d, s, key)
@@ -131,7 +136,7 @@ def test_publish_pull_verify_channels_and_presigned_url(tmp_path: Path, moto: Mo
     cat = Catalogue(s)
     cat.promote(img.ref, "stable", key, pub)
     _, url = presigned_url(s, f"{NAME}@stable", pub, parse_duration("24h"))
-    assert url.startswith(f"{moto.endpoint}/{bucket}/blobs/sha256/") and "X-Amz-Expires=86400" in url
+    assert url.startswith(f"{s3.endpoint}/{bucket}/blobs/sha256/") and "X-Amz-Expires=86400" in url
     with urllib.request.urlopen(url, timeout=30) as resp:
         assert hashlib.sha256(resp.read()).hexdigest() == m["image"]["sha256"]
     ranged = urllib.request.Request(url, headers={"Range": "bytes=10-19"})
@@ -144,13 +149,13 @@ def test_publish_pull_verify_channels_and_presigned_url(tmp_path: Path, moto: Mo
         pull(s, img.ref, tmp_path / "again.qcow2", pub)
 
 
-def test_pull_resumes_with_range(tmp_path: Path, moto: MotoServer, bucket: str,
+def test_pull_resumes_with_range(tmp_path: Path, s3: S3Server, bucket: str,
                                  key: Ed25519PrivateKey) -> None:
     d = fake_build(tmp_path / "w", size=8 * MiB, seed=5)
-    publish(d, store(moto.endpoint, bucket), key)
-    proxy = FaultProxy(moto.port)
+    publish(d, store(s3.endpoint, bucket, s3.creds), key)
+    proxy = FaultProxy(s3.port)
     try:
-        s = store(proxy.endpoint, bucket)
+        s = store(proxy.endpoint, bucket, s3.creds)
         img = Catalogue(s).read_manifest(NAME, "20261129.213544-a65a")[0]
         out = tmp_path / "x.qcow2"
         Path(f"{out}.part").write_bytes((d / "image.qcow2").read_bytes()[:6 * MiB])
@@ -163,38 +168,39 @@ def test_pull_resumes_with_range(tmp_path: Path, moto: MotoServer, bucket: str,
         proxy.close()
 
 
-def test_a_connection_reset_mid_part_is_retried(tmp_path: Path, moto: MotoServer, bucket: str,
+def test_a_connection_reset_mid_part_is_retried(tmp_path: Path, s3: S3Server, bucket: str,
                                                 key: Ed25519PrivateKey) -> None:
     d = fake_build(tmp_path / "w", size=30 * MiB, seed=7)
-    proxy = FaultProxy(moto.port)
+    proxy = FaultProxy(s3.port)
     try:
-        s = store(proxy.endpoint, bucket)
+        s = store(proxy.endpoint, bucket, s3.creds)
         s.prepare()
         proxy.cut_after(8 * MiB)  # inside the second part
-        with Watcher(store(moto.endpoint, bucket)) as w:
+        with Watcher(store(s3.endpoint, bucket, s3.creds)) as w:
             r = publish(d, s, key)
         assert proxy.cuts == 1 and w.violations == [] and w.rounds > 0
         # Only the parts in flight at the reset were sent twice (2 parallel x 5 MiB), not the blob.
         assert r.uploaded_bytes == r.blob_bytes
         assert proxy.bytes_up < r.blob_bytes + 2 * 5 * MiB + 2 * MiB
-        assert verify_image(store(moto.endpoint, bucket), NAME, key.public_key())["signature"] == "valid"
+        assert verify_image(store(s3.endpoint, bucket, s3.creds), NAME,
+                            key.public_key())["signature"] == "valid"
     finally:
         proxy.close()
 
 
-def test_server_down_fails_cleanly_then_the_next_publish_resumes(tmp_path: Path, moto: MotoServer,
+def test_server_down_fails_cleanly_then_the_next_publish_resumes(tmp_path: Path, s3: S3Server,
                                                                  bucket: str, key: Ed25519PrivateKey) -> None:
     size = 40 * MiB
     d = fake_build(tmp_path / "w", size=size, seed=11)
-    proxy = FaultProxy(moto.port)
-    direct = store(moto.endpoint, bucket)
+    proxy = FaultProxy(s3.port)
+    direct = store(s3.endpoint, bucket, s3.creds)
     direct.prepare()
 
     def down() -> None:
         proxy.refuse = True
 
     try:
-        s = store(proxy.endpoint, bucket)
+        s = store(proxy.endpoint, bucket, s3.creds)
         proxy.on_bytes(17 * MiB, down)
         proxy.cut_after(17 * MiB)
         with Watcher(direct) as w, pytest.raises(BuildError, match="failed after 3 attempts") as e:
@@ -270,13 +276,13 @@ def test_killed_server_fails_cleanly_and_a_restarted_one_gets_the_image(tmp_path
         server.stop()
 
 
-def test_wrong_credentials_are_one_clear_error(tmp_path: Path, moto_iam: tuple[MotoServer, tuple[str, str]],
+def test_wrong_credentials_are_one_clear_error(tmp_path: Path, authenticating: tuple[str, tuple[str, str]],
                                                bucket: str) -> None:
-    server, (access, secret) = moto_iam
+    endpoint, (access, secret) = authenticating
     fake_build(tmp_path / "w", size=6 * MiB)
     for acc, sec in ((access, "wrong-secret-value"), ("AKIANOSUCHKEY0000000", "wrong-secret-value")):
         start = time.monotonic()
-        r = cli(_cli_env(tmp_path, server.endpoint, bucket, acc, sec), tmp_path, "publish", NAME)
+        r = cli(_cli_env(tmp_path, endpoint, bucket, acc, sec), tmp_path, "publish", NAME)
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("credentials rejected") == 1
         assert "error: store minio" in r.stderr and "credentials rejected" in r.stderr
@@ -284,27 +290,27 @@ def test_wrong_credentials_are_one_clear_error(tmp_path: Path, moto_iam: tuple[M
         assert "wrong-secret-value" not in r.stderr + r.stdout and "Traceback" not in r.stderr
         assert "retrying" not in r.stderr and time.monotonic() - start < 30  # not retried
     # The same commands with the right key work against the authenticating server.
-    env = _cli_env(tmp_path, server.endpoint, bucket, access, secret)
+    env = _cli_env(tmp_path, endpoint, bucket, access, secret)
     r = cli(env, tmp_path, "--json", "publish", NAME)
     assert r.returncode == 0, r.stderr
     assert json.loads(cli(env, tmp_path, "--json", "images", "verify", NAME).stdout)["signature"] == "valid"
 
 
-def test_rejection_codes_are_named(tmp_path: Path, moto_iam: tuple[MotoServer, tuple[str, str]],
+def test_rejection_codes_are_named(tmp_path: Path, authenticating: tuple[str, tuple[str, str]],
                                    bucket: str) -> None:
-    server, (access, _) = moto_iam
+    endpoint, (access, _) = authenticating
     d = fake_build(tmp_path / "w", size=1 * MiB)
     k = Ed25519PrivateKey.generate()
     # A HEAD answers 403 without a body (AccessDenied); a PUT names the reason.
     with pytest.raises(UserError, match=r"credentials rejected \((SignatureDoesNotMatch|AccessDenied)\)"):
-        publish(d, store(server.endpoint, bucket, Credentials(access, "nope", None, "test")), k)
+        publish(d, store(endpoint, bucket, Credentials(access, "nope", None, "test")), k)
     with pytest.raises(UserError, match=r"credentials rejected \((InvalidAccessKeyId|AccessDenied)\)"):
-        publish(d, store(server.endpoint, bucket, Credentials("AKIANOSUCHKEY0000000", "nope", None, "t")), k)
+        publish(d, store(endpoint, bucket, Credentials("AKIANOSUCHKEY0000000", "nope", None, "t")), k)
 
 
-def test_tampered_blob_and_manifest_are_refused(tmp_path: Path, moto: MotoServer, bucket: str,
+def test_tampered_blob_and_manifest_are_refused(tmp_path: Path, s3: S3Server, bucket: str,
                                                 key: Ed25519PrivateKey) -> None:
-    s = store(moto.endpoint, bucket)
+    s = store(s3.endpoint, bucket, s3.creds)
     pub = key.public_key()
     d = fake_build(tmp_path / "w", size=2 * MiB)
     r = publish(d, s, key)
@@ -328,19 +334,19 @@ def test_tampered_blob_and_manifest_are_refused(tmp_path: Path, moto: MotoServer
         verify_image(s, NAME, pub)
 
 
-def test_concurrent_publishers_keep_one_consistent_index(tmp_path: Path, moto: MotoServer, bucket: str,
+def test_concurrent_publishers_keep_one_consistent_index(tmp_path: Path, s3: S3Server, bucket: str,
                                                          key: Ed25519PrivateKey) -> None:
     versions = [f"20261129.0000{i:02d}-dddd" for i in range(5)]
     for i, v in enumerate(versions):
         fake_build(tmp_path / "w", version=v, seed=100 + i, size=1 * MiB)
-    direct = store(moto.endpoint, bucket)
+    direct = store(s3.endpoint, bucket, s3.creds)
     direct.prepare()
-    env = _cli_env(tmp_path, moto.endpoint, bucket, "AKIDTEST", "x", key)
+    env = _cli_env(tmp_path, s3.endpoint, bucket, s3.creds.access_key, s3.creds.secret_key, key)
     errors: list[BaseException] = []
 
     def in_thread(v: str) -> None:
         try:
-            publish(tmp_path / "w/builds" / NAME / v, store(moto.endpoint, bucket), key)
+            publish(tmp_path / "w/builds" / NAME / v, store(s3.endpoint, bucket, s3.creds), key)
         except BaseException as e:
             errors.append(e)
 
@@ -364,11 +370,29 @@ def test_concurrent_publishers_keep_one_consistent_index(tmp_path: Path, moto: M
     assert first["signature"]["key_id"] == signing.key_id(key.public_key())
 
 
+def test_conditional_writes_hold_on_this_server(s3: S3Server, bucket: str) -> None:
+    """The catalogue's compare-and-swap and lock rest on If-None-Match / If-Match. RGW 16 refuses a
+    quoted ETag that matches (412); the store notices (the object still has that ETag) and sends
+    ETags unquoted from then on - and a stale ETag is still refused, on every server."""
+    s = store(s3.endpoint, bucket, s3.creds)
+    s.prepare()
+    first = s.put_bytes("x.json", b"1", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        s.put_bytes("x.json", b"2", if_none_match=True)
+    second = s.put_bytes("x.json", b"2", if_match=first)  # the matching ETag is taken
+    assert s._quote_if_match is (s3.kind != "rgw")  # only RGW needed the unquoted form
+    with pytest.raises(PreconditionFailed):
+        s.put_bytes("x.json", b"3", if_match=first)  # stale: refused, not retried into a write
+    assert s.get_bytes("x.json")[0] == b"2"
+    s._delete_if("x.json", second)  # (RGW 16 ignores If-Match on DELETE: see S3Store._release)
+    assert s.stat("x.json") is None
+
+
 def test_catalogue_lock_waits_for_a_live_holder_and_takes_over_an_expired_one(
-        tmp_path: Path, moto: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from imagefactory.catalogue import s3 as s3mod
 
-    s = store(moto.endpoint, bucket)
+    s = store(s3.endpoint, bucket, s3.creds)
     s.prepare()
     live = json.dumps({"owner": "someone", "host": "builder-7", "pid": 4242, "what": "publishing x",
                        "ttl": 600})
@@ -386,18 +410,32 @@ def test_catalogue_lock_waits_for_a_live_holder_and_takes_over_an_expired_one(
     assert s.stat(s3mod.LOCK_KEY) is None  # released
 
 
-def test_tls_is_verified_by_default_and_a_ca_bundle_is_honoured(tmp_path: Path, moto: MotoServer, bucket: str,
+def test_a_lock_taken_over_after_it_expired_is_not_released_by_its_old_holder(s3: S3Server,
+                                                                              bucket: str) -> None:
+    """The old holder's release must leave the new holder's lease alone - on RGW too, which deletes
+    an object whatever ETag a DELETE's If-Match names."""
+    from imagefactory.catalogue import s3 as s3mod
+
+    s = store(s3.endpoint, bucket, s3.creds)
+    s.prepare()
+    theirs = json.dumps({"owner": "someone-else", "host": "builder-9", "pid": 1, "what": "x", "ttl": 600})
+    with s.lock("test"):
+        s.put_bytes(s3mod.LOCK_KEY, theirs.encode())  # ours expired and was taken over meanwhile
+    assert s.get_bytes(s3mod.LOCK_KEY)[0] == theirs.encode()
+
+
+def test_tls_is_verified_by_default_and_a_ca_bundle_is_honoured(tmp_path: Path, s3: S3Server, bucket: str,
                                                                  key: Ed25519PrivateKey) -> None:
     cert, pem_key = self_signed_cert(tmp_path)
-    proxy = FaultProxy(moto.port, tls=(cert, pem_key))
+    proxy = FaultProxy(s3.port, tls=(cert, pem_key))
     try:
         d = fake_build(tmp_path / "w", size=1 * MiB)
         with pytest.raises(UserError, match="TLS verification failed") as e:
-            publish(d, store(proxy.endpoint, bucket), key)
+            publish(d, store(proxy.endpoint, bucket, s3.creds), key)
         assert e.value.hint is not None and "ca_bundle" in e.value.hint
-        r = publish(d, store(proxy.endpoint, bucket, ca_bundle=str(cert)), key)
+        r = publish(d, store(proxy.endpoint, bucket, s3.creds, ca_bundle=str(cert)), key)
         assert r.uploaded_bytes == r.blob_bytes
         with pytest.raises(UserError, match="does not exist"):
-            store(proxy.endpoint, bucket, ca_bundle=str(tmp_path / "missing.pem"))
+            store(proxy.endpoint, bucket, s3.creds, ca_bundle=str(tmp_path / "missing.pem"))
     finally:
         proxy.close()
