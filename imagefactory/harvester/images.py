@@ -124,6 +124,11 @@ def download_problem(url: str, size: int, cafile: str | None = None, timeout: fl
     return None
 
 
+def _failures(obj: dict[str, Any]) -> int:
+    """`status.failed`: Harvester's count of failed attempts at this image."""
+    return int((obj.get("status") or {}).get("failed") or 0)
+
+
 def object_name(m: Manifest) -> str:
     """`<name>-<version>` as a DNS label (lower case, '-' for anything else, at most 63)."""
     raw = re.sub(r"[^a-z0-9-]+", "-", f"{m.name}-{m.version}".lower()).strip("-")
@@ -364,7 +369,8 @@ class ImageUploader:
             log.info("%s: %d bytes, padded with %d zero bytes to a multiple of %d", path.name, size,
                      padded - size, SECTOR)
         self.api.create(IMAGES, self._body(m, name, "upload", checksum))
-        self._wait(name, lambda obj: state(obj)[0] != "initializing", "Initialized")
+        ready = self._wait(name, lambda obj: state(obj)[0] != "initializing", "Initialized")
+        failures = _failures(ready)
         # Longhorn's data source gives the upload about 60 s to begin: start at once, and retry
         # the two answers that mean "not ready yet" as terraform's provider does.
         for attempt in range(1, 6):
@@ -383,7 +389,7 @@ class ImageUploader:
                                      ) from None
                 log.warning("%s; retrying the upload in 2 s (%d/5)", e.message, attempt)
                 time.sleep(2)
-        return self.wait_imported(name)
+        return self.wait_imported(name, failures_before=failures)
 
     # --- object and waiting ---------------------------------------------------------------------
 
@@ -410,7 +416,12 @@ class ImageUploader:
             "spec": spec,
         }
 
-    def wait_imported(self, name: str) -> dict[str, Any]:
+    def wait_imported(self, name: str, failures_before: int | None = None) -> dict[str, Any]:
+        """Wait for Imported. After an upload (`failures_before`: the image's failure count when
+        the POST started) a new failure ends the wait at once: Longhorn checks the SHA-512 only
+        after the POST has answered 200 (backing-image-manager's postProcessSyncFile), and the
+        image Harvester then re-initializes waits for an upload nobody sends - retrying until its
+        limit, minutes later, or until our timeout."""
         tick = self.progress(f"import {name}", 100) if self.progress else None
         shown = [0]
 
@@ -419,6 +430,15 @@ class ImageUploader:
             if tick and pct > shown[0]:
                 tick(pct - shown[0])
                 shown[0] = pct
+            if failures_before is not None and _failures(obj) > failures_before \
+                    and state(obj)[0] != "imported":
+                why = redact_urls(conditions(obj).get("RetryLimitExceeded", {}).get("message", "")) \
+                    or state(obj)[1]
+                raise BuildError(f"image {self.api.namespace}/{name}: Harvester refused the uploaded bytes "
+                                 f"after the upload returned: {why}",
+                                 hint="the bytes Longhorn stored are not those this host hashed and sent "
+                                      "(changed on the way, or on Harvester's disk); run the upload again "
+                                      "(the failed image is replaced)")
             return state(obj)[0] == "imported"
 
         return self._wait(name, done, "Imported")

@@ -76,6 +76,8 @@ class HarvesterDouble:
         self.download_rate: int | None = None  # bytes/s throttle of the simulated download
         self.additional_ca: str | None = None  # PEM: Harvester's `additional-ca` setting
         self.datasource_wait = 5.0  # upload handler waits this long for the data source (real: 60 s)
+        # an upload's SHA-512 is checked this long after the POST answered (real: reading the file)
+        self.checksum_seconds = 0.3
         self.kube_version = "v1.31.4+rke2r1"  # GET /version gitVersion
         # --- records for assertions ---
         self.requests: list[tuple[str, str, int]] = []

@@ -20,6 +20,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -294,9 +295,17 @@ def handle_upload(
             )
         expected = image["spec"].get("checksum", "")
         if expected and expected != actual:
-            return failed(
-                f"the expected checksum {expected} doesn't match the file actual checksum {actual}", 99
-            )
+            # backing-image-manager answers the upload first and computes the SHA-512 afterwards
+            # ("GetFileChecksum is time consuming, so we make it async as post process function to
+            # prevent client timeout": sync_file.go finishProcessingNoLock -> go postProcessSyncFile).
+            # The POST succeeds; the backing image fails `checksum_seconds` later, and Harvester's
+            # retry loop re-initializes the image, whose new data source waits for an upload that
+            # nobody sends: `upload_window` later it fails again, until RetryLimitExceeded.
+            msg = f"the expected checksum {expected} doesn't match the file actual checksum {actual}"
+            later = threading.Timer(d.checksum_seconds, d.controllers.fail, (run, "Imported", msg, 99))
+            later.daemon = True
+            later.start()
+            return done(200)
         d.controllers.imported(run, received, qcow2_virtual_size(head, received))
         return done(200)
     except (MalformedBody, OSError) as e:

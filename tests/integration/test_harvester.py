@@ -187,6 +187,26 @@ def test_download_from_s3_anonymous_blob_url(
     assert creates(harvester, "virtualmachineimages") == before
 
 
+def test_an_upload_refused_after_its_200_fails_at_once(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Longhorn checks an upload's SHA-512 after the POST has answered 200; Harvester then retries
+    the image, whose new data source waits for an upload (60 s each, three retries) that never
+    comes. The uploader notices the failure count rising and stops with Longhorn's message."""
+    harvester.upload_window = 60.0
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261206.020000-bbbb"))
+    api = api_for(harvester, tmp_path)
+    # what Harvester is told to expect differs from the bytes sent (as if they changed on the way)
+    monkeypatch.setattr("imagefactory.harvester.images.verified_sha512", lambda *a: "ab" * 64)
+    start = time.monotonic()
+    with pytest.raises(BuildError) as e:
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    assert time.monotonic() - start < 20  # not the 60 s upload window, nor the uploader's timeout
+    assert "refused the uploaded bytes after the upload returned" in e.value.message
+    assert f"the expected checksum {'ab' * 64} doesn't match the file actual checksum" in e.value.message
+    assert harvester.uploads[-1]["status"] == 200
+
+
 @pytest.mark.parametrize("version", ["v1.4.0", "v1.8.0"])
 def test_upload_streams_multipart_padded_to_512(
     harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path, version: str
