@@ -25,10 +25,12 @@ from ..errors import BuildError, UserError
 from ..harvester.api import KEYPAIRS, NADS, VMIS, VMS, HarvesterApi
 from ..harvester.images import UploadResult
 from .common import LABEL, ClusterStatus, NodeStatus, new_token, seed_for, server_url, user_data
-from .spec import ClusterSpec, Node, nodes
+from .spec import MASQUERADE, ClusterSpec, Node, nodes
 
 log = logging.getLogger(__name__)
 CREATOR = "imagefactory"
+# Harvester labels the NetworkAttachmentDefinitions of its VM networks with their cluster network.
+CLUSTER_NETWORK_LABEL = "network.harvesterhci.io/clusternetwork"
 
 
 def _b64(text: str) -> str:
@@ -47,6 +49,7 @@ class HarvesterCluster:
         self.poll = poll
         self.ip_timeout = ip_timeout
         self.selector = f"{LABEL}/cluster={spec.name}"
+        self.nad: str | None = None  # the VM network, once create() has chosen it
 
     def _labels(self, role: str | None = None) -> dict[str, str]:
         labels = {f"{LABEL}/cluster": self.spec.name, "harvesterhci.io/creator": CREATOR}
@@ -64,12 +67,7 @@ class HarvesterCluster:
                                 f"{image.virtual_size} (the guest disk would be corrupt)",
                                 hint=f"set {key}.disk to at least {-(-image.virtual_size // 1024**3)}GiB")
         firmware(spec, image)  # an image the chosen firmware cannot boot: before anything is created
-        if spec.network_type == "vlan":
-            assert spec.network.nad
-            ns, nad = spec.network.nad.split("/")
-            if self.api.get(NADS, nad, ns) is None:
-                raise UserError(f"network.nad: NetworkAttachmentDefinition {spec.network.nad} does not exist",
-                                hint="create the VM network in Harvester first")
+        self.nad = self._network()
         token = self._token()
         keypair = self._keypair()
         all_nodes = nodes(spec)
@@ -83,6 +81,31 @@ class HarvesterCluster:
             self._vm(node, image, token, server, keypair)
         self._wait_ips(all_nodes)
         return self.status()
+
+    def _network(self) -> str | None:
+        """The NetworkAttachmentDefinition (namespace/name) the VMs attach to, or None for the pod
+        network. Unset, a one-node cluster takes the pod network; a larger one takes the
+        namespace's only Harvester VM network (see spec.MASQUERADE for why not the pod network)."""
+        spec = self.spec
+        if spec.network_type == "pod":
+            return None
+        if spec.network.nad:
+            ns, nad = spec.network.nad.split("/")
+            if self.api.get(NADS, nad, ns) is None:
+                raise UserError(f"network.nad: NetworkAttachmentDefinition {spec.network.nad} does not exist",
+                                hint="create the VM network in Harvester first")
+            return spec.network.nad
+        vm_networks = [f"{n['metadata']['namespace']}/{n['metadata']['name']}"
+                       for n in self.api.list_objects(NADS, CLUSTER_NETWORK_LABEL)]
+        if len(vm_networks) != 1:
+            found = ", ".join(sorted(vm_networks)) or "none"
+            raise UserError(f"network: a cluster of {len(nodes(spec))} nodes cannot use the pod network: "
+                            f"{MASQUERADE}",
+                            hint=f"set network: {{type: vlan, nad: NAMESPACE/NAME}} (Harvester VM "
+                                 f"networks in namespace {self.api.namespace}: {found})")
+        log.info("network: the VMs attach to %s, the namespace's only VM network (the pod network "
+                 "cannot hold a multi-node cluster)", vm_networks[0])
+        return vm_networks[0]
 
     def _token(self) -> str:
         name = f"{self.spec.name}-token"
@@ -137,9 +160,8 @@ class HarvesterCluster:
                      "resources": {"requests": {"storage": _size(int(node.pool.disk))}},
                      "storageClassName": image.storage_class},
         }
-        if spec.network_type == "vlan":
-            assert spec.network.nad
-            networks = [{"name": "nic-0", "multus": {"networkName": spec.network.nad}}]
+        if self.nad:
+            networks = [{"name": "nic-0", "multus": {"networkName": self.nad}}]
             iface: dict[str, Any] = {"name": "nic-0", "model": "virtio", "bridge": {}}
         else:
             networks = [{"name": "default", "pod": {}}]

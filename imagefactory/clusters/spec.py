@@ -47,10 +47,22 @@ class NodePool(_Model):
         return v
 
 
+# Why a multi-node RKE2 cluster cannot live on Harvester's pod network: KubeVirt's masquerade
+# binding NATs each VM behind its pod and gives every guest the same address (10.0.2.2 in its
+# default 10.0.2.0/24; the VMI status shows the pod IP, which the guest does not have). RKE2
+# takes its node IP from the guest's interface, so every node registers as 10.0.2.2: etcd peers,
+# kubelet endpoints and the CNI's tunnel endpoints all point at the node itself.
+MASQUERADE = ("KubeVirt's masquerade binding gives every VM on the pod network the same guest address "
+              "(10.0.2.2), so every RKE2 node would register with that node IP and the nodes could not "
+              "reach each other")
+
+
 class Network(_Model):
     type: Literal["pod", "vlan", "private"] | None = Field(
-        None, description="harvester: pod (management network, default) or vlan (a "
-        "NetworkAttachmentDefinition); libvirt: private (a link between the VMs, host side on 127.0.0.1)")
+        None, description="harvester: vlan (a NetworkAttachmentDefinition; the default for more than "
+        "one node: the namespace's only Harvester VM network) or pod (masquerade; single-node "
+        "clusters only, their default); libvirt: private (a link between the VMs, host side on "
+        "127.0.0.1)")
     nad: str | None = Field(None, description="vlan: the NetworkAttachmentDefinition as namespace/name")
     cidr: str = Field("10.77.0.0/24", description="private: the node subnet on the link between the VMs")
 
@@ -199,6 +211,9 @@ class ClusterSpec(_Model):
                 raise ValueError("network.type: 'private' is the libvirt link; use pod or vlan on Harvester")
             if net == "vlan" and not self.network.nad:
                 raise ValueError("network.nad: required for a vlan network (namespace/name)")
+            if net == "pod" and self.servers.count + self.agents.count > 1:
+                raise ValueError(f"network.type: pod: {MASQUERADE}; use a vlan network (network.nad) "
+                                 "for a cluster of more than one node")
         elif net in ("pod", "vlan"):
             raise ValueError(f"network.type: '{net}' exists on Harvester only; libvirt uses 'private'")
         hosts = ipaddress.ip_network(self.network.cidr).num_addresses - 2
@@ -208,7 +223,13 @@ class ClusterSpec(_Model):
 
     @property
     def network_type(self) -> str:
-        return self.network.type or ("pod" if self.target == "harvester" else "private")
+        """The declared type, else the default: libvirt `private`; Harvester `vlan` when a NAD is
+        named or the cluster has more than one node (MASQUERADE), else `pod`."""
+        if self.network.type:
+            return self.network.type
+        if self.target != "harvester":
+            return "private"
+        return "vlan" if self.network.nad or self.servers.count + self.agents.count > 1 else "pod"
 
 
 @dataclass(frozen=True)

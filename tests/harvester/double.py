@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from . import guest
 from .admission import DEFAULT_SC_ANNOTATION, DEFAULT_SC_PARAMS, LONGHORN_DRIVER, Admission
 from .api import Api, Response
 from .controllers import Controllers
@@ -231,6 +233,27 @@ class HarvesterDouble:
 
     def get_object(self, plural: str, namespace: str | None, name: str) -> JSON | None:
         return self.store.get(BY_PLURAL[plural], namespace, name)
+
+    def rke2_problems(self, namespace: str = "default") -> list[str]:
+        """Why RKE2 on this namespace's running VMs would not form one cluster (tests/harvester/guest.py)."""
+        return guest.cluster_problems(self, namespace)
+
+    def rke2_node_ips(self, namespace: str = "default") -> dict[str, str | None]:
+        return guest.rke2_node_ips(self, namespace)
+
+    def add_vm_network(self, name: str = "vm-net", namespace: str = "default", vlan: int = 100) -> JSON:
+        """A Harvester VM network: a bridge NetworkAttachmentDefinition on the mgmt cluster network,
+        labelled as Harvester's network controller labels them."""
+        return self.add_object({
+            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"network.harvesterhci.io/clusternetwork": "mgmt",
+                                    "network.harvesterhci.io/type": "L2VlanNetwork",
+                                    "network.harvesterhci.io/vlan-id": str(vlan)}},
+            "spec": {"config": json.dumps({"cniVersion": "0.3.1", "name": name, "type": "bridge",
+                                           "bridge": "mgmt-br", "promiscMode": True, "vlan": vlan,
+                                           "ipam": {}})},
+        })
 
     def add_object(self, obj: JSON) -> JSON:
         """Seed an object as if a cluster admin had created it earlier (no admission, no webhooks)."""

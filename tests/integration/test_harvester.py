@@ -52,6 +52,7 @@ KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMnXZ8mWq0+ZLq1mB3Iq8m3yv6o3l4vK
 def harvester() -> Iterator[HarvesterDouble]:
     h = HarvesterDouble(tick=0.02).start()
     h.retry_backoff = 0.05
+    h.add_vm_network()  # one VM network: multi-node clusters attach to it by default
     try:
         yield h
     finally:
@@ -545,6 +546,49 @@ def test_disk_smaller_than_the_image_is_refused(
         HarvesterCluster(api, small, poll=0.05).create(image)
     assert e.value.message.startswith("agents.disk") and "virtual size" in e.value.message
     assert harvester.objects("virtualmachines", "default") == []
+
+
+def test_a_multi_node_cluster_goes_on_the_vm_network_where_its_nodes_can_form(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KubeVirt's masquerade binding gives every guest on the pod network 10.0.2.2: three RKE2
+    nodes there all register that node IP (the double's guest model, tests/harvester/guest.py),
+    which is what the pod-network default of before did. By default a multi-node cluster now
+    attaches to the namespace's only VM network, where each guest has its own address."""
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    HarvesterCluster(api, spec(), poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-agent-1")
+    assert vm is not None
+    assert vm["spec"]["template"]["spec"]["networks"] == [
+        {"name": "nic-0", "multus": {"networkName": "default/vm-net"}}]
+    ips = harvester.rke2_node_ips()
+    assert len(ips) == 3 and len(set(ips.values())) == 3 and None not in ips.values(), ips
+    assert harvester.rke2_problems() == []
+    # the same cluster on the pod network (the old default): the double sees it cannot form
+    HarvesterCluster(api, spec(), poll=0.05).delete()
+    monkeypatch.setattr(HarvesterCluster, "_network", lambda self: None)
+    HarvesterCluster(api, spec(), poll=0.05, ip_timeout=30).create(image)
+    assert harvester.rke2_problems() == [
+        "edge-agent-0, edge-agent-1, edge-server-0 all register node IP 10.0.2.2"]
+
+
+def test_a_multi_node_cluster_without_one_vm_network_is_refused(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    harvester.add_vm_network("vlan200", vlan=200)  # two VM networks: which one is not ours to guess
+    with pytest.raises(UserError) as e:
+        HarvesterCluster(api, spec(), poll=0.05).create(image)
+    assert "cannot use the pod network" in e.value.message and "10.0.2.2" in e.value.message
+    assert "default/vlan200, default/vm-net" in (e.value.hint or "")
+    assert harvester.objects("virtualmachines", "default") == []
+    # a one-node cluster stays on the pod network, where it works
+    HarvesterCluster(api, spec(agents={"count": 0}), poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    assert vm is not None and vm["spec"]["template"]["spec"]["networks"] == [{"name": "default", "pod": {}}]
+    assert harvester.rke2_problems() == [] and harvester.rke2_node_ips() == {"edge-server-0": "10.0.2.2"}
 
 
 def test_vlan_network_needs_its_nad(

@@ -79,6 +79,12 @@ def test_node_order_roles_and_addresses(tmp_path: Path) -> None:
             "network.type",
             "Harvester only",
         ),
+        (
+            {"name": "edge", "image": "x", "target": "harvester", "network": {"type": "pod"},
+             "agents": {"count": 1}},
+            "network.type",
+            "same guest address (10.0.2.2)",
+        ),
         ({"name": "edge", "image": "x", "servers": {"count": 0}}, "servers.count", "at least one server"),
         ({"name": "edge", "image": "x", "servers": {"memory": "100MiB"}}, "servers.memory", "512MiB"),
         (
