@@ -35,7 +35,7 @@ def _uploader(app: App, api: HarvesterApi, progress: Any) -> ImageUploader:
 
     h = app.config().harvester
     return ImageUploader(api, poll=h.poll, timeout=h.timeout, progress=progress,
-                         cache=app.workdir / "cache" / "images")
+                         cache=app.workdir / "cache" / "images", storage_class=h.image_storage_class)
 
 
 def _expiry(app: App) -> dt.timedelta:

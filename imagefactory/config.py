@@ -107,6 +107,10 @@ class HarvesterConfig(BaseModel):
     source: Literal["download", "upload"] | None = Field(
         None, description="how images get in: download (a presigned URL; default for S3 stores) or upload")
     url_expiry: str = Field("12h", description="lifetime of the presigned download URL")
+    image_storage_class: str | None = Field(
+        None, description="a StorageClass whose Longhorn parameters (numberOfReplicas, diskSelector, "
+                          "nodeSelector, dataLocality, ...) each uploaded image's own StorageClass copies; "
+                          "unset: Harvester's default StorageClass")
     poll: float = Field(2.0, gt=0, description="seconds between status polls")
     timeout: float = Field(4 * 3600, gt=0, description="seconds an image import may take")
     vm_ip_timeout: float = Field(900, gt=0, description="seconds a VM may take to report an IP")

@@ -67,6 +67,14 @@ class HarvesterCluster:
                                 f"{image.virtual_size} (the guest disk would be corrupt)",
                                 hint=f"set {key}.disk to at least {-(-image.virtual_size // 1024**3)}GiB")
         firmware(spec, image)  # an image the chosen firmware cannot boot: before anything is created
+        for key, pool in (("servers", spec.servers), ("agents", spec.agents)):
+            for i, extra in enumerate(pool.data_disks):
+                # Harvester's VM webhook would refuse the VM; a joiner refused after the bootstrap
+                # server exists leaves half a cluster
+                if pool.count and extra.storage_class and self.api.storage_class(extra.storage_class) is None:
+                    raise UserError(f"{key}.data_disks.{i}.storage_class: StorageClass {extra.storage_class} "
+                                    "does not exist", hint="create it in Harvester, or leave it unset for "
+                                                           "the default StorageClass")
         self.nad = self._network()
         token = self._token()
         keypair = self._keypair()
@@ -154,12 +162,25 @@ class HarvesterCluster:
                 "data": {"userdata": _b64(user_data(seed)), "networkdata": _b64(self._network_data())},
             })
         pvc = f"{node.name}-disk-0-{secrets.token_hex(3)[:5]}"
-        claim = {
+        claims = [{
             "metadata": {"name": pvc, "annotations": {"harvesterhci.io/imageId": f"{ns}/{image.name}"}},
             "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Block",
                      "resources": {"requests": {"storage": _size(int(node.pool.disk))}},
                      "storageClassName": image.storage_class},
-        }
+        }]
+        disks: list[dict[str, Any]] = [{"name": "disk-0", "bootOrder": 1, "disk": {"bus": "virtio"}}]
+        volumes: list[dict[str, Any]] = [{"name": "disk-0", "persistentVolumeClaim": {"claimName": pvc}}]
+        for i, extra in enumerate(node.pool.data_disks, 1):
+            # Empty Longhorn volumes, as Harvester's UI makes them: block mode, RWX (live migration);
+            # without storageClassName the PVC gets the cluster's default StorageClass.
+            claim_name = f"{node.name}-disk-{i}-{secrets.token_hex(3)[:5]}"
+            claims.append({"metadata": {"name": claim_name},
+                           "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Block",
+                                    "resources": {"requests": {"storage": _size(int(extra.size))}},
+                                    **({"storageClassName": extra.storage_class} if extra.storage_class
+                                       else {})}})
+            disks.append({"name": f"disk-{i}", "disk": {"bus": "virtio"}})
+            volumes.append({"name": f"disk-{i}", "persistentVolumeClaim": {"claimName": claim_name}})
         if self.nad:
             networks = [{"name": "nic-0", "multus": {"networkName": self.nad}}]
             iface: dict[str, Any] = {"name": "nic-0", "model": "virtio", "bridge": {}}
@@ -172,7 +193,7 @@ class HarvesterCluster:
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {
                 "name": node.name, "namespace": ns, "labels": self._labels(node.role),
-                "annotations": {"harvesterhci.io/volumeClaimTemplates": json.dumps([claim]),
+                "annotations": {"harvesterhci.io/volumeClaimTemplates": json.dumps(claims),
                                 f"{LABEL}/image": image.ref},
             },
             "spec": {
@@ -194,14 +215,13 @@ class HarvesterCluster:
                             "resources": {"limits": {"cpu": str(cores),
                                                      "memory": _size(int(node.pool.memory))}},
                             "devices": {
-                                "disks": [{"name": "disk-0", "bootOrder": 1, "disk": {"bus": "virtio"}},
-                                          {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
+                                "disks": [*disks, {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
                                 "interfaces": [iface],
                             },
                         },
                         "networks": networks,
                         "volumes": [
-                            {"name": "disk-0", "persistentVolumeClaim": {"claimName": pvc}},
+                            *volumes,
                             {"name": "cloudinitdisk", "cloudInitNoCloud": {
                                 "secretRef": {"name": secret}, "networkDataSecretRef": {"name": secret}}},
                         ],

@@ -30,11 +30,38 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_SC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class DataDisk(_Model):
+    size: ByteSize = Field(description="e.g. 50GiB")
+    storage_class: str | None = Field(
+        None, description="harvester: the StorageClass of this disk (unset: the cluster's default, "
+                          "harvester-longhorn unless changed)")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: ByteSize) -> ByteSize:
+        if v < 1024**3:
+            raise ValueError("at least 1GiB")
+        return v
+
+    @field_validator("storage_class")
+    @classmethod
+    def _sc(cls, v: str | None) -> str | None:
+        if v is not None and not _SC_NAME.match(v):
+            raise ValueError(f"'{v}' is not a StorageClass name")
+        return v
+
+
 class NodePool(_Model):
     count: int = Field(1, ge=0, le=15)
     cpu: int = Field(2, ge=1, le=64)
     memory: ByteSize = Field(ByteSize(4 * GiB), description="guest memory, e.g. 4GiB")
     disk: ByteSize = Field(ByteSize(20 * GiB), description="root disk; at least the image's virtual size")
+    data_disks: tuple[DataDisk, ...] = Field(
+        (), description="harvester: extra empty disks per VM (block volumes, virtio, after the root "
+                        "disk), e.g. [{size: 100GiB, storage_class: longhorn-ssd}]")
     anti_affinity: Literal["preferred", "required", "none"] = Field(
         "preferred", description="harvester: keep this pool's VMs on different hosts (required: never "
                                  "two on one host; VMs stay Pending when hosts run out)")
@@ -216,6 +243,10 @@ class ClusterSpec(_Model):
                                  "for a cluster of more than one node")
         elif net in ("pod", "vlan"):
             raise ValueError(f"network.type: '{net}' exists on Harvester only; libvirt uses 'private'")
+        else:
+            for key, pool in (("servers", self.servers), ("agents", self.agents)):
+                if pool.data_disks:
+                    raise ValueError(f"{key}.data_disks: Harvester only (libvirt clones have their one disk)")
         hosts = ipaddress.ip_network(self.network.cidr).num_addresses - 2
         if self.servers.count + self.agents.count + 10 > hosts:
             raise ValueError("network.cidr: too small for the nodes (addresses start at .11)")

@@ -112,6 +112,7 @@ class HarvesterApi:
         self.target = Target(path, chosen["name"], ns, cfg.host)
         self.custom = client.CustomObjectsApi(self.client)
         self.core = client.CoreV1Api(self.client)
+        self.storage = client.StorageV1Api(self.client)
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
@@ -238,6 +239,14 @@ class HarvesterApi:
         except NotFound:
             return False
         return True
+
+    def storage_class(self, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.call(f"get storageclass/{name}", self.storage.read_storage_class, name)
+        except NotFound:
+            return None
+        result: dict[str, Any] = self.client.sanitize_for_serialization(obj)
+        return result
 
     def list_secrets(self, selector: str) -> list[dict[str, Any]]:
         res = self.call("list secrets", self.core.list_namespaced_secret, self.namespace,

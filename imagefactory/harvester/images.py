@@ -47,6 +47,7 @@ from .api import IMAGES, ApiError, HarvesterApi
 log = logging.getLogger(__name__)
 
 SECTOR = 512
+STORAGE_CLASS_ANNOTATION = "harvesterhci.io/storageClassName"
 LABEL = "imagefactory.io"
 Mode = Literal["download", "upload"]
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -250,12 +251,14 @@ def multipart(path: Path, size: int, padded: int, tick: Callable[[int], None] | 
 
 class ImageUploader:
     def __init__(self, api: HarvesterApi, *, poll: float = 2.0, timeout: float = 4 * 3600,
-                 progress: ProgressFactory | None = None, cache: Path | None = None) -> None:
+                 progress: ProgressFactory | None = None, cache: Path | None = None,
+                 storage_class: str | None = None) -> None:
         self.api = api
         self.poll = poll
         self.timeout = timeout
         self.progress = progress
         self.cache = cache
+        self.storage_class = storage_class
 
     # --- the whole operation --------------------------------------------------------------------
 
@@ -271,6 +274,11 @@ class ImageUploader:
             reused = self._existing(existing, m, replace)
             if reused is not None:
                 return self._result(reused, m, chosen, True, start)
+        if self.storage_class and self.api.storage_class(self.storage_class) is None:
+            raise UserError(f"harvester.image_storage_class: StorageClass {self.storage_class} "
+                            "does not exist",
+                            hint="create it in Harvester (its Longhorn parameters are what images copy), "
+                                 "or unset it to use the default StorageClass")
         url = self._download_url(store, m, mode, url_expiry) if chosen == "download" else None
         mode = "download" if url is not None else "upload"
         log.info("creating image %s/%s from %s (%s)", self.api.namespace, name, m.ref, mode)
@@ -411,7 +419,12 @@ class ImageUploader:
                 "labels": {**catalogue_labels(m), "harvesterhci.io/image-type": "raw_qcow2",
                            "harvesterhci.io/os-type": m.os.family},
                 "annotations": {"field.cattle.io/description": description, f"{LABEL}/ref": m.ref,
-                                f"{LABEL}/sha256": m.image.sha256, f"{LABEL}/sha512": m.image.sha512},
+                                f"{LABEL}/sha256": m.image.sha256, f"{LABEL}/sha512": m.image.sha512,
+                                # Harvester's mutating webhook (PatchImageSCParams) overwrites any
+                                # storageClassParameters we send with the allow-listed parameters
+                                # of this template StorageClass (else the default one's)
+                                **({STORAGE_CLASS_ANNOTATION: self.storage_class} if self.storage_class
+                                   else {})},
             },
             "spec": spec,
         }

@@ -591,6 +591,66 @@ def test_a_multi_node_cluster_without_one_vm_network_is_refused(
     assert harvester.rke2_problems() == [] and harvester.rke2_node_ips() == {"edge-server-0": "10.0.2.2"}
 
 
+def _ssd_class(h: HarvesterDouble) -> None:
+    h.add_object({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                  "metadata": {"name": "longhorn-ssd"}, "provisioner": "driver.longhorn.io",
+                  "allowVolumeExpansion": True,
+                  "parameters": {"numberOfReplicas": "2", "diskSelector": "ssd", "staleReplicaTimeout": "30",
+                                 "migratable": "true"}})
+
+
+def test_image_storage_follows_a_template_storage_class(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """Harvester's webhook replaces an image's storageClassParameters with the allow-listed
+    parameters of the StorageClass named in its annotation (else the default's): the way to
+    choose replicas and disk/node selectors for an image is that annotation."""
+    store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261206.030000-cccc"))
+    api = api_for(harvester, tmp_path)
+    ssd = ImageUploader(api, poll=0.05, timeout=60, cache=tmp_path / "cache", storage_class="longhorn-ssd")
+    with pytest.raises(UserError, match="StorageClass longhorn-ssd does not exist"):
+        ssd.upload(store, "rke2-node-debian", signer.public_key())
+    assert harvester.objects("virtualmachineimages", "default") == []
+    _ssd_class(harvester)
+    r = ssd.upload(store, "rke2-node-debian", signer.public_key())
+    sc = harvester.get_object("storageclasses", None, r.storage_class)
+    assert sc is not None and sc["parameters"]["diskSelector"] == "ssd"
+    assert sc["parameters"]["numberOfReplicas"] == "2" and sc["parameters"]["backingImage"].startswith("vmi-")
+
+
+def test_data_disks_with_their_storage_classes(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    s = spec(servers={"count": 1, "cpu": 2, "memory": "4GiB", "disk": "10GiB",
+                      "data_disks": [{"size": "20GiB", "storage_class": "longhorn-ssd"}]},
+             agents={"count": 1, "cpu": 2, "memory": "2GiB", "disk": "10GiB",
+                     "data_disks": [{"size": "5GiB"}]})
+    with pytest.raises(UserError) as e:
+        HarvesterCluster(api, s, poll=0.05).create(image)
+    assert e.value.message.startswith("servers.data_disks.0.storage_class: StorageClass longhorn-ssd")
+    assert harvester.objects("virtualmachines", "default") == []
+    _ssd_class(harvester)
+    HarvesterCluster(api, s, poll=0.05, ip_timeout=30).create(image)
+    wait_for_pvcs = time.monotonic() + 10
+    while len(harvester.objects("persistentvolumeclaims", "default")) < 4 \
+            and time.monotonic() < wait_for_pvcs:
+        time.sleep(0.05)
+    pvcs = {p["metadata"]["name"].rsplit("-", 1)[0]: p
+            for p in harvester.objects("persistentvolumeclaims", "default")}
+    assert pvcs["edge-server-0-disk-1"]["spec"]["storageClassName"] == "longhorn-ssd"
+    assert pvcs["edge-server-0-disk-1"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert pvcs["edge-agent-0-disk-1"]["spec"]["storageClassName"] == "harvester-longhorn"  # the default
+    assert pvcs["edge-agent-0-disk-0"]["spec"]["storageClassName"] == image.storage_class
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    assert vm is not None
+    tpl = vm["spec"]["template"]["spec"]
+    assert [d["name"] for d in tpl["domain"]["devices"]["disks"]] == ["disk-0", "disk-1", "cloudinitdisk"]
+    disks = tpl["domain"]["devices"]["disks"]
+    assert disks[0]["bootOrder"] == 1 and "bootOrder" not in disks[1]
+
+
 def test_vlan_network_needs_its_nad(
     harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
 ) -> None:

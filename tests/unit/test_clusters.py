@@ -86,6 +86,17 @@ def test_node_order_roles_and_addresses(tmp_path: Path) -> None:
             "same guest address (10.0.2.2)",
         ),
         ({"name": "edge", "image": "x", "servers": {"count": 0}}, "servers.count", "at least one server"),
+        (
+            {"name": "edge", "image": "x", "agents": {"data_disks": [{"size": "10GiB"}]}},
+            "agents.data_disks",
+            "Harvester only",
+        ),
+        (
+            {"name": "edge", "image": "x", "target": "harvester",
+             "agents": {"data_disks": [{"size": "10GiB", "storage_class": "Not_A_Name"}]}},
+            "agents.data_disks.0.storage_class",
+            "not a StorageClass name",
+        ),
         ({"name": "edge", "image": "x", "servers": {"memory": "100MiB"}}, "servers.memory", "512MiB"),
         (
             {"name": "edge", "image": "x", "rke2": {"config": {"token": "x"}}},
