@@ -2,14 +2,17 @@
 (`upload_file`, default TransferConfig) and the MinIO SDK (`fput_object`) to the same kind of
 server in the same run, plus the blob bytes sent when the unchanged image is published again.
 
-The server is moto (`python -m moto.server`) on 127.0.0.1, started afresh for every measured
-upload (it keeps objects in memory: ~1 GiB of RSS per GiB stored). The order of the contenders
+The server is moto (`python -m moto.server`, `--server moto`, the default) or Ceph RGW
+(`--server rgw`: tests/rgw.py, one mon + memstore OSD + radosgw, which checks signatures, payload
+hashes and Content-MD5) on 127.0.0.1, started afresh for every measured upload (both keep objects
+in memory: ~1 GiB of RSS per GiB stored). The order of the contenders
 alternates between rounds; medians are reported. Ours is the whole publish (image, SBOM, STIG
 reports, checklists, signed manifest, index, index.html); the baselines upload the image file only.
 
-    .venv/bin/python benchmarks/publish_throughput.py [--size-mib 1024] [--rounds 3]
+    .venv/bin/python benchmarks/publish_throughput.py [--server moto|rgw] [--size-mib 1024] [--rounds 3]
 
-Writes benchmarks/results/publish_throughput.json. The numbers in README.md come from here.
+Writes benchmarks/results/publish_throughput.json (moto) or publish_throughput-rgw.json. The
+numbers in README.md come from here.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -36,28 +39,46 @@ from imagefactory.catalogue.publish import publish  # noqa: E402
 from imagefactory.catalogue.s3 import Credentials, S3Store  # noqa: E402
 from imagefactory.config import S3StoreConfig  # noqa: E402
 from tests.publishing import MotoServer, fake_build  # noqa: E402
+from tests.rgw import start_rgw  # noqa: E402
 
 MiB = 1024**2
 BUCKET = "images"
-ACCESS, SECRET = "AKIDBENCH", "bench-secret"
 
 
-def _boto3(server: MotoServer, image: Path) -> float:
+class Server(Protocol):
+    @property
+    def endpoint(self) -> str: ...
+
+    access_key: str
+    secret_key: str
+
+    def cpu_seconds(self) -> float: ...
+    def rss_mib(self) -> float: ...
+    def stop(self) -> None: ...
+
+
+def _start(kind: str) -> Server:
+    if kind == "rgw":
+        return start_rgw()
+    return MotoServer().start()
+
+
+def _boto3(server: Server, image: Path) -> float:
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                      aws_access_key_id=ACCESS, aws_secret_access_key=SECRET)
+                      aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key)
     s3.create_bucket(Bucket=BUCKET)
     start = time.monotonic()
     s3.upload_file(str(image), BUCKET, "boto3/image.qcow2")
     return time.monotonic() - start
 
 
-def _minio(server: MotoServer, image: Path) -> float:
+def _minio(server: Server, image: Path) -> float:
     from minio import Minio
 
-    c = Minio(server.endpoint.removeprefix("http://"), access_key=ACCESS, secret_key=SECRET, secure=False,
-              region="us-east-1")
+    c = Minio(server.endpoint.removeprefix("http://"), access_key=server.access_key,
+              secret_key=server.secret_key, secure=False, region="us-east-1")
     c.make_bucket(BUCKET)
     start = time.monotonic()
     c.fput_object(BUCKET, "minio/image.qcow2", str(image))
@@ -65,11 +86,11 @@ def _minio(server: MotoServer, image: Path) -> float:
 
 
 def _ours(cfg: dict[str, Any], key: Ed25519PrivateKey, build: Path, record: dict[str, Any]
-          ) -> Callable[[MotoServer, Path], float]:
-    def run(server: MotoServer, image: Path) -> float:
+          ) -> Callable[[Server, Path], float]:
+    def run(server: Server, image: Path) -> float:
         store = S3Store("bench", S3StoreConfig.model_validate(
             {"type": "s3", "endpoint": server.endpoint, "bucket": BUCKET, "create_bucket": True} | cfg),
-            Credentials(ACCESS, SECRET, None, "benchmark"))
+            Credentials(server.access_key, server.secret_key, None, "benchmark"))
         store.prepare()
         first = publish(build, store, key)
         again = publish(build, store, key)  # the unchanged image once more: no blob bytes
@@ -83,14 +104,17 @@ def _ours(cfg: dict[str, Any], key: Ed25519PrivateKey, build: Path, record: dict
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--server", choices=("moto", "rgw"), default="moto")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--part-size", default=None, help="override stores.*.part_size (e.g. 64MiB)")
     ap.add_argument("--parallel", type=int, default=None, help="override stores.*.parallel")
     ap.add_argument("--no-minio", action="store_true", help="skip the fput_object baseline")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--output", default=str(REPO / "benchmarks/results/publish_throughput.json"))
+    ap.add_argument("--output", default=None)
     args = ap.parse_args()
+    suffix = "" if args.server == "moto" else f"-{args.server}"
+    output = args.output or str(REPO / f"benchmarks/results/publish_throughput{suffix}.json")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="if-publish-bench-", dir="/var/tmp"))
     size = args.size_mib * MiB
     print(f"making a {args.size_mib} MiB image in {workdir} ...", flush=True)
@@ -103,7 +127,7 @@ def main() -> int:
         cfg["parallel"] = args.parallel
     effective = S3StoreConfig.model_validate({"type": "s3", "endpoint": "http://x", "bucket": "b"} | cfg)
     record: dict[str, Any] = {}
-    contenders: dict[str, Callable[[MotoServer, Path], float]] = {
+    contenders: dict[str, Callable[[Server, Path], float]] = {
         "imagefactory": _ours(cfg, Ed25519PrivateKey.generate(), build, record), "boto3": _boto3}
     if not args.no_minio:
         contenders["minio"] = _minio
@@ -115,7 +139,7 @@ def main() -> int:
         for r in range(args.rounds):
             order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
             for name in order:
-                server = MotoServer().start()
+                server = _start(args.server)
                 try:
                     cpu0, own0 = server.cpu_seconds(), time.process_time()
                     took = contenders[name](server, image)
@@ -135,7 +159,9 @@ def main() -> int:
     result = {
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "server": "moto (python -m moto.server) on 127.0.0.1, fresh per upload, plain HTTP",
+        "server": ("moto (python -m moto.server)" if args.server == "moto" else
+                   "Ceph RGW 16.2 (tests/rgw.py: mon + memstore OSD + radosgw)")
+                  + " on 127.0.0.1, fresh per upload, plain HTTP",
         "size_mib": args.size_mib, "rounds": args.rounds,
         "part_size_mib": effective.part_size // MiB, "parallel": effective.parallel,
         "seconds": seconds, "mib_per_s": mibs, "median_mib_per_s": med,
@@ -147,11 +173,11 @@ def main() -> int:
         "republish_seconds": record.get("republish_seconds"),
         "publish_blob_bytes": (record.get("publish_blob_bytes") or [None])[0],
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("median_mib_per_s", "ratio_vs_boto3", "ratio_vs_minio",
                                              "republish_uploaded_bytes")}, indent=2))
-    print(f"wrote {args.output}")
+    print(f"wrote {output}")
     return 0
 
 

@@ -102,6 +102,10 @@ def free_port() -> int:
 class MotoServer:
     """`python -m moto.server` on 127.0.0.1:<port> in a subprocess (killable, restartable)."""
 
+    # any key works without IAM mode (moto checks no signature); named like RgwServer's
+    access_key = "AKIDTEST"
+    secret_key = "not-checked-by-this-server"
+
     def __init__(self, iam: bool = False, port: int | None = None) -> None:
         self.iam = iam
         self.port = port or free_port()

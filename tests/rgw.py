@@ -187,6 +187,28 @@ ms_mon_client_mode = crc secure
             urllib.request.urlopen(self.endpoint, timeout=2).close()
         return True
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the three daemons so far."""
+        total = 0
+        for p in self.procs:
+            try:
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        total = 0
+        for p in self.procs:
+            try:
+                status = Path(f"/proc/{p.pid}/status").read_text()
+            except OSError:
+                continue
+            total += next((int(line.split()[1]) for line in status.splitlines()
+                           if line.startswith("VmRSS:")), 0)
+        return total / 1024
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:
