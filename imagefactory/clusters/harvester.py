@@ -217,6 +217,8 @@ class HarvesterCluster:
                             "devices": {
                                 "disks": [*disks, {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
                                 "interfaces": [iface],
+                                # non-persistent: a persistent vTPM needs KubeVirt's VMPersistentState gate
+                                **({"tpm": {}} if spec.tpm else {}),
                             },
                         },
                         "networks": networks,

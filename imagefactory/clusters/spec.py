@@ -201,6 +201,8 @@ class ClusterSpec(_Model):
     firmware: Literal["auto", "bios", "uefi"] = Field(
         "auto", description="harvester: auto = what the image declares (UEFI with Secure Boot when it "
         "supports UEFI and was built for Secure Boot; BIOS for a BIOS-only or older image)")
+    tpm: bool = Field(False, description="harvester: give every VM a virtual TPM 2.0 (KubeVirt "
+                      "`domain.devices.tpm`, not persistent: measured boot, not sealed secrets)")
     registries: Registries | None = Field(
         None, description="registries.yaml written at first boot (replaces one baked in the image)")
     libvirt: LibvirtOptions = LibvirtOptions()
@@ -244,6 +246,8 @@ class ClusterSpec(_Model):
         elif net in ("pod", "vlan"):
             raise ValueError(f"network.type: '{net}' exists on Harvester only; libvirt uses 'private'")
         else:
+            if self.tpm:
+                raise ValueError("tpm: Harvester only (the libvirt clones have no swtpm)")
             for key, pool in (("servers", self.servers), ("agents", self.agents)):
                 if pool.data_disks:
                     raise ValueError(f"{key}.data_disks: Harvester only (libvirt clones have their one disk)")

@@ -649,6 +649,15 @@ def test_data_disks_with_their_storage_classes(
     assert [d["name"] for d in tpl["domain"]["devices"]["disks"]] == ["disk-0", "disk-1", "cloudinitdisk"]
     disks = tpl["domain"]["devices"]["disks"]
     assert disks[0]["bootOrder"] == 1 and "bootOrder" not in disks[1]
+    assert "tpm" not in tpl["domain"]["devices"]
+
+
+def test_tpm_on_request(harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    HarvesterCluster(api, spec(agents={"count": 0}, tpm=True), poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    assert vm is not None and vm["spec"]["template"]["spec"]["domain"]["devices"]["tpm"] == {}
 
 
 def test_vlan_network_needs_its_nad(

@@ -86,6 +86,7 @@ def test_node_order_roles_and_addresses(tmp_path: Path) -> None:
             "same guest address (10.0.2.2)",
         ),
         ({"name": "edge", "image": "x", "servers": {"count": 0}}, "servers.count", "at least one server"),
+        ({"name": "edge", "image": "x", "tpm": True}, "tpm", "Harvester only"),
         (
             {"name": "edge", "image": "x", "agents": {"data_disks": [{"size": "10GiB"}]}},
             "agents.data_disks",
