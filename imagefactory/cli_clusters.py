@@ -48,7 +48,7 @@ def _expiry(app: App) -> dt.timedelta:
 
 
 def cmd_harvester_upload(app: App) -> int:
-    api = _api(app)
+    api = _api(app, app.args.namespace or app.config().harvester.image_namespace)
     store = _store(app)
     mode = app.args.source or app.config().harvester.source
     with _transfers(app) as progress:
@@ -127,7 +127,8 @@ def cmd_cluster_create(app: App) -> int:
     if spec.target == "harvester":
         store = _open(app, spec)
         with _transfers(app) as progress:
-            image = _uploader(app, target.api, progress).upload(
+            images = app.config().harvester.image_namespace
+            image = _uploader(app, _api(app, images) if images else target.api, progress).upload(
                 store, spec.image, _public_key(app), mode=app.config().harvester.source,
                 url_expiry=_expiry(app))
     else:

@@ -107,6 +107,9 @@ class HarvesterConfig(BaseModel):
     source: Literal["download", "upload"] | None = Field(
         None, description="how images get in: download (a presigned URL; default for S3 stores) or upload")
     url_expiry: str = Field("12h", description="lifetime of the presigned download URL")
+    image_namespace: str | None = Field(
+        None, description="namespace images are uploaded to (default: the VMs'); harvester-public "
+                          "shares them with every namespace, as Harvester's own convention does")
     image_storage_class: str | None = Field(
         None, description="a StorageClass whose Longhorn parameters (numberOfReplicas, diskSelector, "
                           "nodeSelector, dataLocality, ...) each uploaded image's own StorageClass copies; "

@@ -163,7 +163,8 @@ class HarvesterCluster:
             })
         pvc = f"{node.name}-disk-0-{secrets.token_hex(3)[:5]}"
         claims = [{
-            "metadata": {"name": pvc, "annotations": {"harvesterhci.io/imageId": f"{ns}/{image.name}"}},
+            "metadata": {"name": pvc,
+                         "annotations": {"harvesterhci.io/imageId": f"{image.namespace}/{image.name}"}},
             "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Block",
                      "resources": {"requests": {"storage": _size(int(node.pool.disk))}},
                      "storageClassName": image.storage_class},

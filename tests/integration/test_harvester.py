@@ -652,6 +652,24 @@ def test_data_disks_with_their_storage_classes(
     assert "tpm" not in tpl["domain"]["devices"]
 
 
+def test_images_shared_from_harvester_public(
+    harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """An image in harvester-public serves VMs in any namespace: the disk's imageId names the
+    image's namespace, not the VM's."""
+    public = api_for(harvester, tmp_path, namespace="harvester-public")
+    image = imported(harvester, signer, tmp_path, public)
+    assert image.namespace == "harvester-public"
+    harvester.add_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edge"}})
+    edge = api_for(harvester, tmp_path, namespace="edge")
+    HarvesterCluster(edge, spec(agents={"count": 0}), poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "edge", "edge-server-0")
+    assert vm is not None
+    [claim] = json.loads(vm["metadata"]["annotations"]["harvesterhci.io/volumeClaimTemplates"])
+    assert claim["metadata"]["annotations"]["harvesterhci.io/imageId"] == f"harvester-public/{image.name}"
+    assert harvester.objects("virtualmachineimages", "edge") == []
+
+
 def test_tpm_on_request(harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
     api = api_for(harvester, tmp_path)
     image = imported(harvester, signer, tmp_path, api)
