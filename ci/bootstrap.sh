@@ -50,3 +50,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -c 'import imagefactory, libvirt, testinfra' 
   echo "$want" > "$stamp"
 fi
+
+# gitlab-ci-local, the CI engine tests/integration/test_gitlab_ci_local.py runs the nightly
+# pipeline with (npm registry; Node.js >= 18 from the machine). 4.69.0: later releases call
+# Node 22's Set.prototype.union and crash on Node 20.
+GCL_VERSION=4.69.0
+if [ "$(.ci-tools/node_modules/.bin/gitlab-ci-local --version 2>/dev/null)" != "$GCL_VERSION" ]; then
+  command -v npm >/dev/null || { echo "ci/bootstrap.sh: npm is missing (Node.js >= 18 with npm)" >&2; exit 1; }
+  echo "+ npm install gitlab-ci-local@$GCL_VERSION (into .ci-tools/)"
+  npm install --prefix .ci-tools --no-audit --no-fund --loglevel=error "gitlab-ci-local@$GCL_VERSION" >/dev/null
+fi
