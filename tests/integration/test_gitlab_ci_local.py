@@ -43,7 +43,8 @@ RECIPE = "debian-12-base"
 def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
     require_root()  # the jobs run ci/bootstrap.sh, as on a runner
     if not GITLAB_CI_LOCAL.exists():
-        raise AssertionError(f"{GITLAB_CI_LOCAL} is missing: run ci/bootstrap.sh (it installs gitlab-ci-local)")
+        raise AssertionError(f"{GITLAB_CI_LOCAL} is missing: run ci/bootstrap.sh (it installs "
+                             "gitlab-ci-local)")
     ws = tmp_path / "repo"
     ws.mkdir()
     shutil.copytree(REPO / "ci", ws / "ci")
@@ -102,7 +103,8 @@ def test_plan_job_then_the_child_pipeline_it_wrote(site: dict[str, Any]) -> None
     # What an earlier nightly left: RECIPE published without a build key, so the plan rebuilds it.
     publish_with_key(site, None, "20261130.000000-0000")
     r = gcl(site, "--file", "ci/nightly/gitlab-ci.yml", "--variable", "CI_PIPELINE_SOURCE=schedule",
-            "--ignore-predefined-vars", "CI_PIPELINE_SOURCE", "--variable", f"NIGHTLY_RECIPES={RECIPE}", "plan")
+            "--ignore-predefined-vars", "CI_PIPELINE_SOURCE", "--variable", f"NIGHTLY_RECIPES={RECIPE}",
+            "plan")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "PASS  plan" in r.stdout
     doc = yaml.safe_load((ws / "child.yml").read_text())
