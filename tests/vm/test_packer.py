@@ -1,13 +1,11 @@
-"""The Packer builder for real: debian-12-packer from the stored debian-12-base image (a local
-cloud image with a hybrid GPT disk) under packer 1.6.6 / qemu TCG, its package step through the
-allow-list proxy to the Debian archive, the shared offline steps on the opened disk, and the boot
-test (one clone here, UEFI with Secure Boot; the BIOS boot code compared with the base's).
-
-Debian, not ubuntu-22.04-packer: the builder's code is the same for both families (template, seed,
-proxy, machine-readable output, the opened hybrid disk, the offline steps), and a Debian build VM
-reaches SSH in about 1.5 min under TCG where Ubuntu's first boot takes 4-5 (cloud-init's Python
-under emulation): about 8 minutes of CI. The Ubuntu Packer recipes are rendered and checked with
-`packer validate` in the integration tier; ubuntu-22.04-base itself boots in test_ubuntu_base."""
+"""The Packer builder for real: ubuntu-22.04-packer from the stored ubuntu-22.04-base image (a
+local stand-in for Canonical's cloud image, with a hybrid GPT disk) under packer 1.6.6 / qemu TCG,
+its package step through the allow-list proxy to the Ubuntu archive, the shared offline steps on
+the opened disk, and the boot test (one clone here, UEFI with Secure Boot; the BIOS boot code
+compared with the base's). The base is the session's ubuntu-22.04-base (test_ubuntu_base reads
+the same build). debian-12-packer is the same builder code (template, seed, proxy, the opened
+hybrid disk, the offline steps); it and the other Packer recipes are rendered and checked with
+`packer validate` in the integration tier."""
 
 from __future__ import annotations
 
@@ -31,13 +29,13 @@ from imagefactory.recipes import RecipeBook
 from imagefactory.store.local import LocalStore
 from tests.conftest import RECIPES
 
-# Runs in one pytest session with test_debian_base (ci/test.sh): its debian-12-base build is this
-# test's base.
+# Runs in one pytest session with test_ubuntu_base (ci/test.sh): its ubuntu-22.04-base build is
+# this test's base.
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 
-BASE = "debian-12-base"
-RECIPE = "debian-12-packer"
+BASE = "ubuntu-22.04-base"
+RECIPE = "ubuntu-22.04-packer"
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +45,7 @@ def base(build_once: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def packer_built(base: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """debian-12-packer from a copy of the recipes whose boot test boots one clone: a hybrid
+    """ubuntu-22.04-packer from a copy of the recipes whose boot test boots one clone: a hybrid
     disk's single clone is the UEFI one with Secure Boot enforced; the BIOS path (boot.img in the
     MBR, core.img in the BIOS boot partition) is compared byte for byte with the base's, which
     booted on SeaBIOS. One TCG boot fewer in CI."""
@@ -84,7 +82,9 @@ def test_packer_image_is_built_from_the_base_and_boot_tested(packer_built: dict[
     names = {p["name"] for p in m["packages"]}
     assert "jq" in names  # installed by the provisioner (the packages step script, through the proxy)
     log = (Path(packer_built["path"]) / "build.log").read_text()
-    assert re.search(r"Get:\d+ http://deb\.debian\.org/debian bookworm InRelease", log)  # apt, via the proxy
+    # apt, via the proxy, from the Ubuntu archive
+    apt = r"Get:\d+ http://(archive|security)\.ubuntu\.com/ubuntu jammy(-updates|-security)? InRelease"
+    assert re.search(apt, log), log[-3000:]
     # the hybrid disk came through: the result boots with Secure Boot enforced (shim, GRUB and the
     # kernel the build VM may have upgraded, all signed), and its BIOS boot code is the base's
     junit = (Path(packer_built["path"]) / "junit.xml").read_text()
