@@ -7,7 +7,7 @@ IMAGE is a store reference (`name` or `name:version`, default ubuntu-22.04-base)
 store. Each round boots the recipe's clones (same count, firmwares, memory and vCPUs as the test)
 until every one is ready (SSH login with the test key and cloud-init finished), destroys them,
 then runs the whole boot test (`run_suites`: boot again + every suite). Prints a table and writes
-benchmarks/results/boot_test.json. The numbers in README.md come from here.
+benchmarks/results/boot_test-<recipe>.json. The numbers in README.md come from here.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> int:
         "boot_test_over_boot_to_ready": round(med["boot_test_s"] / med["boot_to_ready_s"], 2),
         "suites_over_boot": round(med["suites_s"] / med["boot_test_boot_s"], 2),
     }
-    write_result("boot_test.json", data)
+    write_result(f"boot_test-{recipe.name}.json", data)
     return 0 if all(r["ok"] for r in rounds) else 1
 
 
