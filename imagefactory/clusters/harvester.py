@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CREATOR = "imagefactory"
 # Harvester labels the NetworkAttachmentDefinitions of its VM networks with their cluster network.
 CLUSTER_NETWORK_LABEL = "network.harvesterhci.io/clusternetwork"
+RESERVED_MEMORY = "harvesterhci.io/reservedMemory"
 
 
 def _b64(text: str) -> str:
@@ -195,6 +196,9 @@ class HarvesterCluster:
             "metadata": {
                 "name": node.name, "namespace": ns, "labels": self._labels(node.role),
                 "annotations": {"harvesterhci.io/volumeClaimTemplates": json.dumps(claims),
+                                # Harvester's VM mutator gives the guest limits.memory minus this
+                                **({RESERVED_MEMORY: _size(int(node.pool.reserved_memory))}
+                                   if node.pool.reserved_memory else {}),
                                 f"{LABEL}/image": image.ref},
             },
             "spec": {

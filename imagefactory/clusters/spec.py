@@ -59,6 +59,9 @@ class NodePool(_Model):
     cpu: int = Field(2, ge=1, le=64)
     memory: ByteSize = Field(ByteSize(4 * GiB), description="guest memory, e.g. 4GiB")
     disk: ByteSize = Field(ByteSize(20 * GiB), description="root disk; at least the image's virtual size")
+    reserved_memory: ByteSize | None = Field(
+        None, description="harvester: memory kept from the guest for the VM's own overhead "
+                          "(annotation harvesterhci.io/reservedMemory; unset: Harvester's default)")
     data_disks: tuple[DataDisk, ...] = Field(
         (), description="harvester: extra empty disks per VM (block volumes, virtio, after the root "
                         "disk), e.g. [{size: 100GiB, storage_class: longhorn-ssd}]")
@@ -72,6 +75,13 @@ class NodePool(_Model):
         if v < 512 * 1024**2:
             raise ValueError("at least 512MiB")
         return v
+
+    @model_validator(mode="after")
+    def _reserved(self) -> NodePool:
+        if self.reserved_memory is not None and not 0 < self.reserved_memory < self.memory // 2:
+            raise ValueError(f"reserved_memory: {self.reserved_memory} bytes must be more than 0 and less "
+                             f"than half of memory ({self.memory})")
+        return self
 
 
 # Why a multi-node RKE2 cluster cannot live on Harvester's pod network: KubeVirt's masquerade
@@ -251,6 +261,8 @@ class ClusterSpec(_Model):
             for key, pool in (("servers", self.servers), ("agents", self.agents)):
                 if pool.data_disks:
                     raise ValueError(f"{key}.data_disks: Harvester only (libvirt clones have their one disk)")
+                if pool.reserved_memory is not None:
+                    raise ValueError(f"{key}.reserved_memory: Harvester only")
         hosts = ipaddress.ip_network(self.network.cidr).num_addresses - 2
         if self.servers.count + self.agents.count + 10 > hosts:
             raise ValueError("network.cidr: too small for the nodes (addresses start at .11)")

@@ -44,6 +44,7 @@ CRD_DIR = Path(__file__).parent / "crds"
 LABEL_DISPLAY_NAME = "harvesterhci.io/imageDisplayName"
 ANN_STORAGE_CLASS = "harvesterhci.io/storageClassName"
 ANN_VOLUME_CLAIM_TEMPLATES = "harvesterhci.io/volumeClaimTemplates"
+ANN_RESERVED_MEMORY = "harvesterhci.io/reservedMemory"
 DEFAULT_SC_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 LONGHORN_DRIVER = "driver.longhorn.io"
 RUN_STRATEGIES = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
@@ -307,6 +308,8 @@ class Admission:
     def mutate_create(self, res: Resource, obj: JSON) -> JSON:
         if res.plural == "virtualmachineimages":
             self._mutate_image(obj)
+        elif res.plural == "virtualmachines":
+            self._mutate_vm(obj)
         elif res.plural == "namespaces":
             obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"].get(
                 "name", ""
@@ -319,6 +322,22 @@ class Admission:
                 spec["storageClassName"] = default["metadata"]["name"]
             obj["status"] = {"phase": "Pending"}
         return obj
+
+    def _mutate_vm(self, obj: JSON) -> None:
+        # patchResourceOvercommit (pkg/webhook/resources/virtualmachine/mutator.go): the guest gets
+        # limits.memory minus the reserved memory; the annotation harvesterhci.io/reservedMemory
+        # overrides Harvester's default reserve (not modelled: the guest size is left unset then).
+        raw = (obj["metadata"].get("annotations") or {}).get(ANN_RESERVED_MEMORY)
+        domain = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("domain") or {}
+        limit = ((domain.get("resources") or {}).get("limits") or {}).get("memory")
+        if raw is None or limit is None:
+            return
+        try:
+            guest = parse_quantity(limit) - parse_quantity(raw)
+        except ValueError:
+            return  # refused by the validating webhook
+        if guest > 0:
+            domain.setdefault("memory", {})["guest"] = f"{guest // 1024**2}Mi"
 
     def _injects_display_name_label(self) -> bool:
         # The webhook injects the label at create from v1.7.3, v1.8.2 and v1.9 on (contract §4);
@@ -480,6 +499,19 @@ class Admission:
 
     def _validate_vm(self, obj: JSON) -> None:
         ns = obj["metadata"].get("namespace")
+        raw = (obj["metadata"].get("annotations") or {}).get(ANN_RESERVED_MEMORY)
+        if raw is not None:
+            tspec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+            limits = ((tspec.get("domain") or {}).get("resources") or {}).get("limits") or {}
+            field = f"metadata.annotations[{ANN_RESERVED_MEMORY}]"
+            try:
+                reserved = parse_quantity(raw)
+            except ValueError:
+                raise webhook_denied(HARVESTER_WEBHOOK, f"invalid reservedMemory {raw!r}",
+                                     field=field) from None
+            if "memory" in limits and reserved >= parse_quantity(limits["memory"]):
+                raise webhook_denied(HARVESTER_WEBHOOK, f"reservedMemory {raw} must be less than the memory "
+                                     f"limit {limits['memory']}", field=field)
         spec = obj.get("spec")
         if not isinstance(spec, dict) or not isinstance((spec.get("template") or {}).get("spec"), dict):
             raise webhook_denied(

@@ -670,6 +670,20 @@ def test_images_shared_from_harvester_public(
     assert harvester.objects("virtualmachineimages", "edge") == []
 
 
+def test_reserved_memory_per_pool(harvester: HarvesterDouble, signer: Ed25519PrivateKey,
+                                  tmp_path: Path) -> None:
+    """Harvester keeps reserved memory from the guest (its VM mutator: guest = limits.memory -
+    reservedMemory); a pool's `reserved_memory` is that annotation."""
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    s = spec(servers={"count": 1, "cpu": 2, "memory": "4GiB", "disk": "10GiB", "reserved_memory": "256MiB"},
+             agents={"count": 0})
+    HarvesterCluster(api, s, poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    assert vm is not None and vm["metadata"]["annotations"]["harvesterhci.io/reservedMemory"] == "256Mi"
+    assert vm["spec"]["template"]["spec"]["domain"]["memory"]["guest"] == "3840Mi"
+
+
 def test_tpm_on_request(harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
     api = api_for(harvester, tmp_path)
     image = imported(harvester, signer, tmp_path, api)

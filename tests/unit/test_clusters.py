@@ -88,6 +88,12 @@ def test_node_order_roles_and_addresses(tmp_path: Path) -> None:
         ({"name": "edge", "image": "x", "servers": {"count": 0}}, "servers.count", "at least one server"),
         ({"name": "edge", "image": "x", "tpm": True}, "tpm", "Harvester only"),
         (
+            {"name": "edge", "image": "x", "target": "harvester",
+             "servers": {"memory": "1GiB", "reserved_memory": "600MiB"}},
+            "servers",
+            "less than half of memory",
+        ),
+        (
             {"name": "edge", "image": "x", "agents": {"data_disks": [{"size": "10GiB"}]}},
             "agents.data_disks",
             "Harvester only",
