@@ -21,6 +21,8 @@ import secrets
 import time
 from typing import Any
 
+import yaml
+
 from ..errors import BuildError, UserError
 from ..harvester.api import KEYPAIRS, NADS, VMIS, VMS, HarvesterApi
 from ..harvester.images import UploadResult
@@ -77,6 +79,11 @@ class HarvesterCluster:
                                     "does not exist", hint="create it in Harvester, or leave it unset for "
                                                            "the default StorageClass")
         self.nad = self._network()
+        for nad in spec.network.extra_nads:
+            ns, name = nad.split("/")
+            if self.api.get(NADS, name, ns) is None:
+                raise UserError(f"network.extra_nads: NetworkAttachmentDefinition {nad} does not exist",
+                                hint="create the VM network in Harvester first")
         token = self._token()
         keypair = self._keypair()
         all_nodes = nodes(spec)
@@ -142,9 +149,50 @@ class HarvesterCluster:
                                        "spec": {"publicKey": self.spec.ssh_authorized_keys[0]}})
         return name
 
-    def _network_data(self) -> str:
-        # One NIC; DHCP on both the pod network (masquerade) and a VLAN (Harvester has no IPAM).
-        return "version: 2\nethernets:\n  nic0:\n    match: {name: \"en*\"}\n    dhcp4: true\n"
+    def _nics(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(name, KubeVirt network, KubeVirt interface) per NIC: the cluster network first, then
+        one bridge per extra NAD. With several NICs or fixed addresses each gets a MAC of ours,
+        so that the guest's network config can name it (PCI order is not a contract)."""
+        spec = self.spec
+        if self.nad:
+            nics: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+                ("nic-0", {"name": "nic-0", "multus": {"networkName": self.nad}},
+                 {"name": "nic-0", "model": "virtio", "bridge": {}})]
+        else:
+            nics = [("default", {"name": "default", "pod": {}},
+                     {"name": "default", "model": "virtio", "masquerade": {}})]
+        for i, nad in enumerate(spec.network.extra_nads, 1):
+            nics.append((f"nic-{i}", {"name": f"nic-{i}", "multus": {"networkName": nad}},
+                         {"name": f"nic-{i}", "model": "virtio", "bridge": {}}))
+        if len(nics) > 1 or spec.network.addresses:
+            for _, _, iface in nics:
+                iface["macAddress"] = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        return nics
+
+    def _network_data(self, node: Node, nics: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+        """netplan v2 for cloud-init. One NIC on DHCP (pod network or VLAN): any `en*` interface.
+        Otherwise per MAC: the first with the node's fixed address (`network.addresses`) or DHCP,
+        the extra ones on DHCP and `optional` (the boot does not wait for them)."""
+        addresses = self.spec.network.addresses
+        if len(nics) == 1 and addresses is None:
+            return "version: 2\nethernets:\n  nic0:\n    match: {name: \"en*\"}\n    dhcp4: true\n"
+        ethernets: dict[str, Any] = {}
+        for i, (_, _, iface) in enumerate(nics):
+            eth: dict[str, Any] = {"match": {"macaddress": iface["macAddress"]}}
+            if i == 0 and addresses is not None:
+                eth["dhcp4"] = False
+                eth["addresses"] = [str(addresses.address(node.index))]
+                if addresses.gateway:
+                    eth["routes"] = [{"to": "default", "via": addresses.gateway}]
+                if addresses.dns:
+                    eth["nameservers"] = {"addresses": list(addresses.dns)}
+            else:
+                eth["dhcp4"] = True
+                if i > 0:
+                    eth["optional"] = True
+                    eth["dhcp4-overrides"] = {"use-routes": False, "use-dns": False}
+            ethernets[f"nic{i}"] = eth
+        return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
 
     def _vm(self, node: Node, image: UploadResult, token: str, server: str | None,
             keypair: str | None) -> None:
@@ -153,14 +201,19 @@ class HarvesterCluster:
             log.info("%s exists: kept", node.name)
             return
         secret = f"{node.name}-cloudinit"
-        seed = seed_for(spec, node, token, server=server, node_ip=None, keys=spec.ssh_authorized_keys)
+        fixed = spec.network.addresses.address(node.index) if spec.network.addresses else None
+        # with several NICs RKE2 would take the default route's: pin the cluster network's address
+        seed = seed_for(spec, node, token, server=server, node_ip=str(fixed.ip) if fixed else None,
+                        keys=spec.ssh_authorized_keys)
+        nics = self._nics()
         seed = type(seed)(**{**seed.__dict__, "guest_agent": True})
         if self.api.get_secret(secret) is None:
             self.api.create_secret({
                 "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": secret, "labels": {**self._labels(node.role),
                                                         "harvesterhci.io/cloud-init-template": "harvester"}},
-                "data": {"userdata": _b64(user_data(seed)), "networkdata": _b64(self._network_data())},
+                "data": {"userdata": _b64(user_data(seed)),
+                         "networkdata": _b64(self._network_data(node, nics))},
             })
         pvc = f"{node.name}-disk-0-{secrets.token_hex(3)[:5]}"
         claims = [{
@@ -183,12 +236,8 @@ class HarvesterCluster:
                                        else {})}})
             disks.append({"name": f"disk-{i}", "disk": {"bus": "virtio"}})
             volumes.append({"name": f"disk-{i}", "persistentVolumeClaim": {"claimName": claim_name}})
-        if self.nad:
-            networks = [{"name": "nic-0", "multus": {"networkName": self.nad}}]
-            iface: dict[str, Any] = {"name": "nic-0", "model": "virtio", "bridge": {}}
-        else:
-            networks = [{"name": "default", "pod": {}}]
-            iface = {"name": "default", "model": "virtio", "masquerade": {}}
+        networks = [net for _, net, _ in nics]
+        interfaces = [iface for _, _, iface in nics]
         cores = node.pool.cpu
         pool = "servers" if node.is_server else "agents"
         body = {
@@ -221,7 +270,7 @@ class HarvesterCluster:
                                                      "memory": _size(int(node.pool.memory))}},
                             "devices": {
                                 "disks": [*disks, {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
-                                "interfaces": [iface],
+                                "interfaces": interfaces,
                                 # non-persistent: a persistent vTPM needs KubeVirt's VMPersistentState gate
                                 **({"tpm": {}} if spec.tpm else {}),
                             },

@@ -94,6 +94,52 @@ MASQUERADE = ("KubeVirt's masquerade binding gives every VM on the pod network t
               "reach each other")
 
 
+class StaticAddresses(_Model):
+    """Fixed node addresses on a VM network without DHCP (Harvester has no IPAM): node N of the
+    cluster (creation order, the bootstrap server first) gets `cidr`'s network address + `first`
+    + N."""
+
+    cidr: str = Field(description="the VM network's subnet, e.g. 10.5.0.0/24")
+    first: int = Field(11, ge=1, description="host number of the first node")
+    gateway: str | None = Field(None, description="default route (unset: none, an isolated network)")
+    dns: tuple[str, ...] = Field((), description="name servers")
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        if net.version != 4:
+            raise ValueError("an IPv4 subnet")
+        return v
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.IPv4Address(v)
+            except ValueError:
+                raise ValueError(f"'{v}' is not an IPv4 address") from None
+        return v
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for a in v:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise ValueError(f"'{a}' is not an IP address") from None
+        return v
+
+    def address(self, index: int) -> ipaddress.IPv4Interface:
+        net = ipaddress.IPv4Network(self.cidr)
+        return ipaddress.IPv4Interface(f"{net.network_address + self.first + index}/{net.prefixlen}")
+
+
 class Network(_Model):
     type: Literal["pod", "vlan", "private"] | None = Field(
         None, description="harvester: vlan (a NetworkAttachmentDefinition; the default for more than "
@@ -101,6 +147,11 @@ class Network(_Model):
         "clusters only, their default); libvirt: private (a link between the VMs, host side on "
         "127.0.0.1)")
     nad: str | None = Field(None, description="vlan: the NetworkAttachmentDefinition as namespace/name")
+    addresses: StaticAddresses | None = Field(
+        None, description="vlan: fixed node addresses instead of DHCP (the node IP RKE2 registers)")
+    extra_nads: tuple[str, ...] = Field(
+        (), description="harvester: more NICs, one per NetworkAttachmentDefinition (DHCP, optional: "
+                        "the boot does not wait for them), e.g. a storage network")
     cidr: str = Field("10.77.0.0/24", description="private: the node subnet on the link between the VMs")
 
     @field_validator("nad")
@@ -108,6 +159,16 @@ class Network(_Model):
     def _nad(cls, v: str | None) -> str | None:
         if v is not None and not _NAD.match(v):
             raise ValueError(f"'{v}' is not namespace/name")
+        return v
+
+    @field_validator("extra_nads")
+    @classmethod
+    def _extra(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for nad in v:
+            if not _NAD.match(nad):
+                raise ValueError(f"'{nad}' is not namespace/name")
+        if len(set(v)) != len(v):
+            raise ValueError("a NetworkAttachmentDefinition is named twice")
         return v
 
     @field_validator("cidr")
@@ -250,11 +311,23 @@ class ClusterSpec(_Model):
                 raise ValueError("network.type: 'private' is the libvirt link; use pod or vlan on Harvester")
             if net == "vlan" and not self.network.nad:
                 raise ValueError("network.nad: required for a vlan network (namespace/name)")
+            if self.network.addresses is not None:
+                if self.network_type != "vlan":
+                    raise ValueError("network.addresses: fixed addresses are for a vlan network "
+                                     "(network.nad); the pod network's guests all have 10.0.2.2")
+                subnet = ipaddress.ip_network(self.network.addresses.cidr)
+                last = self.network.addresses.address(self.servers.count + self.agents.count - 1)
+                if last.ip not in subnet or last.ip == subnet.broadcast_address:
+                    raise ValueError(f"network.addresses: {self.network.addresses.cidr} has no room for "
+                                     f"{self.servers.count + self.agents.count} nodes from host "
+                                     f"{self.network.addresses.first}")
             if net == "pod" and self.servers.count + self.agents.count > 1:
                 raise ValueError(f"network.type: pod: {MASQUERADE}; use a vlan network (network.nad) "
                                  "for a cluster of more than one node")
         elif net in ("pod", "vlan"):
             raise ValueError(f"network.type: '{net}' exists on Harvester only; libvirt uses 'private'")
+        elif self.network.addresses is not None or self.network.extra_nads:
+            raise ValueError("network.addresses/extra_nads: Harvester only (libvirt: network.cidr)")
         else:
             if self.tpm:
                 raise ValueError("tpm: Harvester only (the libvirt clones have no swtpm)")

@@ -33,6 +33,27 @@ MASQUERADE_GUEST_ADDRESS = "10.0.2.2"
 JOIN_CONFIG = "/etc/rancher/rke2/config.yaml.d/"
 
 
+def static_addresses(network_data: str | None) -> dict[str, str]:
+    """MAC -> fixed IPv4 address of a netplan v2 network config (cloud-init's `networkdata`):
+    what a bridge NIC's guest has, and its guest agent reports, instead of a DHCP lease."""
+    try:
+        doc = yaml.safe_load(network_data or "") or {}
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, str] = {}
+    for eth in ((doc.get("ethernets") or {}) if isinstance(doc, dict) else {}).values():
+        mac = ((eth or {}).get("match") or {}).get("macaddress")
+        addrs = (eth or {}).get("addresses") or []
+        if mac and addrs and not eth.get("dhcp4"):
+            out[str(mac).lower()] = str(addrs[0]).split("/")[0]
+    return out
+
+
+def network_data(secret: dict[str, Any] | None) -> str | None:
+    data = (secret or {}).get("data") or {}
+    return base64.b64decode(data["networkdata"]).decode() if "networkdata" in data else None
+
+
 def guest_addresses(vm: dict[str, Any], vmi: dict[str, Any] | None) -> list[str]:
     """The IPv4 addresses the guest itself has, one per interface, in interface order."""
     tpl = ((vm.get("spec") or {}).get("template") or {}).get("spec") or {}

@@ -684,6 +684,45 @@ def test_reserved_memory_per_pool(harvester: HarvesterDouble, signer: Ed25519Pri
     assert vm["spec"]["template"]["spec"]["domain"]["memory"]["guest"] == "3840Mi"
 
 
+def test_fixed_addresses_and_a_second_nic(harvester: HarvesterDouble, signer: Ed25519PrivateKey,
+                                          tmp_path: Path) -> None:
+    """A VM network without DHCP (Harvester has no IPAM): each node gets its fixed address from
+    `network.addresses` through cloud-init's network config, matched by a MAC of ours, RKE2's
+    node-ip pinned to it; a second NIC on a storage network gets DHCP without holding the boot."""
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    # the cluster network named: with the storage network there are two VM networks to choose from
+    net = {"nad": "default/vm-net", "extra_nads": ["default/storage"],
+           "addresses": {"cidr": "10.5.0.0/24", "first": 21, "gateway": "10.5.0.1", "dns": ["10.5.0.2"]}}
+    with pytest.raises(UserError, match="extra_nads: NetworkAttachmentDefinition default/storage"):
+        HarvesterCluster(api, spec(network=net), poll=0.05).create(image)
+    assert harvester.objects("virtualmachines", "default") == []
+    harvester.add_vm_network("storage", vlan=300)
+    HarvesterCluster(api, spec(network=net), poll=0.05, ip_timeout=30).create(image)
+    want = {"edge-server-0": "10.5.0.21", "edge-agent-0": "10.5.0.22", "edge-agent-1": "10.5.0.23"}
+    for name, ip in want.items():
+        vm = harvester.get_object("virtualmachines", "default", name)
+        assert vm is not None
+        tpl = vm["spec"]["template"]["spec"]
+        assert [n["multus"]["networkName"] for n in tpl["networks"]] == ["default/vm-net", "default/storage"]
+        macs = [i["macAddress"] for i in tpl["domain"]["devices"]["interfaces"]]
+        nd = yaml.safe_load(secret_text(harvester, f"{name}-cloudinit", "networkdata"))
+        assert nd["ethernets"]["nic0"] == {"match": {"macaddress": macs[0]}, "dhcp4": False,
+                                           "addresses": [f"{ip}/24"],
+                                           "routes": [{"to": "default", "via": "10.5.0.1"}],
+                                           "nameservers": {"addresses": ["10.5.0.2"]}}
+        assert nd["ethernets"]["nic1"]["match"] == {"macaddress": macs[1]}
+        assert nd["ethernets"]["nic1"]["optional"] is True
+        ud = yaml.safe_load(secret_text(harvester, f"{name}-cloudinit", "userdata"))
+        join = next(f for f in ud["write_files"] if f["path"].startswith("/etc/rancher/rke2/config.yaml.d/"))
+        assert yaml.safe_load(join["content"])["node-ip"] == ip
+    # the joiners' server URL is the bootstrap server's fixed address, read back from its VMI
+    agent = yaml.safe_load(secret_text(harvester, "edge-agent-0-cloudinit", "userdata"))
+    join = next(f for f in agent["write_files"] if f["path"].startswith("/etc/rancher/rke2/config.yaml.d/"))
+    assert yaml.safe_load(join["content"])["server"] == "https://10.5.0.21:9345"
+    assert harvester.rke2_node_ips() == want and harvester.rke2_problems() == []
+
+
 def test_tpm_on_request(harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
     api = api_for(harvester, tmp_path)
     image = imported(harvester, signer, tmp_path, api)

@@ -89,6 +89,24 @@ def test_node_order_roles_and_addresses(tmp_path: Path) -> None:
         ({"name": "edge", "image": "x", "tpm": True}, "tpm", "Harvester only"),
         (
             {"name": "edge", "image": "x", "target": "harvester",
+             "network": {"addresses": {"cidr": "10.5.0.0/24"}}},
+            "network.addresses",
+            "vlan network",
+        ),
+        (
+            {"name": "edge", "image": "x", "target": "harvester", "agents": {"count": 3},
+             "network": {"nad": "default/v", "addresses": {"cidr": "10.5.0.0/29", "first": 4}}},
+            "network.addresses",
+            "no room for 4 nodes",
+        ),
+        (
+            {"name": "edge", "image": "x", "target": "harvester",
+             "network": {"nad": "default/v", "addresses": {"cidr": "10.5.0.0/24", "gateway": "10.5.0"}}},
+            "network.addresses.gateway",
+            "not an IPv4 address",
+        ),
+        (
+            {"name": "edge", "image": "x", "target": "harvester",
              "servers": {"memory": "1GiB", "reserved_memory": "600MiB"}},
             "servers",
             "less than half of memory",
