@@ -60,6 +60,16 @@ class HarvesterCluster:
             labels[f"{LABEL}/role"] = role
         return labels
 
+    def _guest(self) -> dict[str, str]:
+        """The labels by which Harvester knows a guest cluster's VMs (its load balancer's backend
+        discovery, the cloud provider): both on the VM and its pods, the creator being the node
+        driver's name - Harvester checks that value (`getGuestClusterVMInfo`), and its docs ask
+        custom clusters for exactly these two labels."""
+        if not self.spec.guest_cluster_labels:
+            return {}
+        return {"harvesterhci.io/creator": "docker-machine-driver-harvester",
+                "guestcluster.harvesterhci.io/name": self.spec.name}
+
     # --- create ---------------------------------------------------------------------------------
 
     def create(self, image: UploadResult) -> ClusterStatus:
@@ -243,7 +253,7 @@ class HarvesterCluster:
         body = {
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {
-                "name": node.name, "namespace": ns, "labels": self._labels(node.role),
+                "name": node.name, "namespace": ns, "labels": {**self._labels(node.role), **self._guest()},
                 "annotations": {"harvesterhci.io/volumeClaimTemplates": json.dumps(claims),
                                 # Harvester's VM mutator gives the guest limits.memory minus this
                                 **({RESERVED_MEMORY: _size(int(node.pool.reserved_memory))}
@@ -255,7 +265,7 @@ class HarvesterCluster:
                 "template": {
                     "metadata": {
                         "labels": {"harvesterhci.io/vmName": node.name, f"{LABEL}/cluster": spec.name,
-                                   f"{LABEL}/pool": pool},
+                                   f"{LABEL}/pool": pool, **self._guest()},
                         "annotations": ({"harvesterhci.io/sshNames": json.dumps([f"{ns}/{keypair}"])}
                                         if keypair else {}),
                     },

@@ -272,6 +272,11 @@ class ClusterSpec(_Model):
     firmware: Literal["auto", "bios", "uefi"] = Field(
         "auto", description="harvester: auto = what the image declares (UEFI with Secure Boot when it "
         "supports UEFI and was built for Secure Boot; BIOS for a BIOS-only or older image)")
+    guest_cluster_labels: bool = Field(
+        True, description="harvester: label the VMs as a guest cluster the way Rancher's node driver "
+                          "does (guestcluster.harvesterhci.io/name, creator "
+                          "docker-machine-driver-harvester), so that Harvester's load balancer and "
+                          "cloud provider find them")
     tpm: bool = Field(False, description="harvester: give every VM a virtual TPM 2.0 (KubeVirt "
                       "`domain.devices.tpm`, not persistent: measured boot, not sealed secrets)")
     registries: Registries | None = Field(

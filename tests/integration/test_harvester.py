@@ -723,6 +723,29 @@ def test_fixed_addresses_and_a_second_nic(harvester: HarvesterDouble, signer: Ed
     assert harvester.rke2_node_ips() == want and harvester.rke2_problems() == []
 
 
+def test_vms_carry_harvesters_guest_cluster_labels(harvester: HarvesterDouble, signer: Ed25519PrivateKey,
+                                                    tmp_path: Path) -> None:
+    """Harvester finds a guest cluster's VMs (load balancer backends, cloud provider) by
+    `guestcluster.harvesterhci.io/name` with the node driver as creator, on the VM and its pods."""
+    api = api_for(harvester, tmp_path)
+    image = imported(harvester, signer, tmp_path, api)
+    HarvesterCluster(api, spec(agents={"count": 0}), poll=0.05, ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    assert vm is not None
+    guest = {"guestcluster.harvesterhci.io/name": "edge",
+             "harvesterhci.io/creator": "docker-machine-driver-harvester"}
+    assert guest.items() <= vm["metadata"]["labels"].items()
+    assert guest.items() <= vm["spec"]["template"]["metadata"]["labels"].items()
+    vmi = harvester.get_object("virtualmachineinstances", "default", "edge-server-0")
+    assert vmi is not None and guest.items() <= vmi["metadata"]["labels"].items()
+    HarvesterCluster(api, spec(agents={"count": 0}), poll=0.05).delete()
+    HarvesterCluster(api, spec(agents={"count": 0}, guest_cluster_labels=False), poll=0.05,
+                     ip_timeout=30).create(image)
+    vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
+    assert vm is not None and "guestcluster.harvesterhci.io/name" not in vm["metadata"]["labels"]
+    assert vm["metadata"]["labels"]["harvesterhci.io/creator"] == "imagefactory"
+
+
 def test_tpm_on_request(harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
     api = api_for(harvester, tmp_path)
     image = imported(harvester, signer, tmp_path, api)
