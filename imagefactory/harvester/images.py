@@ -388,6 +388,8 @@ class ImageUploader:
                 self.api.upload(name, padded, body, length, ctype)
                 break
             except ApiError as e:
+                if e.status == 413:
+                    raise self._too_large(name, padded) from None
                 retry = ("already exists" in e.message or "timeout waiting" in e.message) and attempt < 5
                 if not retry:
                     failed = self.api.get(IMAGES, name)
@@ -398,6 +400,21 @@ class ImageUploader:
                 log.warning("%s; retrying the upload in 2 s (%d/5)", e.message, attempt)
                 time.sleep(2)
         return self.wait_imported(name, failures_before=failures)
+
+    def _too_large(self, name: str, size: int) -> UserError:
+        """A 413 comes from a proxy in front of Harvester, not from Harvester: typically Rancher's
+        ingress when the kubeconfig points at `https://<rancher>/k8s/clusters/<id>` (RKE2's
+        ingress-nginx allows 1 MiB bodies by default; Harvester's docs: "HTTP 413 Error in Rancher
+        Multi-Cluster Management")."""
+        server = self.api.target.server
+        via = ("Rancher's proxy (the kubeconfig points at its /k8s/clusters/ path)"
+               if "/k8s/clusters/" in server else "a proxy in front of Harvester")
+        self.delete(name)  # an upload image nobody can fill: not left behind half-made
+        return UserError(f"upload of {name} ({size} bytes) to {server}: refused by {via} as too large "
+                         "(HTTP 413)",
+                         hint="use a kubeconfig for Harvester itself (its VIP, from Harvester's support "
+                              "page), raise the proxy's body size limit, or let Harvester download the "
+                              "image (an S3 store with anonymous_blobs: true)")
 
     # --- object and waiting ---------------------------------------------------------------------
 

@@ -78,6 +78,12 @@ class HarvesterDouble:
         self.download_rate: int | None = None  # bytes/s throttle of the simulated download
         self.additional_ca: str | None = None  # PEM: Harvester's `additional-ca` setting
         self.datasource_wait = 5.0  # upload handler waits this long for the data source (real: 60 s)
+        # Reached through Rancher (`https://<rancher>/k8s/clusters/<id>`, as Rancher-generated
+        # kubeconfigs point): the prefix is required and stripped, and Rancher's ingress refuses
+        # request bodies above `rancher_body_limit` with nginx's 413 (RKE2's ingress-nginx default
+        # proxy-body-size is 1m; Harvester docs, "HTTP 413 Error in Rancher Multi-Cluster Management").
+        self.rancher_cluster: str | None = None
+        self.rancher_body_limit: int | None = 1024 * 1024
         # an upload's SHA-512 is checked this long after the POST answered (real: reading the file)
         self.checksum_seconds = 0.3
         self.kube_version = "v1.31.4+rke2r1"  # GET /version gitVersion
@@ -201,7 +207,8 @@ class HarvesterDouble:
                 {
                     "name": "harvester-double",
                     "cluster": {
-                        "server": self.url,
+                        "server": self.url
+                        + (f"/k8s/clusters/{self.rancher_cluster}" if self.rancher_cluster else ""),
                         "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
                     },
                 }
@@ -295,9 +302,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         d = self.server.double
-        resp: Response = d.api.serve(self.command, self.path, self.headers, self.rfile)
+        path = self.path
+        resp: Response | None = None
+        if d.rancher_cluster is not None:
+            prefix = f"/k8s/clusters/{d.rancher_cluster}"
+            length = int(self.headers.get("Content-Length") or 0)
+            if not path.startswith(prefix + "/"):
+                resp = Response(404, b'{"type":"error","status":"404","message":"not found"}')
+            elif d.rancher_body_limit is not None and length > d.rancher_body_limit:
+                # nginx answers before the body is read; its lingering close reads and discards
+                # the rest so that the client gets the answer
+                while length > 0 and (chunk := self.rfile.read(min(length, 1 << 20))):
+                    length -= len(chunk)
+                resp = Response(413, NGINX_413, content_type="text/html")
+            else:
+                path = path[len(prefix):]
+        if resp is None:
+            resp = d.api.serve(self.command, path, self.headers, self.rfile)
         with d.lock:
-            d.requests.append((self.command, self.path, resp.status))
+            d.requests.append((self.command, path, resp.status))
         try:
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
@@ -318,6 +341,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(405)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+
+NGINX_413 = (b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+             b"<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
+             b"</body>\r\n</html>\r\n")
 
 
 class _Server(ThreadingHTTPServer):

@@ -746,6 +746,28 @@ def test_vms_carry_harvesters_guest_cluster_labels(harvester: HarvesterDouble, s
     assert vm["metadata"]["labels"]["harvesterhci.io/creator"] == "imagefactory"
 
 
+def test_an_upload_through_rancher_that_its_ingress_refuses(
+        harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
+    """A Rancher-generated kubeconfig reaches Harvester through `/k8s/clusters/<id>`; Rancher's
+    ingress (RKE2's ingress-nginx, 1 MiB bodies by default) answers a bigger upload with 413.
+    Everything else works through the proxy; the upload is a clear error naming the proxy, and
+    the empty upload image is not left behind."""
+    harvester.rancher_cluster = "c-m-7xk2p9qd"
+    api = api_for(harvester, tmp_path)
+    assert "/k8s/clusters/c-m-7xk2p9qd" in api.target.server
+    small = local_store(tmp_path / "small", signer, qcow2_build(tmp_path / "small", "20261206.040000-dddd"))
+    assert uploader(api, tmp_path).upload(small, "rke2-node-debian", signer.public_key()).source == "upload"
+    big_build = qcow2_build(tmp_path / "big", "20261206.050000-eeee", tail=3 * 1024**2)
+    big = local_store(tmp_path / "big", signer, big_build)
+    with pytest.raises(UserError) as e:
+        uploader(api, tmp_path).upload(big, "rke2-node-debian", signer.public_key())
+    assert "refused by Rancher's proxy" in e.value.message and "HTTP 413" in e.value.message
+    assert "kubeconfig for Harvester itself" in (e.value.hint or "")
+    names = [o["metadata"]["name"] for o in harvester.objects("virtualmachineimages", "default")]
+    assert names == ["rke2-node-debian-20261206-040000-dddd"]  # the refused one is gone
+    assert any(status == 413 for _, _, status in harvester.requests)
+
+
 def test_tpm_on_request(harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
     api = api_for(harvester, tmp_path)
     image = imported(harvester, signer, tmp_path, api)
