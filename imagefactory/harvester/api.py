@@ -240,6 +240,19 @@ class HarvesterApi:
             return False
         return True
 
+    def setting(self, name: str) -> str | None:
+        """A Harvester setting's value (`settings.harvesterhci.io`, cluster-scoped; its `value`,
+        else its `default`), or None when it is unset or this account may not read settings."""
+        try:
+            obj = self.call(f"get setting/{name}", self.custom.get_cluster_custom_object,
+                            *HARVESTER, "settings", name)
+        except ApiError as e:
+            if not isinstance(e, NotFound) and e.status not in (401, 403):
+                raise
+            return None
+        value = obj.get("value") or obj.get("default")
+        return str(value) if value else None
+
     def storage_class(self, name: str) -> dict[str, Any] | None:
         try:
             obj = self.call(f"get storageclass/{name}", self.storage.read_storage_class, name)

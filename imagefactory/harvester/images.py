@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -43,6 +44,7 @@ from ..catalogue.s3 import S3Store
 from ..catalogue.stores import BlobStore, LocalDirStore
 from ..errors import BuildError, UserError
 from .api import IMAGES, ApiError, HarvesterApi
+from .goproxy import ProxyConfig
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +307,24 @@ class ImageUploader:
         if problem:
             log.warning("Harvester could not download %s: %s; uploading instead", redact(url), problem)
             return None
+        self._warn_proxied(url)
         return url
+
+    def _warn_proxied(self, url: str) -> None:
+        """Harvester's controllers fetch with the proxy environment of its `http-proxy` setting, by
+        Go's rules (`goproxy`): a store on the site network that is not in its `noProxy` is asked
+        for through the proxy, which often cannot reach it (Harvester issue #2436)."""
+        raw = self.api.setting("http-proxy")
+        try:
+            value = json.loads(raw) if raw else None
+        except ValueError:
+            value = None
+        proxy = ProxyConfig.from_setting(value if isinstance(value, dict) else None).proxy_for(url)
+        if proxy:
+            host = urllib.parse.urlsplit(url).hostname
+            log.warning("Harvester fetches %s through its http-proxy %s (%s is not in its noProxy); if "
+                        "the store is on the site network, add it to noProxy in Harvester's http-proxy "
+                        "setting", redact(url), redact(proxy), host)
 
     def _existing(self, obj: dict[str, Any], m: Manifest, replace: bool) -> dict[str, Any] | None:
         """The object to reuse, or None after clearing the way for a new one."""

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from imagefactory.harvester.goproxy import ProxyConfig
+
 from . import guest
 from .admission import (
     ANN_VOLUME_CLAIM_TEMPLATES,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 IMAGES, KEYPAIRS = BY_PLURAL["virtualmachineimages"], BY_PLURAL["keypairs"]
 VMS, VMIS = BY_PLURAL["virtualmachines"], BY_PLURAL["virtualmachineinstances"]
 PVCS, SCS, SECRETS = BY_PLURAL["persistentvolumeclaims"], BY_PLURAL["storageclasses"], BY_PLURAL["secrets"]
+SETTINGS = BY_PLURAL["settings"]
 ANN_REMOVED_PVCS = "harvesterhci.io/removedPersistentVolumeClaims"
 SHA512_HEX = re.compile(r"^[a-f0-9]{128}$")
 QCOW2_MAGIC = b"QFI\xfb"
@@ -334,6 +337,16 @@ class Controllers:
         img = self.store.get(IMAGES, run.namespace, run.name)
         return not self.stop.is_set() and img is not None and img["metadata"]["uid"] == run.uid
 
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy of Harvester's `http-proxy` setting for `url`, by Go's httpproxy rules
+        (`imagefactory.harvester.goproxy`, tested against Go's documented cases): loopback never."""
+        setting = self.store.get(SETTINGS, None, "http-proxy")
+        try:
+            value = json.loads((setting or {}).get("value") or "{}")
+        except ValueError:
+            value = {}
+        return ProxyConfig.from_setting(value if isinstance(value, dict) else None).proxy_for(url)
+
     def _download_guarded(self, run: ImageRun, img: JSON) -> None:
         try:
             self._download(run, img)
@@ -342,14 +355,15 @@ class Controllers:
 
     def _download(self, run: ImageRun, img: JSON) -> None:
         url, checksum = img["spec"].get("url", ""), img["spec"].get("checksum", "")
-        opener = _opener(self.d.additional_ca)
+        proxy = self._proxy_for(url)
+        opener = _opener(self.d.additional_ca, proxy)
         try:
             with opener.open(urllib.request.Request(url, method="HEAD"), timeout=10) as resp:
                 length = int(resp.headers.get("Content-Length") or 0)
         except urllib.error.HTTPError as e:
             return self.fail(run, "Initialized", f"got {e.code} status code from {url}", 0)
         except (OSError, ValueError) as e:
-            return self.fail(run, "Initialized", _go_error("Head", url, e), 0)
+            return self.fail(run, "Initialized", _go_error("Head", url, e, proxy), 0)
         if not self._alive(run) or not self._check_backing_image(run, img):
             return None
         with self.store.lock:
@@ -377,7 +391,8 @@ class Controllers:
                         self.importing(run, done, total)
                         last_update = time.monotonic()
         except (OSError, ValueError) as e:
-            return self.fail(run, "Imported", _go_error("Get", url, e), min(99, done * 100 // max(length, 1)))
+            return self.fail(run, "Imported", _go_error("Get", url, e, proxy),
+                             min(99, done * 100 // max(length, 1)))
         if not self._alive(run):
             return None
         if done % 512:
@@ -659,25 +674,28 @@ class Controllers:
         return status
 
 
-def _opener(additional_ca: str | None) -> urllib.request.OpenerDirector:
+def _opener(additional_ca: str | None, proxy: str | None = None) -> urllib.request.OpenerDirector:
     # Harvester fetches with Go's default client: TLS verified against the system roots plus the
-    # CA bundle of its `additional-ca` setting. The simulated in-cluster fetch ignores the test
-    # process's proxy settings (the cluster's environment is its own).
+    # CA bundle of its `additional-ca` setting, through the proxy its `http-proxy` setting names
+    # for this URL (Go's rules, `_proxy_for`); never the test process's own proxy environment.
     ctx = ssl.create_default_context()
     if additional_ca:
         ctx.load_verify_locations(cadata=additional_ca)
+    proxies = {"http": proxy, "https": proxy} if proxy else {}
     return urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+        urllib.request.ProxyHandler(proxies), urllib.request.HTTPSHandler(context=ctx)
     )
 
 
-def _go_error(verb: str, url: str, e: Exception) -> str:
-    """Worded like Go's net/http errors: Head "url": dial tcp host:port: connect: connection refused."""
+def _go_error(verb: str, url: str, e: Exception, proxy: str | None = None) -> str:
+    """Worded like Go's net/http errors: Head "url": dial tcp host:port: connect: connection refused
+    (through a proxy: proxyconnect tcp: dial tcp proxyhost:port: ...)."""
     reason: Any = e.reason if isinstance(e, urllib.error.URLError) else e
-    parts = urlsplit(url)
+    parts = urlsplit(proxy or url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     if isinstance(reason, ConnectionRefusedError):
-        return f'{verb} "{url}": dial tcp {parts.hostname}:{port}: connect: connection refused'
+        via = "proxyconnect tcp: " if proxy else ""
+        return f'{verb} "{url}": {via}dial tcp {parts.hostname}:{port}: connect: connection refused'
     if isinstance(reason, ssl.SSLCertVerificationError):
         return (f'{verb} "{url}": tls: failed to verify certificate: x509: certificate signed by '
                 "unknown authority")

@@ -768,6 +768,31 @@ def test_an_upload_through_rancher_that_its_ingress_refuses(
     assert any(status == 413 for _, _, status in harvester.requests)
 
 
+def test_harvesters_http_proxy_setting_is_used_for_downloads(
+        harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Harvester fetches with the proxy of its `http-proxy` setting, by Go's rules: a site store
+    not in noProxy goes through the proxy. The uploader warns before creating the image, and the
+    double's fetch goes through the (here unreachable) proxy and fails with Go's proxyconnect
+    error. No packet leaves loopback: the URL's host is only ever named to the proxy."""
+    from tests.publishing import free_port
+
+    harvester.add_object({"apiVersion": "harvesterhci.io/v1beta1", "kind": "Setting",
+                          "metadata": {"name": "http-proxy"},
+                          "value": json.dumps({"httpProxy": f"http://127.0.0.1:{free_port()}",
+                                               "noProxy": "localhost,127.0.0.1,cattle-system.svc"})})
+    store = LocalDirStore("site", tmp_path / "catalogue", url="http://minio.site.example:9000/catalogue")
+    store.prepare()
+    publish(qcow2_build(tmp_path, "20261206.060000-ffff"), store, signer, signer.public_key())
+    # this host cannot reach the site's store either; what Harvester does with it is the point here
+    monkeypatch.setattr("imagefactory.harvester.images.download_problem", lambda *a, **k: None)
+    with pytest.raises(BuildError) as e:
+        uploader(api_for(harvester, tmp_path), tmp_path).upload(store, "rke2-node-debian",
+                                                                signer.public_key())
+    assert "through its http-proxy http://127.0.0.1:" in caplog.text and "add it to noProxy" in caplog.text
+    assert "proxyconnect tcp: dial tcp 127.0.0.1:" in e.value.message, e.value.message
+
+
 def test_tpm_on_request(harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path) -> None:
     api = api_for(harvester, tmp_path)
     image = imported(harvester, signer, tmp_path, api)
