@@ -94,6 +94,16 @@ MASQUERADE = ("KubeVirt's masquerade binding gives every VM on the pod network t
               "reach each other")
 
 
+def _ipv4_network(v: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(v)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise ValueError("an IPv4 subnet")
+    return net
+
+
 class StaticAddresses(_Model):
     """Fixed node addresses on a VM network without DHCP (Harvester has no IPAM): node N of the
     cluster (creation order, the bootstrap server first) gets `cidr`'s network address + `first`
@@ -107,12 +117,7 @@ class StaticAddresses(_Model):
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, v: str) -> str:
-        try:
-            net = ipaddress.ip_network(v)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
-        if net.version != 4:
-            raise ValueError("an IPv4 subnet")
+        _ipv4_network(v)
         return v
 
     @field_validator("gateway")
@@ -174,11 +179,7 @@ class Network(_Model):
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, v: str) -> str:
-        try:
-            net = ipaddress.ip_network(v)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
-        if net.version != 4 or net.prefixlen > 26:
+        if _ipv4_network(v).prefixlen > 26:
             raise ValueError("an IPv4 subnet of at least /26")
         return v
 

@@ -79,6 +79,19 @@ def cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
     return {}
 
 
+def retries_exhausted(harvester: HarvesterDouble, name: str, what: str) -> dict[str, Any]:
+    """The image once Harvester has given up on it (RetryLimitExceeded=True)."""
+    img: dict[str, Any] = wait_for(
+        lambda: (
+            (o := harvester.get_object("virtualmachineimages", "default", name))
+            and cond(o, "RetryLimitExceeded").get("status") == "True"
+            and o
+        ),
+        what=what,
+    )
+    return img
+
+
 def image_body(name: str, display: str, source: str = "download", **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{V}",
@@ -430,14 +443,7 @@ def test_checksum_mismatch_retries_then_gives_up(
     url = files.put("img.qcow2", fake_qcow2(GIB, 4096))
     wrong = hashlib.sha512(b"something else").hexdigest()
     create_image(co, image_body("img", "img", url=url, checksum=wrong, retry=2))
-    img = wait_for(
-        lambda: (
-            (o := harvester.get_object("virtualmachineimages", "default", "img"))
-            and cond(o, "RetryLimitExceeded").get("status") == "True"
-            and o
-        ),
-        what="RetryLimitExceeded",
-    )
+    img = retries_exhausted(harvester, "img", "RetryLimitExceeded")
     assert img["status"]["failed"] == 3 and img["status"]["lastFailedTime"]
     imported = cond(img, "Imported")
     assert imported["status"] == "False"
@@ -662,14 +668,7 @@ def test_upload_size_and_checksum_mismatch(harvester: HarvesterDouble, co: clien
     r2 = upload(harvester, "sum", data, size=4096)
     assert r2.status_code == 200 and r2.text == ""
     assert cond(harvester.get_object("virtualmachineimages", "default", "sum"), "RetryLimitExceeded") == {}
-    img = wait_for(
-        lambda: (
-            (o := harvester.get_object("virtualmachineimages", "default", "sum"))
-            and cond(o, "RetryLimitExceeded").get("status") == "True"
-            and o
-        ),
-        what="the checksum failure",
-    )
+    img = retries_exhausted(harvester, "sum", "the checksum failure")
     assert cond(img, "Imported")["status"] == "False" and img["status"]["failed"] == 1
     assert hashlib.sha512(data).hexdigest() in cond(img, "Imported")["message"]
 
@@ -677,14 +676,7 @@ def test_upload_size_and_checksum_mismatch(harvester: HarvesterDouble, co: clien
 def test_upload_window_timeout(harvester: HarvesterDouble, co: client.CustomObjectsApi) -> None:
     harvester.upload_window = 0.2
     create_image(co, image_body("late", "late", "upload", retry=0))
-    img = wait_for(
-        lambda: (
-            (o := harvester.get_object("virtualmachineimages", "default", "late"))
-            and cond(o, "RetryLimitExceeded").get("status") == "True"
-            and o
-        ),
-        what="upload timeout",
-    )
+    img = retries_exhausted(harvester, "late", "upload timeout")
     imported = cond(img, "Imported")
     assert imported["status"] == "False"
     assert "timeout waiting for the datasource file processing begin" in imported["message"]
