@@ -134,6 +134,9 @@ class FactoryConfig(BaseModel):
         "bases holding content-addressed blobs at <base>/sha256/<hex>")
     # Upstream downloads are off for air-gapped sites: everything must come from cache/mirrors.
     offline: bool = False
+    root_cache: bool = Field(
+        True, description="start a rootfs build from the root an earlier build bootstrapped when every "
+        "input is the same (Release files, include list, mmdebstrap version): rootcache")
 
     @field_validator("mirrors")
     @classmethod

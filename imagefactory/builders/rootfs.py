@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import archive, debcache, templates
+from .. import archive, debcache, rootcache, templates
 from ..chroot import Chroot
 from ..context import BuildContext, Step
 from ..errors import BuildError
@@ -67,28 +67,41 @@ def bootstrap(ctx: BuildContext) -> None:
     # Packages the STIG controls need (auditd, aide, ...) come with the bootstrap: one apt run.
     packages = sorted({*ctx.distro.packages(ctx.recipe), *ctx.recipe.packages.install,
                        *stig.packages(ctx.recipe)[1]})
-    argv = [
-        "mmdebstrap", "--mode=root", f"--variant={src.variant}",
+    options = (
+        "--mode=root", f"--variant={src.variant}",
         f"--components={','.join(src.components)}",
         f"--include={','.join(packages)}",
         '--aptopt=Acquire::Retries "3"',
-    ]
+    )
     keyring = ctx.distro.keyring(ctx.recipe)
-    if keyring:
-        argv.append(f"--keyring={_readable_keyring(ctx, Path(keyring))}")
+    ring = _readable_keyring(ctx, Path(keyring)) if keyring else None
     mirrors = [src.mirror]
     for pocket in ("updates", "security"):
         # Updates in the same apt run as the release: the newest version of every package wins.
         found = ctx.manifest.get("source", {}).get(pocket)
         if found:
             mirrors.append(f"deb {found['mirror']} {found['suite']} {' '.join(src.components)}")
-    hooks, reused = _package_cache(ctx)
-    run([*argv, *hooks, src.suite, str(ctx.root), *mirrors])
-    new = debcache.collect(ctx.scratch / "debs-out", ctx.fetcher.cache, reused)
-    cached = ctx.manifest["source"].setdefault("package_cache", {})
-    cached.update({"downloaded_files": new.files, "downloaded_bytes": new.bytes})
-    log.info("package cache: %d packages reused (%.1f MiB), %d downloaded (%.1f MiB)",
-             cached["reused_files"], cached["reused_bytes"] / 2**20, new.files, new.bytes / 2**20)
+    ring_files = () if ring is None else tuple(sorted(ring.iterdir())) if ring.is_dir() else (ring,)
+    inputs = rootcache.Inputs(options, src.suite, tuple(mirrors), ring_files, tuple(ctx.apt_suites),
+                              rootcache.tool_version())
+    cache = rootcache.RootCache(ctx.fetcher.cache.root / "roots") if ctx.fetcher.config.root_cache else None
+
+    def mmdebstrap(extra: list[str]) -> None:
+        hooks, reused = _package_cache(ctx)
+        run(["mmdebstrap", *options, *([f"--keyring={ring}"] if ring else []), *hooks, *extra, src.suite,
+             str(ctx.root), *mirrors])
+        new = debcache.collect(ctx.scratch / "debs-out", ctx.fetcher.cache, reused)
+        cached = ctx.manifest["source"]["package_cache"]
+        cached.update({"downloaded_files": new.files, "downloaded_bytes": new.bytes})
+        log.info("package cache: %d packages reused (%.1f MiB), %d downloaded (%.1f MiB)",
+                 cached["reused_files"], cached["reused_bytes"] / 2**20, new.files, new.bytes / 2**20)
+
+    done = rootcache.bootstrap(cache, ctx.recipe.name, inputs, ctx.root, ctx.scratch, src.variant, mmdebstrap)
+    ctx.manifest["source"]["root_cache"] = {"enabled": cache is not None, "key": done.key, "hit": done.hit,
+                                            "stored_bytes": done.stored}
+    if done.hit:
+        ctx.manifest["source"]["package_cache"] = dict.fromkeys(
+            ("reused_files", "reused_bytes", "index_bytes", "downloaded_files", "downloaded_bytes"), 0)
 
 
 def _package_cache(ctx: BuildContext) -> tuple[list[str], set[str]]:

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 FAKE_MMDEBSTRAP = """#!/bin/sh
 # Fake mmdebstrap: the target is the second-to-last argument. Makes a tiny root, then
 # behaves as $IMAGEFACTORY_FAKE_MODE says.
+if [ "$1" = --version ]; then echo "mmdebstrap 0.0-fake"; exit 0; fi
 eval target=\\${$(($# - 1))}
 mkdir -p "$target/etc" "$target/var/lib/dpkg" "$target/usr/sbin" "$target/tmp"
 echo "root:x:0:0::/root:/bin/sh" > "$target/etc/passwd"

@@ -1,7 +1,14 @@
-"""The package cache of warm rebuilds (imagefactory.debcache) with the real mmdebstrap and apt,
-against a signed loopback archive: a second bootstrap gets every package from the cache and
-downloads none (the archive's pool is gone by then, so a download would fail the run); a cache
-entry that no longer hashes to the signed index's SHA256 is never handed to apt."""
+"""Warm rebuilds with the real mmdebstrap, apt and tar, against a signed loopback archive.
+
+The package cache (imagefactory.debcache): a second bootstrap gets every package from the cache
+and downloads none (the archive's pool is gone by then, so a download would fail the run); a
+cache entry that no longer hashes to the signed index's SHA256 is never handed to apt.
+
+The root cache (imagefactory.rootcache): a second bootstrap from the same inputs restores the
+first one's root - owners, modes, mtimes, hard links and file capabilities intact - without
+running mmdebstrap; an archive update, a corrupt entry or an archive that moved under the
+bootstrap means a fresh bootstrap, and a root apt resolved against other Release files than the
+key's is never kept."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import functools
 import hashlib
 import http.server
 import lzma
+import os
 import shutil
 import subprocess
 import threading
@@ -18,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory import archive, debcache
-from imagefactory.artifacts import Cache
+from imagefactory import archive, debcache, rootcache
+from imagefactory.artifacts import Cache, sha256_file
 from tests.aptsign import gpg
 from tests.conftest import require_root
 
@@ -29,22 +37,24 @@ PACKAGES = [("alpha", "1:1.0-1", "all"), ("beta", "2.0+b1", "amd64")]  # an epoc
 
 
 def _deb(work: Path, name: str, version: str, arch: str) -> Path:
-    root = work / f"{name}-src"
+    out = work / f"{name}-{version}.deb"
+    if out.exists():  # republished unchanged
+        return out
+    root = work / f"{name}-{version}-src"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "usr/share" / name).mkdir(parents=True)
     (root / "usr/share" / name / "payload").write_text(f"{name} {version}\n" * 1000)
     (root / "DEBIAN/control").write_text(
         f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: t <t@example.invalid>\n"
         f"Description: test package {name}\n")
-    out = work / f"{name}.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)],
                    check=True, capture_output=True)
     return out
 
 
-def _publish(repo: Path, home: Path) -> None:
+def _publish(repo: Path, home: Path, packages: list[tuple[str, str, str]] = PACKAGES) -> None:
     stanzas = []
-    for name, version, arch in PACKAGES:
+    for name, version, arch in packages:
         deb = _deb(repo.parent, name, version, arch)
         rel = f"pool/main/{name[0]}/{name}/{name}_{version.split(':')[-1]}_{arch}.deb"
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +64,7 @@ def _publish(repo: Path, home: Path) -> None:
                        f"Maintainer: t <t@example.invalid>\nFilename: {rel}\nSize: {len(data)}\n"
                        f"SHA256: {hashlib.sha256(data).hexdigest()}\nDescription: test package {name}\n")
     d = repo / "dists/stable/main/binary-amd64"
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     text = "\n".join(stanzas).encode()
     (d / "Packages").write_bytes(text)
     (d / "Packages.xz").write_bytes(lzma.compress(text))
@@ -146,3 +156,123 @@ def test_a_tampered_cache_entry_is_not_used(served: tuple[str, Path], apt_keys: 
     assert not beta.exists()  # dropped from the cache
     with pytest.raises(AssertionError, match="beta"):  # apt must download beta, and the pool is gone
         _bootstrap(url, apt_keys["archive"], cache, tmp_path / "b2")
+
+
+# --- the root cache -----------------------------------------------------------------------------
+
+def _inputs(url: str, keyring: Path) -> rootcache.Inputs:
+    suite = archive.verify(url, "stable", str(keyring), key="source.keyring", required=True)
+    assert suite is not None
+    return rootcache.Inputs(("--mode=root", "--variant=extract", "--include=alpha,beta"), "stable",
+                            (f"deb {url} stable main",), (keyring,), (suite,), rootcache.tool_version())
+
+
+def _cached_bootstrap(url: str, keyring: Path, cache: rootcache.RootCache | None, scratch: Path,
+                      inputs: rootcache.Inputs | None = None) -> tuple[rootcache.Outcome, int]:
+    """What builders/rootfs.bootstrap does; returns the outcome and how often mmdebstrap ran. The
+    bootstrap also leaves what real roots hold and a naive copy loses: a file capability (ping's
+    cap_net_raw), a foreign owner, a hard link, a setuid bit, a nanosecond mtime."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o755)
+    (scratch / "root").mkdir()
+    ring = scratch / "archive.gpg"
+    shutil.copyfile(keyring, ring)
+    ring.chmod(0o644)
+    ran = []
+
+    def mmdebstrap(extra: list[str]) -> None:
+        ran.append(extra)
+        r = subprocess.run(["mmdebstrap", "--mode=root", "--variant=extract", "--include=alpha,beta",
+                            f"--keyring={ring}", *extra, "stable", str(scratch / "root"),
+                            f"deb {url} stable main"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AssertionError(r.stderr[-3000:])
+        payload = scratch / "root/usr/share/beta/payload"
+        subprocess.run(["setcap", "cap_net_raw+ep", str(payload)], check=True)
+        os.chown(scratch / "root/usr/share/alpha/payload", 1234, 5678)
+        os.link(payload, scratch / "root/usr/share/beta/hardlink")
+        os.chmod(scratch / "root/usr/share/alpha", 0o4755)
+        os.utime(scratch / "root/usr/share/alpha/payload", ns=(1, 1_700_000_000_123_456_789))
+
+    outcome = rootcache.bootstrap(cache, "r", inputs or _inputs(url, keyring), scratch / "root", scratch,
+                                  "extract", mmdebstrap)
+    return outcome, len(ran)
+
+
+def _tree(root: Path) -> dict[str, tuple[object, ...]]:
+    out: dict[str, tuple[object, ...]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        regular = p.is_file() and not p.is_symlink()
+        content = p.read_bytes() if regular else os.readlink(p) if p.is_symlink() else b""
+        caps = subprocess.run(["getcap", str(p)], capture_output=True, text=True).stdout.split()[1:] \
+            if regular else []
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink,
+                                         content, caps)
+    return out
+
+
+def test_second_bootstrap_restores_the_same_root(served: tuple[str, Path], apt_keys: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    url, repo = served
+    cache = rootcache.RootCache(tmp_path / "roots")
+    cold, ran = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b1")
+    assert (cold.hit, ran) == (False, 1) and cold.stored and cold.stored > 0
+    shutil.rmtree(repo / "pool")  # a bootstrap that reaches apt now fails
+    warm, ran = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b2")
+    assert (warm.hit, ran, warm.key) == (True, 0, cold.key)
+    first, second = _tree(tmp_path / "b1/root"), _tree(tmp_path / "b2/root")
+    assert second == first
+    assert first["usr/share/beta/payload"][-1] == ["cap_net_raw=ep"]  # the check can see a lost capability
+    assert first["usr/share/alpha/payload"][1:4] == (1234, 5678, 1_700_000_000_123_456_789)
+    assert first["usr/share/beta/payload"][4] == 2
+
+
+def test_an_archive_update_means_a_fresh_bootstrap(served: tuple[str, Path], apt_keys: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    url, repo = served
+    cache = rootcache.RootCache(tmp_path / "roots")
+    cold, _ = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b1")
+    _publish(repo, apt_keys["archive-home"], [PACKAGES[0], ("beta", "2.1", "amd64")])  # a fixed beta
+    warm, ran = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b2")
+    assert (warm.hit, ran) == (False, 1) and warm.key != cold.key
+    assert "beta 2.1" in (tmp_path / "b2/root/usr/share/beta/payload").read_text()
+    assert [p.name for p in (tmp_path / "roots").glob("*.tar")] == [f"r-{warm.key}.tar"]  # one per recipe
+    # ...and a republished archive with the same packages is the same key (its Date alone changed)
+    _publish(repo, apt_keys["archive-home"], [PACKAGES[0], ("beta", "2.1", "amd64")])
+    again, ran = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b3")
+    assert (again.hit, ran, again.key) == (True, 0, warm.key)
+
+
+def test_a_corrupt_entry_is_dropped(served: tuple[str, Path], apt_keys: dict[str, Path],
+                                    tmp_path: Path) -> None:
+    url, _ = served
+    cache = rootcache.RootCache(tmp_path / "roots")
+    cold, _ = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b1")
+    tar = tmp_path / "roots" / f"r-{cold.key}.tar"
+    with tar.open("r+b") as f:
+        f.seek(tar.stat().st_size // 2)
+        f.write(b"x")
+    warm, ran = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b2")
+    assert (warm.hit, ran) == (False, 1)
+    assert _tree(tmp_path / "b2/root").keys() == _tree(tmp_path / "b1/root").keys()
+    assert sha256_file(tar) == (tar.with_suffix(".tar.sha256")).read_text().strip()  # kept anew
+
+
+def test_a_root_from_another_archive_state_is_not_kept(served: tuple[str, Path], apt_keys: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    url, repo = served
+    cache = rootcache.RootCache(tmp_path / "roots")
+    keyed = _inputs(url, apt_keys["archive"])  # the build checked the archive...
+    _publish(repo, apt_keys["archive-home"], [PACKAGES[0], ("beta", "2.1", "amd64")])  # ...then it moved
+    moved, ran = _cached_bootstrap(url, apt_keys["archive"], cache, tmp_path / "b1", keyed)
+    assert (moved.hit, ran, moved.stored) == (False, 1, None)
+    assert not list((tmp_path / "roots").glob("*.tar"))
+
+
+def test_without_the_cache_nothing_is_kept(served: tuple[str, Path], apt_keys: dict[str, Path],
+                                           tmp_path: Path) -> None:
+    url, _ = served
+    first, ran = _cached_bootstrap(url, apt_keys["archive"], None, tmp_path / "b1")
+    assert (first.hit, ran, first.stored) == (False, 1, None)
+    assert ran == 1 and (tmp_path / "b1/root/usr/share/beta/payload").is_file()
