@@ -70,7 +70,8 @@ def main() -> int:
     out = REPO / "benchmarks/results" / f"warm_build-{args.recipe}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"{'':12} {'build s':>8} {'bootstrap s':>12} {'pkgs reused':>12} {'MiB downloaded':>15} {'root':>6}")
+    print(f"{'':12} {'build s':>8} {'bootstrap s':>12} {'pkgs reused':>12} {'MiB downloaded':>15} "
+          f"{'root':>6}")
     for name, r in (("cold", cold), ("warm", warm), ("incremental", incremental)):
         pc = r["package_cache"]
         print(f"{name:12} {r['build_s']:8.1f} {r['bootstrap_s']:12.1f} {pc['reused_files']:12d} "
