@@ -13,11 +13,14 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -530,7 +533,7 @@ def test_rke2_server_stays_up_and_notifies(rke2: Rke2Release, tmp_path: Path) ->
         out = kubectl(root, "get", "node", "n1", "-o", READY_JSONPATH)
         assert (out.returncode, out.stdout) == (0, "True")
         # READY=1 comes after the supervisor listens
-        assert request(f"http://127.0.0.1:{port}", "/ping")[2] == b"pong"
+        assert tls_get(f"https://127.0.0.1:{port}", "/ping")[1] == b"pong"
     finally:
         stop_group(proc)
         sock.close()
@@ -793,8 +796,17 @@ def test_agent_joins_bootstrap_server(rke2: Rke2Release, tmp_path: Path, spawn: 
     token = node_token(server)
     ca = (server / "var/lib/rancher/rke2/server/tls/server-ca.crt").read_bytes()
     assert token == f"K10{hashlib.sha256(ca).hexdigest()}::server:s3cret"
-    status, _, body = request(url.replace("https://", "http://"), "/cacerts")
+    status, body, _ = tls_get(url, "/cacerts")
     assert (status, body) == (200, ca)
+    # the supervisor's certificate is the CA's, for the addresses k3s puts in it: any TLS client
+    # that trusts the cluster CA accepts it (Python checks the IP SAN itself here)
+    status, _, cert = tls_get(url, "/ping", ca=ca)
+    assert status == 200
+    sans = [v for _, v in cert["subjectAltName"]]
+    assert sans[:4] == ["127.0.0.1", "0:0:0:0:0:0:0:1", "localhost", "cp-0"]
+    assert "kubernetes.default.svc.cluster.local" in sans and "10.43.0.1" in sans
+    ca_text = subprocess.run(["openssl", "x509", "-noout", "-text"], input=ca, capture_output=True).stdout
+    assert b"CA:TRUE" in ca_text and b"prime256v1" in ca_text and b"CN = rke2-server-ca@" in ca_text
 
     agent = agent_root(rke2, tmp_path, url, token)
     out = join_once(agent)
@@ -981,7 +993,8 @@ def test_server_joins_server(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) ->
     assert node_token(second) == node_token(first)
     assert (second / "var/lib/rancher/rke2/standin/joined-server").read_text() == f"{url}\n"
     ca = (first / "var/lib/rancher/rke2/server/tls/server-ca.crt").read_bytes()
-    assert request(second_url.replace("https://", "http://"), "/cacerts")[2] == ca
+    assert tls_get(second_url, "/cacerts")[1] == ca
+    assert tls_get(second_url, "/ping", ca=ca)[0] == 200  # its own certificate, of the shared CA
     agent = agent_root(rke2, tmp_path, second_url, node_token(first))
     assert join_once(agent).returncode == 0
     # it lists the server it joined and what joined it; the bootstrap server lists what joined it
@@ -992,6 +1005,89 @@ def test_server_joins_server(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) ->
     out = join_once(bad, role="server")
     assert out.returncode == 1 and "401 Unauthorized" in out.stderr
     assert not (bad / "var/lib/rancher/rke2/server/node-token").exists()
+
+
+class Forwarder:
+    """A TCP forwarder on a loopback address: what a VIP or load balancer in front of a server is."""
+
+    def __init__(self, listen: str, target: tuple[str, int]) -> None:
+        self.sock = socket.create_server((listen, 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.target = target
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_join_through_an_address_the_certificate_does_not_name(rke2: Rke2Release, tmp_path: Path,
+                                                                spawn: Spawn) -> None:
+    """A VIP in front of the servers that is not in their tls-san: the CA hash matches, but the
+    server's certificate is not valid for the address the agent dialled - Go refuses it, the agent
+    retries forever and never joins. With the VIP in tls-san it joins through the VIP."""
+    plain, _, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    named, _, named_url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG + "tls-san: [127.0.0.20]\n",
+                                       name="server-2")
+    vips = [Forwarder("127.0.0.20", ("127.0.0.1", int(u.rsplit(":", 1)[1]))) for u in (url, named_url)]
+    try:
+        vip_url = f"https://127.0.0.20:{vips[0].port}"
+        agent = agent_root(rke2, tmp_path, vip_url, node_token(plain))
+        log = tmp_path / "agent.log"
+        proc = spawn([str(agent / "usr/local/bin/rke2"), "agent"], rke2_env(agent), log)
+        refused = (f'level=error msg="Failed to validate connection to cluster at {vip_url}: Post '
+                   f'\\"{vip_url}/v1-standin/join\\": tls: failed to verify certificate: x509: '
+                   'certificate is valid for 127.0.0.1, ::1, 10.43.0.1, not 127.0.0.20"')
+        wait_for("two refused joins", lambda: log.read_text().count(refused) >= 2, timeout=10, log=log)
+        assert proc.poll() is None and not (agent / "var/lib/rancher/rke2/standin/ready").exists()
+        assert list(table(kubectl(plain, "get", "nodes"))) == ["cp-0"]  # the token never went out
+        stop_group(proc)
+
+        through = f"https://127.0.0.20:{vips[1].port}"
+        other = agent_root(rke2, tmp_path, through, node_token(named), root_name="w-2")
+        out = join_once(other)
+        assert out.returncode == 0, out.stderr
+        assert f"Joined the cluster at {through} as agent w-1" in out.stderr
+        assert list(table(kubectl(named, "get", "nodes"))) == ["cp-0", "w-1"]
+    finally:
+        for v in vips:
+            v.close()
+
+
+def test_join_to_a_server_of_another_ca_is_refused(rke2: Rke2Release, tmp_path: Path, spawn: Spawn) -> None:
+    """A short token trusts the CA /cacerts hands out; a server whose certificate is not of that
+    CA (here: /cacerts answered by one server, the join by another) is refused as Go refuses it."""
+    first, _, url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG)
+    ca = (first / "var/lib/rancher/rke2/server/tls/server-ca.crt").read_bytes()
+    impostor, _, impostor_url = start_server(spawn, rke2, tmp_path, SERVER_CONFIG, name="server-2")
+    assert (impostor / "var/lib/rancher/rke2/server/tls/server-ca.crt").read_bytes() != ca
+    # the impostor serves its own certificate under the first server's CA file
+    (impostor / "var/lib/rancher/rke2/server/tls/server-ca.crt").write_bytes(ca)
+    agent = agent_root(rke2, tmp_path, impostor_url, "s3cret")
+    log = tmp_path / "agent.log"
+    proc = spawn([str(agent / "usr/local/bin/rke2"), "agent"], rke2_env(agent), log)
+    refused = (f'Post \\"{impostor_url}/v1-standin/join\\": tls: failed to verify certificate: x509: '
+               'certificate signed by unknown authority"')
+    wait_for("a refused join", lambda: refused in log.read_text(), timeout=10, log=log)
+    assert proc.poll() is None and not (agent / "var/lib/rancher/rke2/standin/ready").exists()
+    assert url != impostor_url
 
 
 # --- zarf stand-in -------------------------------------------------------------------------------------
@@ -1175,6 +1271,26 @@ def test_zarf_package_deploy_checks_integrity_and_signatures_like_upstream(
 
 
 # --- mirror --------------------------------------------------------------------------------------------
+
+
+def tls_get(url: str, path: str, ca: bytes | None = None) -> tuple[int, bytes, dict[str, Any]]:
+    """GET over TLS: unverified without `ca` (as a joiner fetches /cacerts), else verified against
+    it with Python's own hostname check. (status, body, the server's certificate if verified)."""
+    host, port = url.removeprefix("https://").split(":")
+    if ca is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(cadata=ca.decode())
+    conn = http.client.HTTPSConnection(host, int(port), timeout=5, context=ctx)
+    try:
+        conn.connect()
+        cert = conn.sock.getpeercert() if ca is not None else {}
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read(), cert or {}
+    finally:
+        conn.close()
 
 
 def request(url: str, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
