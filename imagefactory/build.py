@@ -29,7 +29,7 @@ from .chroot import unmount_all
 from .config import FactoryConfig
 from .context import BuildContext, Step
 from .errors import BuildError
-from .fsutil import digests, exclusive_lock, write_json
+from .fsutil import digests, exclusive_lock, file_identity, write_json
 from .interrupts import uninterrupted
 from .lock import LockFile, check_entry, needs_lock
 from .recipes.located import LoadedRecipe
@@ -71,6 +71,8 @@ def checksum(ctx: BuildContext) -> None:
         "sha512": sha512,
     }
     ctx.image.chmod(0o644)  # libvirt's qemu user reads it through the test overlays
+    # publish reads the image once more to upload it; it hashes it again only if it changed since
+    ctx.manifest["image"]["identity"] = file_identity(ctx.image)
 
 
 def boot_test(ctx: BuildContext) -> None:

@@ -36,6 +36,14 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def file_identity(path: Path) -> dict[str, int]:
+    """What says a file is still the one that was hashed, the test git's index and make use:
+    device, inode, size and mtime (ns). A write through the file system moves mtime, a copy
+    changes the inode; a mismatch only means hashing again."""
+    st = path.stat()
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def digests(path: Path, chunk: int = 4 * 1024 * 1024) -> tuple[str, str]:
     """(sha256, sha512) of a file in one read (Harvester wants SHA-512, everyone else SHA-256)."""
     h256, h512 = hashlib.sha256(), hashlib.sha512()

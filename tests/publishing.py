@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imagefactory.fsutil import file_identity
+
 PACKAGES = [{"name": "base-files", "version": "12.4+deb12u15"},
             {"name": "openssh-server", "version": "1:9.2p1-2"},
             {"name": "auditd", "version": "1:3.0.9-1"},
@@ -66,6 +68,7 @@ def fake_build(root: Path, name: str = "debian-12-base", version: str = "2026112
                             "report": "stig-report.json"}},
         "steps": [{"name": "bootstrap", "seconds": 50.0}], "build_seconds": 60.2,
     }
+    m["image"]["identity"] = file_identity(d / "image.qcow2")  # as the build's checksum step records it
     if rke2:
         m["rke2"] = {"version": "v1.31.4+rke2r1", "prefix": "/usr/local",
                      "images": ["rke2-images-core.linux-amd64.tar.zst"],

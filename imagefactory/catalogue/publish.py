@@ -296,8 +296,11 @@ def publish(build_dir: Path, store: BlobStore, private_key: Ed25519PrivateKey,
         missing: list[str] = []
         for _attempt in range(3):
             for f, p in todo:
+                # the image's hash is the build's: the upload hashes it again only if it changed since
+                identity = bm["image"].get("identity") if f.role == "image" else None
                 t = store.put_file(f.key, p, sha256=f.sha256, size=f.size, content_type=f.media_type,
-                                   progress=progress(f"upload {f.path}", f.size) if progress else None)
+                                   progress=progress(f"upload {f.path}", f.size) if progress else None,
+                                   identity=identity if isinstance(identity, dict) else None)
                 result.uploaded_bytes += t.sent
                 result.skipped_blobs += t.skipped
                 result.uploads.append({"path": f.path, "key": f.key, "size": f.size, "sent": t.sent,

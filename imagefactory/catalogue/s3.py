@@ -8,9 +8,12 @@ Transfers
   hash over HTTP, Content-MD5 over HTTPS), and its ETag recorded. After completion the object's
   size and multipart ETag (MD5 of the part ETags: the object is exactly those parts) must match,
   and the local bytes must have the blob's sha256 - or the upload is aborted; only then does
-  `put_file` return, so a manifest is never written over unverified data. Every byte is hashed
-  twice on this side (sha256 of the blob, the SDK's per-part hash), the minimum for a verified,
-  content-addressed upload. The blob's sha256 is stored as `x-amz-meta-sha256`: a later publish
+  `put_file` return, so a manifest is never written over unverified data. A file whose sha256
+  was computed by the build, with its identity (`fsutil.file_identity`: device, inode, size,
+  mtime) recorded then and unchanged before and after the upload, is not hashed again - git's
+  index makes the same bet; any write to it changes mtime, and one during the upload aborts it.
+  Otherwise every byte is hashed twice on this side (sha256 of the blob, the SDK's per-part
+  hash). The blob's sha256 is stored as `x-amz-meta-sha256`: a later publish
   that finds the blob with that sha256 and size uploads nothing.
 - Resume: an interrupted multipart upload is left on the server. The next attempt finds it
   (ListMultipartUploads on the blob's key), lists its parts and re-sends only parts whose size or
@@ -76,6 +79,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from ..config import S3StoreConfig
 from ..errors import BuildError, ImageFactoryError, UserError
+from ..fsutil import file_identity
 from .signing import check_secret_file
 from .stores import CHUNK, NotFound, ObjectInfo, PreconditionFailed, Progress, Transfer, check_key
 
@@ -386,7 +390,11 @@ class S3Store:
     # --- blobs ------------------------------------------------------------------------------
 
     def put_file(self, key: str, path: Path, *, sha256: str, size: int, content_type: str,
-                 progress: Progress | None = None) -> Transfer:
+                 progress: Progress | None = None, identity: dict[str, int] | None = None) -> Transfer:
+        """Upload `path` as the blob `key`. `identity` (`fsutil.file_identity` recorded when
+        `sha256` was computed, by the build) lets a multipart upload skip hashing the file again
+        when the file is provably unchanged - same device, inode, size and mtime before and after
+        the upload; otherwise every byte is hashed and checked against `sha256`."""
         info = self.stat(key)
         if info is not None and info.size == size and info.sha256 == sha256:
             return Transfer(key, size, 0, True)
@@ -395,7 +403,9 @@ class S3Store:
                         self.name, key, info.size, info.sha256)
         if size <= self.cfg.part_size:
             return self._put_small(key, path, sha256, size, content_type, progress)
-        return self._put_multipart(key, path, sha256, size, content_type, progress)
+        trusted = identity is not None and file_identity(path) == identity
+        return self._put_multipart(key, path, sha256, size, content_type, progress,
+                                   identity if trusted else None)
 
     def _put_small(self, key: str, path: Path, sha256: str, size: int, content_type: str,
                    progress: Progress | None) -> Transfer:
@@ -440,7 +450,7 @@ class S3Store:
         return self._call(f"look for an unfinished upload of {full}", go)
 
     def _put_multipart(self, key: str, path: Path, sha256: str, size: int, content_type: str,
-                       progress: Progress | None) -> Transfer:
+                       progress: Progress | None, identity: dict[str, int] | None) -> Transfer:
         full = self._key(key)
         upload_id, present = self._find_upload(full)
         if upload_id is None:
@@ -484,7 +494,8 @@ class S3Store:
                 for n in range(1, count + 1):
                     data = f.read(part_size)
                     total += len(data)
-                    h.update(data)
+                    if identity is None:
+                        h.update(data)
                     old = present.get(n)
                     if old is not None and old.size == len(data):
                         md5_hex = _md5_b64(data)[0]
@@ -504,10 +515,15 @@ class S3Store:
                 x.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        if total != size or h.hexdigest() != sha256:
+        changed = identity is not None and file_identity(path) != identity  # written to while uploading
+        if total != size or changed or (identity is None and h.hexdigest() != sha256):
             with contextlib.suppress(ImageFactoryError):
                 self._call("abort upload",
                            lambda: self.client._abort_multipart_upload(self.bucket, full, uid))
+            if changed:
+                raise BuildError(f"{path}: changed while it was being uploaded (size, inode or mtime); "
+                                 "the upload was aborted", hint="the build output changed after it was "
+                                 "built; rebuild it")
             _check_content(path, total, h.hexdigest(), size, sha256)
         parts = [Part(n, etags[n - 1]) for n in range(1, count + 1)]
         expected_etag = _multipart_etag(etags)

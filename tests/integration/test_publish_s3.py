@@ -32,6 +32,7 @@ from imagefactory.catalogue.s3 import Credentials, S3Store
 from imagefactory.catalogue.stores import PreconditionFailed
 from imagefactory.config import S3StoreConfig
 from imagefactory.errors import BuildError, UserError
+from imagefactory.fsutil import file_identity
 from tests.integration.conftest import S3Server
 from tests.publishing import FaultProxy, MotoServer, fake_build, iam_credentials, self_signed_cert
 
@@ -306,6 +307,46 @@ def test_rejection_codes_are_named(tmp_path: Path, authenticating: tuple[str, tu
         publish(d, store(endpoint, bucket, Credentials(access, "nope", None, "test")), k)
     with pytest.raises(UserError, match=r"credentials rejected \((InvalidAccessKeyId|AccessDenied)\)"):
         publish(d, store(endpoint, bucket, Credentials("AKIANOSUCHKEY0000000", "nope", None, "t")), k)
+
+
+def test_an_image_changed_after_its_build_is_hashed_and_refused(tmp_path: Path, s3: S3Server, bucket: str,
+                                                                key: Ed25519PrivateKey) -> None:
+    """The build records the image's identity with its hash, and publish hashes it again only if
+    that identity changed: a byte changed after the build (same size) is found either way."""
+    s = store(s3.endpoint, bucket, s3.creds)
+    d = fake_build(tmp_path / "w", size=12 * MiB)
+    image = d / "image.qcow2"
+    assert json.loads((d / "manifest.json").read_text())["image"]["identity"] == file_identity(image)
+    with open(image, "r+b") as f:
+        f.seek(7 * MiB)
+        f.write(b"x")
+    with pytest.raises(BuildError, match="does not match its manifest"):
+        publish(d, s, key)
+    assert not [o.key for o in s.list("") if o.key.startswith("manifests/")]
+
+
+def test_an_image_written_during_its_upload_is_refused(tmp_path: Path, s3: S3Server, bucket: str,
+                                                       key: Ed25519PrivateKey) -> None:
+    """Trusting the build's hash holds only while the file is the one hashed: a write during the
+    upload (after the part it touches was sent) aborts the upload."""
+    s = store(s3.endpoint, bucket, s3.creds)
+    d = fake_build(tmp_path / "w", size=12 * MiB)
+    image = d / "image.qcow2"
+    touched: list[int] = []
+
+    def progress(what: str, total: int) -> Any:
+        def advance(n: int) -> None:
+            if what.startswith("upload image") and not touched:
+                with open(image, "r+b") as f:  # a byte of the first part, already read
+                    f.write(b"x")
+                touched.append(n)
+        return advance
+
+    with pytest.raises(BuildError, match="changed while it was being uploaded"):
+        publish(d, s, key, progress=progress)
+    assert touched
+    assert not [o.key for o in s.list("") if o.key.startswith(("manifests/", "blobs/"))
+                and o.size == 12 * MiB]
 
 
 def test_tampered_blob_and_manifest_are_refused(tmp_path: Path, s3: S3Server, bucket: str,
