@@ -549,6 +549,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_nightly import add_parsers as add_nightly_parsers
 
     add_nightly_parsers(sub)  # updates check, plan, lock update (with base sources)
+    from .cli_sites import add_parsers as add_site_parsers
+
+    add_site_parsers(sub)  # site add|list|show|remove|plan|export|ack|init|import
     return p
 
 

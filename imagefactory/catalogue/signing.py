@@ -145,11 +145,18 @@ def load_public_key(path: str | None) -> Ed25519PublicKey:
                         hint=f"set signing.public_key in imagefactory.yaml (or ${PUBLIC_KEY_ENV}) to "
                              "the .pub file written by 'imagefactory keys generate'")
     try:
-        key = serialization.load_pem_public_key(Path(chosen).read_bytes())
+        data = Path(chosen).read_bytes()
     except OSError as e:
         raise UserError(f"{chosen}: cannot read the public key: {e.strerror}") from None
+    return load_public_key_bytes(data, chosen)
+
+
+def load_public_key_bytes(data: bytes, where: str) -> Ed25519PublicKey:
+    """An ed25519 public key from PEM text (`where` names it in errors)."""
+    try:
+        key = serialization.load_pem_public_key(data)
     except ValueError as e:
-        raise UserError(f"{chosen}: not a PEM public key ({e})") from None
+        raise UserError(f"{where}: not a PEM public key ({e})") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise UserError(f"{chosen}: not an ed25519 public key")
+        raise UserError(f"{where}: not an ed25519 public key")
     return key

@@ -1,0 +1,245 @@
+"""CLI commands of delta delivery: `site add|list|show|remove|plan|export|ack` at the factory,
+`site init|import` at the site. Thin: the work is in `imagefactory.delivery`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .cli import App
+    from .delivery.chunks import ChunkedImage
+    from .delivery.sites import Plan
+
+UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+         "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_bytes(text: str, what: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in UNITS:
+        raise UserError(f"{what}: '{text}' is not a size", hint="e.g. 150MB, 64MiB, 1000000")
+    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _indexes(app: App, refs: list[str]) -> tuple[list[ChunkedImage], list[ChunkedImage]]:
+    """(the requested images' chunk indexes, made now where missing; the indexes of what the
+    site acknowledged)."""
+    from .cli_images import _private_key, _public_key, _store
+    from .delivery.chunks import chunk_published, read_index
+    from .delivery.sites import Sites
+
+    site = Sites(app.workdir).get(app.args.site)
+    store = _store(app)
+    public = _public_key(app)
+    cache, scratch = app.workdir / "cache" / "images", app.workdir / "tmp" / "chunks"
+    wanted = [chunk_published(store, ref, lambda: _private_key(app), public, cache, scratch) for ref in refs]
+    held = []
+    for ref in site.acknowledged:
+        name, _, version = ref.partition(":")
+        idx = read_index(store, name, version, public)
+        if idx is None:
+            app.err.print(f"warning: {ref}, which site {site.name} holds, has no chunk index in "
+                          f"{store.describe()}: the plan does not count its chunks as held")
+        else:
+            held.append(idx)
+    return wanted, held
+
+
+def _plan(app: App) -> Plan:
+    from .delivery.sites import Sites, plan
+
+    wanted, held = _indexes(app, app.args.images)
+    return plan(Sites(app.workdir).get(app.args.site), wanted, held)
+
+
+def cmd_site_add(app: App) -> int:
+    from .delivery.sites import Sites
+
+    site = Sites(app.workdir).add(app.args.site, app.args.store_location)
+    app.emit(site.as_dict(), lambda: app.out.print(f"site {site.name} added (store {site.store})"))
+    return 0
+
+
+def cmd_site_list(app: App) -> int:
+    from .delivery.sites import Sites
+
+    sites = Sites(app.workdir).list()
+
+    def human() -> None:
+        t = Table("site", "store", "images held (acknowledged)", "acknowledged at")
+        for s in sites:
+            t.add_row(s.name, s.store, " ".join(s.acknowledged) or "-", s.acknowledged_at or "never")
+        (app.out if app.out.is_terminal else _wide(app)).print(t)
+
+    app.emit([s.as_dict() for s in sites], human)
+    return 0
+
+
+def _wide(app: App) -> Any:
+    from .cli_images import _wide as wide
+
+    return wide(app)
+
+
+def cmd_site_show(app: App) -> int:
+    from .delivery.sites import Sites
+
+    s = Sites(app.workdir).get(app.args.site)
+
+    def human() -> None:
+        app.out.print(f"site {s.name}: store {s.store}, added {s.created}")
+        app.out.print(f"  holds (acknowledged {s.acknowledged_at or 'never'}): "
+                      f"{', '.join(s.acknowledged) or 'nothing'}")
+
+    app.emit(s.as_dict(), human)
+    return 0
+
+
+def cmd_site_remove(app: App) -> int:
+    from .delivery.sites import Sites
+
+    Sites(app.workdir).remove(app.args.site)
+    app.emit({"removed": app.args.site}, lambda: app.out.print(f"site {app.args.site} removed"))
+    return 0
+
+
+def cmd_site_plan(app: App) -> int:
+    p = _plan(app)
+    budget = parse_bytes(app.args.max_bytes, "--max-bytes") if app.args.max_bytes else None
+    data = p.as_dict() | {"max_bytes": budget, "within_budget": budget is None or p.bytes <= budget}
+
+    def human() -> None:
+        t = Table("image", "to send", "new chunks", "whole image", "disk")
+        for i in p.images:
+            t.add_row(i.ref, _human(i.bytes), str(i.new_chunks), _human(i.stored_bytes), _human(i.disk_bytes))
+        _wide(app).print(t)
+        app.out.print(f"site {p.site} (holds {', '.join(p.base) or 'nothing'}): {_human(p.bytes)} "
+                      f"({p.bytes} bytes) in {len(p.missing)} chunks plus indexes")
+
+    app.emit(data, human)
+    if budget is not None and p.bytes > budget:
+        app.err.print(f"error: the plan needs {p.bytes} bytes, over the budget of {budget} (--max-bytes)")
+        return 1
+    return 0
+
+
+def cmd_site_export(app: App) -> int:
+    from .cli_images import _private_key, _store, _transfers
+    from .delivery.sites import export_bundle
+
+    p = _plan(app)
+    out = Path(app.args.output)
+    with _transfers(app) as progress:
+        advance = progress(f"export to {out.name}", sum(c.csize for c in p.missing.values())) \
+            if progress else None
+        size = export_bundle(p, _store(app), _private_key(app), out, advance)
+    data = p.as_dict() | {"bundle": str(out), "bundle_bytes": size}
+    app.emit(data, lambda: app.out.print(f"wrote {out}: {_human(size)} for site {p.site} "
+                                         f"({', '.join(i.ref for i in p.images)}; {len(p.missing)} chunks)"))
+    return 0
+
+
+def cmd_site_ack(app: App) -> int:
+    import json
+
+    from .delivery.sites import Sites
+
+    path = Path(app.args.acknowledgement)
+    try:
+        ack = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the acknowledgement: {e}") from None
+    site = Sites(app.workdir).acknowledge(app.args.site, ack if isinstance(ack, dict) else {})
+    held = ", ".join(site.acknowledged) or "nothing"
+    app.emit(site.as_dict(), lambda: app.out.print(
+        f"site {site.name} holds {held} (acknowledged {site.acknowledged_at})"))
+    return 0
+
+
+def cmd_site_init(app: App) -> int:
+    from .delivery.sites import SiteStore
+
+    key = Path(app.args.public_key)
+    try:
+        pem = key.read_bytes()
+    except OSError as e:
+        raise UserError(f"{key}: cannot read the factory's public key: {e.strerror}") from None
+    rec = SiteStore(Path(app.args.dir)).init(app.args.site, pem)
+    app.emit({"site": rec["name"], "dir": app.args.dir},
+             lambda: app.out.print(f"{app.args.dir} is now the store of site {rec['name']}"))
+    return 0
+
+
+def cmd_site_import(app: App) -> int:
+    from .delivery.sites import SiteStore, import_bundle
+
+    r = import_bundle(Path(app.args.bundle), SiteStore(Path(app.args.dir)))
+    data = {"site": r.site, "images": r.images, "chunks_added": r.chunks_added,
+            "chunks_present": r.chunks_present, "acknowledgement": str(r.ack)}
+
+    def human() -> None:
+        app.out.print(f"site {r.site}: {', '.join(r.images)} verified and visible "
+                      f"({r.chunks_added} chunks added, {r.chunks_present} already here)")
+        app.out.print(f"carry {r.ack} back to the factory: imagefactory site ack {r.site} FILE")
+
+    app.emit(data, human)
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `site` on the top-level subparsers."""
+    def store_opt(p: Any) -> None:
+        p.add_argument("--store", metavar="NAME", help="catalogue store (default: $IMAGEFACTORY_STORE, "
+                       "default_store, or 'local' = WORKDIR/catalogue)")
+
+    s = sub.add_parser("site", help="disconnected sites: what they hold, deltas, bundles")
+    ss = s.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    p = ss.add_parser("add", help="register a site (factory side)")
+    p.add_argument("site", metavar="NAME")
+    p.add_argument("--store", dest="store_location", required=True, metavar="LOCATION",
+                   help="where the site keeps its store (e.g. /media/usb/site-a or its MinIO URL)")
+    p.set_defaults(func=cmd_site_add)
+    p = ss.add_parser("list", help="registered sites and what they acknowledged holding")
+    p.set_defaults(func=cmd_site_list)
+    for action, func, text in (("show", cmd_site_show, "one site"),
+                               ("remove", cmd_site_remove, "forget a site (its store is not touched)")):
+        p = ss.add_parser(action, help=text)
+        p.add_argument("site", metavar="NAME")
+        p.set_defaults(func=func)
+    for action, func, text in (("plan", cmd_site_plan, "bytes a site needs for images, given what it holds"),
+                               ("export", cmd_site_export, "write exactly that delta to a bundle file")):
+        p = ss.add_parser(action, help=text)
+        p.add_argument("site", metavar="SITE")
+        p.add_argument("images", metavar="IMAGE", nargs="+", help="NAME, NAME:VERSION or NAME@CHANNEL")
+        store_opt(p)
+        p.set_defaults(func=func)
+        if action == "plan":
+            p.add_argument("--max-bytes", metavar="SIZE", help="fail (exit 1) when the plan needs more")
+        else:
+            p.add_argument("-o", "--output", required=True, metavar="FILE", help="the bundle to write")
+    p = ss.add_parser("ack", help="record what a site acknowledged holding (its acknowledgement.json)")
+    p.add_argument("site", metavar="SITE")
+    p.add_argument("acknowledgement", metavar="FILE")
+    p.set_defaults(func=cmd_site_ack)
+    p = ss.add_parser("init", help="make a directory the store of a site (site side)")
+    p.add_argument("site", metavar="NAME")
+    p.add_argument("--dir", required=True, help="the site's store directory")
+    p.add_argument("--public-key", required=True, metavar="FILE", help="the factory's signing public key")
+    p.set_defaults(func=cmd_site_init)
+    p = ss.add_parser("import", help="verify and apply a bundle at its site (site side)")
+    p.add_argument("bundle", metavar="FILE")
+    p.add_argument("--dir", required=True, help="the site's store directory")
+    p.set_defaults(func=cmd_site_import)
