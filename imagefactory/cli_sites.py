@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from .delivery.sites import check_site_name
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -25,6 +26,49 @@ def parse_bytes(text: str, what: str) -> int:
     if not m or m.group(2).lower() not in UNITS:
         raise UserError(f"{what}: '{text}' is not a size", hint="e.g. 150MB, 64MiB, 1000000")
     return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+BITS = {"bit": 1, "kbit": 1000, "mbit": 1000**2, "gbit": 1000**3}
+
+
+def parse_rate(text: str) -> float:
+    """A link rate in bytes/s: 14.4kbit, 1Mbit, 2MB, 512KiB (an optional /s)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)(?:/s)?\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if m and unit in BITS:
+        return float(m.group(1)) * BITS[unit] / 8
+    return float(parse_bytes(text.removesuffix("/s"), "--rate"))
+
+
+def _site_store(app: App) -> Any:
+    """The site's own store (site side): a directory (--dir), or a configured store (--site-store)
+    with the directory the disks go to (--images)."""
+    from .catalogue.stores import open_store
+    from .delivery.sitestore import SiteStore
+
+    a = app.args
+    if getattr(a, "site_store", None):
+        if not a.images_dir:
+            raise UserError("--site-store needs --images DIR (where the site's disks are written)")
+        return SiteStore(open_store(app.config(), app.workdir, a.site_store), Path(a.images_dir))
+    if not a.dir:
+        raise UserError("name the site's store: --dir DIR, or --site-store NAME --images DIR")
+    return SiteStore.directory(Path(a.dir))
+
+
+def _store_of(app: App, location: str) -> Any:
+    """The store a site record names (factory side): a store configured in imagefactory.yaml, or
+    a directory (a mounted disk)."""
+    from .catalogue.stores import LocalDirStore, open_store, store_configs
+
+    if location in store_configs(app.config(), app.workdir):
+        return open_store(app.config(), app.workdir, location)
+    path = Path(location)
+    if path.is_absolute() and path.is_dir():
+        return LocalDirStore(f"site {app.args.site}", path)
+    raise UserError(f"site {app.args.site}: its store '{location}' is neither a configured store nor a "
+                    "mounted directory", hint="configure the site's S3 server under 'stores' in "
+                    "imagefactory.yaml and 'site add' it with that name (or use 'site export')")
 
 
 def _human(n: int) -> str:
@@ -138,7 +182,7 @@ def cmd_site_plan(app: App) -> int:
 
 def cmd_site_export(app: App) -> int:
     from .cli_images import _private_key, _store, _transfers
-    from .delivery.sites import export_bundle
+    from .delivery.bundles import export_bundle
 
     p = _plan(app)
     out = Path(app.args.output)
@@ -149,6 +193,41 @@ def cmd_site_export(app: App) -> int:
     data = p.as_dict() | {"bundle": str(out), "bundle_bytes": size}
     app.emit(data, lambda: app.out.print(f"wrote {out}: {_human(size)} for site {p.site} "
                                          f"({', '.join(i.ref for i in p.images)}; {len(p.missing)} chunks)"))
+    return 0
+
+
+def cmd_site_sync(app: App) -> int:
+    from .cli_images import _private_key, _store, _transfers
+    from .delivery.sites import Sites, plan
+    from .delivery.sync import push, read_acknowledgement
+
+    sites = Sites(app.workdir)
+    site = sites.get(app.args.site)
+    target = _store_of(app, site.store)
+    read_acknowledgement(sites, site, target)  # the factory's view: what the site acknowledged
+    wanted, held = _indexes(app, app.args.images)
+    p = plan(sites.get(site.name), wanted, held)
+    rate = parse_rate(app.args.rate) if app.args.rate else None
+    with _transfers(app) as progress:
+        advance = progress(f"sync to {site.name}", sum(c.csize for c in p.missing.values())) \
+            if progress else None
+        r = push(p, _store(app), target, _private_key(app), rate, advance)
+    data = p.as_dict() | {"sent_bytes": r.sent_bytes, "chunks_sent": r.chunks_sent,
+                          "chunks_present": r.chunks_present, "delivery": r.delivery, "seconds": r.seconds}
+    app.emit(data, lambda: app.out.print(
+        f"synced {', '.join(r.images)} to site {site.name}: {_human(r.sent_bytes)} sent "
+        f"({r.chunks_sent} chunks; {r.chunks_present} were there), {r.seconds:.0f} s; the site makes "
+        f"them visible with 'imagefactory site apply'"))
+    return 0
+
+
+def cmd_site_apply(app: App) -> int:
+    from .delivery.sync import apply
+
+    r = apply(_site_store(app))
+    app.emit({"site": r.site, "applied": r.applied, "images": r.images},
+             lambda: app.out.print(f"site {r.site}: {len(r.applied)} deliveries applied; visible: "
+                                   f"{', '.join(r.images) or 'nothing new'}"))
     return 0
 
 
@@ -170,23 +249,23 @@ def cmd_site_ack(app: App) -> int:
 
 
 def cmd_site_init(app: App) -> int:
-    from .delivery.sites import SiteStore
 
     key = Path(app.args.public_key)
     try:
         pem = key.read_bytes()
     except OSError as e:
         raise UserError(f"{key}: cannot read the factory's public key: {e.strerror}") from None
-    rec = SiteStore(Path(app.args.dir)).init(app.args.site, pem)
-    app.emit({"site": rec["name"], "dir": app.args.dir},
-             lambda: app.out.print(f"{app.args.dir} is now the store of site {rec['name']}"))
+    rec = _site_store(app).init(check_site_name(app.args.site), pem)
+    where = app.args.dir or app.args.site_store
+    app.emit({"site": rec["name"], "store": where},
+             lambda: app.out.print(f"{where} is now the store of site {rec['name']}"))
     return 0
 
 
 def cmd_site_import(app: App) -> int:
-    from .delivery.sites import SiteStore, import_bundle
+    from .delivery.bundles import import_bundle
 
-    r = import_bundle(Path(app.args.bundle), SiteStore(Path(app.args.dir)))
+    r = import_bundle(Path(app.args.bundle), _site_store(app))
     data = {"site": r.site, "images": r.images, "chunks_added": r.chunks_added,
             "chunks_present": r.chunks_present, "acknowledgement": str(r.ack)}
 
@@ -234,12 +313,28 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("site", metavar="SITE")
     p.add_argument("acknowledgement", metavar="FILE")
     p.set_defaults(func=cmd_site_ack)
-    p = ss.add_parser("init", help="make a directory the store of a site (site side)")
+    p = ss.add_parser("sync", help="send a delta straight into the site's store (resumable)")
+    p.add_argument("site", metavar="SITE")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="NAME, NAME:VERSION or NAME@CHANNEL")
+    p.add_argument("--rate", metavar="RATE", help="average upload cap, e.g. 14.4kbit, 1Mbit, 200KB")
+    store_opt(p)
+    p.set_defaults(func=cmd_site_sync)
+
+    def site_side(p: Any) -> None:
+        p.add_argument("--dir", help="the site's store directory (disks go to DIR/images)")
+        p.add_argument("--site-store", metavar="NAME",
+                       help="or: the site's store as configured in imagefactory.yaml")
+        p.add_argument("--images", dest="images_dir", metavar="DIR", help="with --site-store: where disks go")
+
+    p = ss.add_parser("init", help="make a store the store of a site (site side)")
     p.add_argument("site", metavar="NAME")
-    p.add_argument("--dir", required=True, help="the site's store directory")
+    site_side(p)
     p.add_argument("--public-key", required=True, metavar="FILE", help="the factory's signing public key")
     p.set_defaults(func=cmd_site_init)
     p = ss.add_parser("import", help="verify and apply a bundle at its site (site side)")
     p.add_argument("bundle", metavar="FILE")
-    p.add_argument("--dir", required=True, help="the site's store directory")
+    site_side(p)
     p.set_defaults(func=cmd_site_import)
+    p = ss.add_parser("apply", help="verify and apply what syncs delivered to the site's store (site side)")
+    site_side(p)
+    p.set_defaults(func=cmd_site_apply)

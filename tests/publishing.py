@@ -186,7 +186,8 @@ class FaultProxy:
     reset (a dropped link mid-part; later connections work). `refuse = True`: new connections
     are accepted and reset at once (the server is "down"). `on_bytes(n, fn)`: call `fn` once
     after `n` bytes (e.g. kill the real server mid-upload). `bytes_up` counts what the client
-    sent, so a test can tell a resumed upload from a full one.
+    sent, so a test can tell a resumed upload from a full one. `rate` (bytes/s, None = no cap)
+    throttles client->server traffic: a slow link.
     """
 
     def __init__(self, upstream_port: int, tls: tuple[Path, Path] | None = None) -> None:
@@ -205,6 +206,8 @@ class FaultProxy:
         self.sock.listen(64)
         self.port = int(self.sock.getsockname()[1])
         self.bytes_up = 0
+        self.rate: float | None = None
+        self._rate_start: float | None = None
         self.refuse = False
         self.cuts = 0
         self._cut_at: int | None = None
@@ -225,6 +228,12 @@ class FaultProxy:
     def on_bytes(self, n: int, fn: Any) -> None:
         with self._lock:
             self._hooks.append((self.bytes_up + n, fn))
+
+    def down(self) -> None:
+        """The link goes down: open connections are reset and new ones refused (until `refuse`
+        is set False again)."""
+        self.refuse = True
+        self._reset_all()
 
     def close(self) -> None:
         self._stop = True
@@ -277,12 +286,15 @@ class FaultProxy:
 
     def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
-            while data := src.recv(65536):
+            while data := src.recv(4096 if self.rate else 65536):
                 dst.sendall(data)
                 if not up:
                     continue
-                fire, cut = [], False
+                fire, cut, wait = [], False, 0.0
                 with self._lock:
+                    if self.rate:  # all connections share the link's rate
+                        self._rate_start = self._rate_start or time.monotonic() - self.bytes_up / self.rate
+                        wait = self._rate_start + (self.bytes_up + len(data)) / self.rate - time.monotonic()
                     self.bytes_up += len(data)
                     if self._cut_at is not None and self.bytes_up >= self._cut_at:
                         self._cut_at, cut = None, True
@@ -292,6 +304,8 @@ class FaultProxy:
                     fire = [fn for _, fn in due]
                 for fn in fire:
                     fn()
+                if self.rate and wait > 0:
+                    time.sleep(wait)
                 if cut:
                     self._reset_all()
                     return

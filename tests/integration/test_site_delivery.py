@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import pytest
 import yaml
 
 from imagefactory.fsutil import digests, file_identity
-from tests.publishing import fake_build
+from tests.integration.conftest import S3Server
+from tests.publishing import FaultProxy, fake_build
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +220,98 @@ def test_bad_input_is_a_clear_error(factory: dict[str, Any]) -> None:
     assert r.returncode == 2 and "--max-bytes: 'lots' is not a size" in r.stderr
     r = cli("site", "import", str(root / "imagefactory.yaml"), "--dir", str(root / "nosite"), cwd=root)
     assert r.returncode == 2 and "is not a site store" in r.stderr
+
+
+# --- sync over a slow, dropping link ---------------------------------------------------------------
+
+
+@pytest.fixture
+def bucket() -> str:
+    return f"site-{uuid.uuid4().hex[:12]}"
+
+SMALL = {"v1": f"{NAME}:20261203.010101-cccc", "v2": f"{NAME}:20261204.010101-dddd"}
+
+
+def small_disk(path: Path, version: int) -> None:
+    """12 MiB: 2 MiB of data, zeros, 6 MiB of data, zeros; version 2 inserts 4 KiB in the second."""
+    rnd = random.Random(11)
+    a, b = rnd.randbytes(2 * MiB), bytearray(rnd.randbytes(6 * MiB))
+    if version == 2:
+        b[3 * MiB:3 * MiB] = random.Random(12).randbytes(4096)
+        del b[-4096:]
+    path.write_bytes(a + bytes(2 * MiB) + bytes(b) + bytes(2 * MiB))
+
+
+def test_sync_through_a_slow_dropping_link_resumes(tmp_path: Path, s3: S3Server, bucket: str) -> None:
+    """The site's S3 server behind a 4 Mbit/s proxy that drops every connection twice mid-transfer,
+    then is down for a whole run: the sync retries a dropped chunk, a failed run is resumed by the
+    next without sending any stored chunk again, the wire carries at most 1.05x the plan, and the
+    site's `apply` makes the disks visible and acknowledges them; the successor moves only its
+    delta."""
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "imagefactory.cli", "--workdir", str(tmp_path / "w"), "keys",
+                    "generate", "-o", str(keys)], check=True, capture_output=True)
+    proxy = FaultProxy(s3.port)
+    proxy.rate = 4_000_000 / 8
+    stores = {name: {"type": "s3", "endpoint": endpoint, "bucket": bucket, "prefix": "edge-1/",
+                     "create_bucket": True, "retries": 4, "retry_wait": 0.2}
+              for name, endpoint in (("edge-1-link", proxy.endpoint), ("edge-1-local", s3.endpoint))}
+    (tmp_path / "imagefactory.yaml").write_text(yaml.safe_dump({
+        "signing": {"public_key": str(keys / "imagefactory.pub"),
+                    "private_key": str(keys / "imagefactory.key")},
+        "stores": stores}))
+    env = {f"IMAGEFACTORY_STORE_EDGE_1_{kind}_{k}": v for kind in ("LINK", "LOCAL")
+           for k, v in (("ACCESS_KEY", s3.creds.access_key), ("SECRET_KEY", s3.creds.secret_key))}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "imagefactory.cli", "--workdir", str(tmp_path / "w"),
+                               "--config", str(tmp_path / "imagefactory.yaml"), *args],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+
+    raws = {}
+    for n in (1, 2):
+        raws[n] = tmp_path / f"small{n}.raw"
+        small_disk(raws[n], n)
+        r = run("publish", str(build(tmp_path / "w", SMALL[f"v{n}"].split(":")[1], raws[n])))
+        assert r.returncode == 0, r.stderr
+    site_images = tmp_path / "site-images"
+    assert run("site", "add", "edge-1", "--store", "edge-1-link").returncode == 0
+    r = run("site", "init", "edge-1", "--site-store", "edge-1-local", "--images", str(site_images),
+            "--public-key", str(keys / "imagefactory.pub"))
+    assert r.returncode == 0, r.stderr
+
+    planned = json.loads(run("--json", "site", "plan", "edge-1", SMALL["v1"]).stdout)["bytes"]
+    up0 = proxy.bytes_up
+    proxy.cut_after(planned // 6)
+    proxy.on_bytes(planned // 3, lambda: proxy.cut_after(1000))
+    proxy.on_bytes(planned // 2, proxy.down)  # and then the link goes down for the rest of the run
+    r = run("--json", "site", "sync", "edge-1", SMALL["v1"])
+    assert r.returncode == 1 and "retrying" in r.stderr, r.stderr
+    assert proxy.cuts >= 2
+    proxy.refuse = False
+    r = run("--json", "site", "sync", "edge-1", SMALL["v1"])
+    assert r.returncode == 0, r.stderr
+    second = json.loads(r.stdout)
+    assert second["chunks_present"] > 0 and second["chunks_sent"] > 0  # resumed, not restarted
+    assert proxy.bytes_up - up0 <= 1.05 * planned
+    r = run("--json", "site", "apply", "--site-store", "edge-1-local", "--images", str(site_images))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == [SMALL["v1"]]
+    disk1 = site_images / NAME / SMALL["v1"].split(":")[1] / "disk.raw"
+    assert sha256(disk1) == sha256(raws[1])
+
+    # the next sync reads the site's acknowledgement first: only the successor's delta moves
+    up1 = proxy.bytes_up
+    r = run("--json", "site", "sync", "edge-1", SMALL["v2"], "--rate", "2Mbit")
+    assert r.returncode == 0, r.stderr
+    delta = json.loads(r.stdout)
+    assert delta["base"] == [SMALL["v1"]] and delta["bytes"] < 0.1 * planned
+    assert proxy.bytes_up - up1 <= 1.05 * delta["bytes"] + 4096
+    r = run("--json", "site", "apply", "--site-store", "edge-1-local", "--images", str(site_images))
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == [SMALL["v2"]], r.stderr
+    assert sha256(site_images / NAME / SMALL["v2"].split(":")[1] / "disk.raw") == sha256(raws[2])
+    assert json.loads(run("--json", "site", "show", "edge-1").stdout)["acknowledged"] == [SMALL["v1"]]
+    run("site", "sync", "edge-1", SMALL["v2"])  # reads the new acknowledgement
+    assert json.loads(run("--json", "site", "show", "edge-1").stdout)["acknowledged"] == \
+        sorted(SMALL.values())
+    proxy.close()

@@ -1,0 +1,158 @@
+"""A site's own store, and making images visible there.
+
+The store holds, under the factory's key names, the chunks, tables and signed chunk indexes the
+site received, plus `site.json` (the site's name, the factory public key it trusts, the images it
+holds) and `acknowledgement.json` (what the operator - or `site sync` - carries back). It is a
+directory (`LocalDirStore`: a USB disk, a path on the bridge machine) or the site's S3 server.
+Disks are reassembled into a local directory (`images/<name>/<version>/disk.raw`).
+
+`make_visible` is the one way an image appears at a site, for bundles and syncs alike: each
+index's signature and table hash verified, the disk written from verified chunks to a `.part`
+file and renamed only when its sha256 and sha512 are the signed ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..catalogue import signing
+from ..catalogue.stores import BlobStore, LocalDirStore, NotFound
+from ..errors import BuildError, UserError
+from . import chunks as ch
+
+log = logging.getLogger(__name__)
+
+ACK_KIND = "imagefactory-site-acknowledgement"
+RECORD = "site.json"
+ACK = "acknowledgement.json"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+class SiteStore:
+    """A site's store (`store`) and the directory its disks are reassembled into (`images`)."""
+
+    def __init__(self, store: BlobStore, images: Path) -> None:
+        self.store = store
+        self.images = images
+
+    @classmethod
+    def directory(cls, root: Path) -> SiteStore:
+        return cls(LocalDirStore("site", root), root / "images")
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+    def init(self, name: str, public_key_pem: bytes) -> dict[str, Any]:
+        if self.store.stat(RECORD) is not None:
+            raise UserError(f"{self.describe()} is already the store of site '{self.record()['name']}'")
+        signing.load_public_key_bytes(public_key_pem, f"{self.describe()}: the factory's public key")
+        self.store.prepare()
+        rec = {"name": name, "created": now(), "factory_public_key": public_key_pem.decode(), "images": {},
+               "deliveries": []}
+        self.write_record(rec)
+        return rec
+
+    def record(self) -> dict[str, Any]:
+        try:
+            data, _ = self.store.get_bytes(RECORD)
+        except NotFound:
+            raise UserError(f"{self.describe()} is not a site store (no {RECORD})",
+                            hint="'imagefactory site init NAME --dir DIR --public-key FACTORY.pub'") from None
+        rec: dict[str, Any] = json.loads(data)
+        rec.setdefault("deliveries", [])
+        return rec
+
+    def write_record(self, rec: dict[str, Any]) -> None:
+        self.put(RECORD, json.dumps(rec, indent=2).encode() + b"\n")
+
+    def public_key(self) -> Ed25519PublicKey:
+        return signing.load_public_key_bytes(str(self.record()["factory_public_key"]).encode(),
+                                             f"{self.describe()}: {RECORD}: factory_public_key")
+
+    def has(self, key: str) -> bool:
+        return self.store.stat(key) is not None
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.store.put_bytes(key, data, content_type="application/octet-stream")
+        except OSError as e:
+            raise BuildError(f"{self.describe()}: cannot write {key}: {e.strerror}",
+                             hint="free space on the site store (or mount it again) and try again: what "
+                                  "was verified and stored is kept") from None
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.store.get_bytes(key)[0]
+        except NotFound:
+            raise BuildError(f"{self.describe()}: {key} is missing",
+                             hint="the site lacks a chunk its factory thought it had: acknowledge what "
+                                  "the site holds ('site ack') and send the image again") from None
+
+    def disk(self, ref: str) -> Path:
+        name, version = ref.split(":", 1)
+        return self.images / name / version / "disk.raw"
+
+    def acknowledgement(self) -> dict[str, Any]:
+        rec = self.record()
+        return {"kind": ACK_KIND, "site": rec["name"], "at": now(), "images": sorted(rec["images"])}
+
+
+@dataclass(frozen=True)
+class Listed:
+    """An image as a signed head (bundle or delivery) names it."""
+
+    index_key: str
+    disk_sha256: str
+
+
+def verify_indexes(site: SiteStore, listed: list[Listed], docs: dict[str, dict[str, Any]],
+                   tables: dict[str, bytes], public: Ed25519PublicKey,
+                   what: str) -> list[tuple[ch.ChunkedImage, dict[str, Any], bytes]]:
+    """Each listed image's index (from `docs`, else the site store) checked: signature, table
+    hash, and that it is the image the signed head names."""
+    out = []
+    for item in listed:
+        doc = docs.get(item.index_key)
+        if doc is None:
+            try:
+                doc = json.loads(site.read(item.index_key))
+            except ValueError as e:
+                raise BuildError(f"{what}: {item.index_key} is not JSON ({e})") from None
+        tkey = doc.get("table", {}).get("key") if isinstance(doc, dict) else None
+        if not isinstance(tkey, str) or not tkey.startswith("chunk-tables/sha256/"):
+            raise BuildError(f"{what}: {item.index_key} names no chunk table")
+        table = tables.get(tkey) or site.read(tkey)
+        img = ch.parse_index(doc, table, public, f"{what}: {item.index_key}")
+        if img.index_key != item.index_key or img.sha256 != item.disk_sha256:
+            raise UserError(f"{what}: {item.index_key} is not the image its signed head names",
+                            hint="the delivery was altered; nothing was made visible")
+        out.append((img, doc, table))
+    return out
+
+
+def make_visible(site: SiteStore, verified: list[tuple[ch.ChunkedImage, dict[str, Any], bytes]]) -> list[str]:
+    """Reassemble each verified image from the site's chunks, record it, write the acknowledgement."""
+    rec = site.record()
+    done = []
+    for img, doc, table in verified:
+        dest = site.disk(img.ref)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        ch.reassemble(img, lambda sha: site.read(ch.chunk_key(sha)), dest)
+        site.put(ch.table_key(img.table_sha256), table)
+        site.put(img.index_key, json.dumps(doc, indent=1).encode())
+        rec["images"][img.ref] = {"disk_sha256": img.sha256, "disk_size": img.size, "visible": now()}
+        site.write_record(rec)
+        done.append(img.ref)
+        log.info("site %s: %s verified and visible at %s", rec["name"], img.ref, dest)
+    site.put(ACK, json.dumps(site.acknowledgement(), indent=2).encode() + b"\n")
+    return done
