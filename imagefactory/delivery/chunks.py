@@ -177,9 +177,11 @@ def chunk_published(store: BlobStore, ref: str, private_key: Callable[[], Ed2551
     try:
         raw_disk(image, m.image.format, raw)
 
+        # one listing instead of a HEAD per chunk (thousands of them)
+        stored = {o.key.rsplit("/", 1)[-1]: o.size for o in store.list("chunks/zstd/")}
+
         def have(sha: str) -> int | None:
-            info = store.stat(chunk_key(sha))
-            return None if info is None else info.size
+            return stored.get(sha)
 
         def put(sha: str, packed: bytes) -> None:
             store.put_bytes(chunk_key(sha), packed, content_type="application/zstd")
