@@ -99,6 +99,7 @@ class RootCache:
                 return False
         except FileNotFoundError:
             return False
+        root.mkdir(mode=0o755, parents=True, exist_ok=True)  # mmdebstrap would have made it
         try:
             run(["tar", "--extract", "--file", tar, "--directory", root, "--numeric-owner",
                  "--same-permissions", "--same-owner", "--xattrs", "--xattrs-include=*", "--acls"])

@@ -173,8 +173,7 @@ def _cached_bootstrap(url: str, keyring: Path, cache: rootcache.RootCache | None
     bootstrap also leaves what real roots hold and a naive copy loses: a file capability (ping's
     cap_net_raw), a foreign owner, a hard link, a setuid bit, a nanosecond mtime."""
     shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(mode=0o755)
-    (scratch / "root").mkdir()
+    scratch.mkdir(mode=0o755)  # no root directory yet: a build's bootstrap step starts without one
     ring = scratch / "archive.gpg"
     shutil.copyfile(keyring, ring)
     ring.chmod(0o644)
