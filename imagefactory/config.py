@@ -33,6 +33,7 @@ class Upstream(BaseModel):
     rke2_source: str = "https://raw.githubusercontent.com/rancher/rke2"
     rke2_channels: str = "https://update.rke2.io/v1-release/channels"
     zarf_release: str = "https://github.com/zarf-dev/zarf/releases/download"
+    rke2_rpm: str = "https://rpm.rancher.io"  # rke2-selinux for SELinux nodes (install.sh's repo)
 
 
 STORE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from . import rpmrepo
 from .archive import fetch, pocket_suites
 from .artifacts import Artifact, cloud_image_artifact, http_get, parse_sums, redirect_location
 from .config import FactoryConfig
@@ -187,6 +188,29 @@ def rke2_artifacts(cfg: FactoryConfig, rke2: Rke2, version: str) -> list[Artifac
     install = http_get(install_url)
     out.append(Artifact("install.sh", hashlib.sha256(install).hexdigest(), install_url, "rke2-install"))
     return out
+
+
+# install.sh's name for SLE Micro in rpm.rancher.io paths (rpm_site_infix)
+RPM_SITE_INFIX = {"sle-micro": "slemicro"}
+
+
+def rke2_selinux_artifacts(cfg: FactoryConfig, recipe: Recipe) -> list[Artifact]:
+    """rke2-selinux for an SELinux node, from the RPM repository upstream's install.sh configures
+    (`<rpm>/rke2/<channel>/common/<infix>/noarch`, channel `stable` or `latest` as the recipe's
+    RKE2 channel, `stable` for a pinned version - install.sh's default): its newest build, pinned
+    by the sha256 the repository's signed-by-HTTPS metadata gives it, and the repository's public
+    key (what install.sh hands zypper as gpgkey) so the package signature can be checked too."""
+    assert recipe.rke2 is not None
+    channel = recipe.rke2.channel if recipe.rke2.channel in ("stable", "latest") else "stable"
+    base = cfg.upstream.rke2_rpm.rstrip("/")
+    repo = f"{base}/rke2/{channel}/common/{RPM_SITE_INFIX[recipe.os.family]}/noarch"
+    found = rpmrepo.newest(rpmrepo.packages(repo, http_get), "rke2-selinux")
+    if found is None:
+        raise BuildError(f"{repo}: no rke2-selinux package",
+                         hint="rke2.selinux needs rke2-selinux; check upstream.rke2_rpm")
+    key = http_get(f"{base}/public.key")
+    return [Artifact(found.href.rsplit("/", 1)[-1], found.sha256, f"{repo}/{found.href}", "rke2-selinux"),
+            Artifact("public.key", hashlib.sha256(key).hexdigest(), f"{base}/public.key", "rke2-rpm-key")]
 
 
 def zarf_artifacts(cfg: FactoryConfig, zarf: Zarf, arch: str) -> list[Artifact]:
@@ -371,6 +395,8 @@ def _resolve_artifacts(cfg: FactoryConfig, recipe: Recipe) -> dict[str, Any]:
         check_rke2_release(recipe, version)
         entry["rke2"] = {"version": version, "channel": recipe.rke2.channel, "arch": recipe.rke2.arch}
         entry["artifacts"] += [a.as_dict() for a in rke2_artifacts(cfg, recipe.rke2, version)]
+        if recipe.rke2.selinux and recipe.os.family in RPM_SITE_INFIX:
+            entry["artifacts"] += [a.as_dict() for a in rke2_selinux_artifacts(cfg, recipe)]
     if recipe.zarf:
         entry["zarf"] = {"version": recipe.zarf.version}
         arch = recipe.rke2.arch if recipe.rke2 else recipe.os.arch

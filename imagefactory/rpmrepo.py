@@ -62,8 +62,8 @@ def vercmp(a: str, b: str) -> int:
                 return -1
             if y is None:
                 return 1
-            if x != y:
-                return 1 if x == "^" else -1
+            if x != y:  # "1.0^git1" is newer than "1.0" but older than "1.0.1"
+                return -1 if x == "^" else 1
             continue
         if x is None or y is None:
             return -1 if x is None else 1

@@ -106,6 +106,16 @@ def test_lock_update_resolves_channels_and_records_hashes(site: dict[str, Any]) 
     assert names["rke2.linux-amd64.tar.gz"]["url"].endswith("/v1.31.4%2Brke2r1/rke2.linux-amd64.tar.gz")
     assert not any(n.endswith(".txt") and n.startswith("rke2-images") for n in names)
     assert "/v1-release/channels/stable" in site["mirror"].requests
+    # an SELinux node (SLE Micro) also pins rke2-selinux - the newest build by rpmvercmp (0.18,
+    # not 0.9) - and the repository's key, from the repository install.sh configures
+    sle = {a["name"]: a for a in entries["rke2-node-sle-micro"]["artifacts"]}
+    rpm = sle["rke2-selinux-0.18-1.slemicro.noarch.rpm"]
+    assert rpm["role"] == "rke2-selinux" and rpm["url"].endswith(
+        "/rpm/rke2/stable/common/slemicro/noarch/rke2-selinux-0.18-1.slemicro.noarch.rpm")
+    served = site["tmp"] / "mirror/rpm/rke2/stable/common/slemicro/noarch" / rpm["name"]
+    assert rpm["sha256"] == hashlib.sha256(served.read_bytes()).hexdigest()
+    assert sle["public.key"]["role"] == "rke2-rpm-key"
+    assert not any(a["role"].startswith("rke2-selinux") for a in e["artifacts"])  # no SELinux on Debian
     # A channel move shows up as a diff, and only the next `lock update` applies it.
     site["mirror"].channels["stable"] = RKE2_NEW
     r = cli(site, "--json", "lock", "update", "rke2-node-debian")

@@ -32,10 +32,11 @@ RKE2_TAG_PREFIX = "/rancher/rke2/releases/tag/"
 
 
 def upstream_bases(mirror_url: str) -> dict[str, str]:
-    """The four upstream base URLs product code uses, pointed at a mirror.
+    """The upstream base URLs product code uses, pointed at a mirror.
 
     Real values: https://github.com/rancher/rke2/releases/download, https://raw.githubusercontent.com/rancher/rke2,
-    https://update.rke2.io/v1-release/channels, https://github.com/zarf-dev/zarf/releases/download.
+    https://update.rke2.io/v1-release/channels, https://github.com/zarf-dev/zarf/releases/download,
+    https://rpm.rancher.io.
     """
     u = mirror_url.rstrip("/")
     return {
@@ -43,6 +44,7 @@ def upstream_bases(mirror_url: str) -> dict[str, str]:
         "rke2_source": f"{u}/rancher/rke2",
         "rke2_channels": f"{u}/v1-release/channels",
         "zarf_release": f"{u}/zarf-dev/zarf/releases/download",
+        "rke2_rpm": f"{u}/rpm",
     }
 
 

@@ -374,6 +374,7 @@ def make_rke2_release(
     install_sh.write_text(install_script(version))
     install_sh.chmod(0o755)
 
+    make_rke2_rpm_repo(root)
     sha = {n: sha256_file(d / n) for n in [*names, sums]}
     return Rke2Release(
         version=version, arch=arch, directory=d, install_sh=install_sh, sha256=sha, images=tuple(images)
@@ -512,3 +513,45 @@ def tamper_zarf_yaml(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
     data = _tar_bytes(members)
     dst.write_bytes(zstd_compress(data) if dst.name.endswith(".zst") else data)
     return dst
+
+
+# --- rpm.rancher.io: rke2-selinux ------------------------------------------------------------------
+
+RKE2_RPM = "rpm"  # the mirror path standing for https://rpm.rancher.io (upstream_bases: rke2_rpm)
+RKE2_SELINUX_BUILDS = (("0.17", "1.slemicro"), ("0.18", "1.slemicro"), ("0.9", "1.slemicro"))
+
+
+def make_rke2_rpm_repo(root: Path) -> dict[str, str]:
+    """rpm.rancher.io's layout for rke2-selinux (install.sh: ``rke2/<channel>/common/<infix>/noarch``)
+    with createrepo's metadata: ``repodata/repomd.xml`` naming ``primary.xml.gz`` by sha256, which
+    lists each build with its sha256. Several builds (the newest by rpmvercmp is 0.18, not 0.9);
+    the ``.rpm`` files are stand-ins (not valid RPMs), and ``public.key`` a stand-in key text.
+    Returns {file name: sha256} of the packages."""
+    base = root / RKE2_RPM
+    (base / "public.key").parent.mkdir(parents=True, exist_ok=True)
+    (base / "public.key").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\nstand-in rancher rpm key\n"
+                                     "-----END PGP PUBLIC KEY BLOCK-----\n")
+    out = {}
+    for channel in ("stable", "latest"):
+        repo = base / "rke2" / channel / "common" / "slemicro" / "noarch"
+        (repo / "repodata").mkdir(parents=True, exist_ok=True)
+        pkgs = []
+        for ver, rel in RKE2_SELINUX_BUILDS:
+            name = f"rke2-selinux-{ver}-{rel}.noarch.rpm"
+            data = f"stand-in rpm {name} ({channel})\n".encode()
+            (repo / name).write_bytes(data)
+            sha = hashlib.sha256(data).hexdigest()
+            out[f"{channel}/{name}"] = sha
+            pkgs.append(f"""<package type="rpm"><name>rke2-selinux</name><arch>noarch</arch>
+<version epoch="0" ver="{ver}" rel="{rel}"/><checksum type="sha256" pkgid="YES">{sha}</checksum>
+<location href="{name}"/></package>""")
+        primary = gzip.compress((f'<?xml version="1.0" encoding="UTF-8"?>\n<metadata xmlns='
+                                 f'"http://linux.duke.edu/metadata/common" packages="{len(pkgs)}">\n'
+                                 + "\n".join(pkgs) + "\n</metadata>\n").encode(), mtime=0)
+        psha = hashlib.sha256(primary).hexdigest()
+        (repo / "repodata" / f"{psha}-primary.xml.gz").write_bytes(primary)
+        (repo / "repodata" / "repomd.xml").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<repomd xmlns="http://linux.duke.edu/metadata/repo">\n'
+            f'<data type="primary"><checksum type="sha256">{psha}</checksum>'
+            f'<location href="repodata/{psha}-primary.xml.gz"/></data>\n</repomd>\n')
+    return out
