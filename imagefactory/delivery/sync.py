@@ -53,20 +53,22 @@ class PushResult:
 
 
 class Throttle:
-    """Average-rate cap: after `n` bytes, sleep until `n / rate` seconds have passed in total."""
+    """Rate cap: after `n` bytes, wait `n / rate` seconds beyond the later of now and the end of
+    the previous wait - an idle link earns no burst."""
 
     def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.rate, self.clock, self.sleep = rate, clock, sleep
-        self.start = clock()
+        self.ready = clock()
         self.sent = 0
 
     def __call__(self, n: int) -> None:
         self.sent += n
         if self.rate:
-            ahead = self.start + self.sent / self.rate - self.clock()
-            if ahead > 0:
-                self.sleep(ahead)
+            now = self.clock()
+            self.ready = max(self.ready, now) + n / self.rate
+            if self.ready > now:
+                self.sleep(self.ready - now)
 
 
 def read_acknowledgement(sites: Sites, site: Site, store: BlobStore) -> Site:
