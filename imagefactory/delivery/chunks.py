@@ -117,10 +117,13 @@ def _parse_table(data: bytes, what: str) -> tuple[Chunk, ...]:
 
 
 def cut(raw_disk: Path) -> Iterator[memoryview]:
-    """The disk's chunks, in order (views into an mmap of the file: memory stays bounded)."""
+    """The disk's chunks, in order. Read as a stream (pyfastcdc's `cut_file` maps the whole file,
+    which shows as the disk's size in the process's memory): each view is valid until the next
+    chunk is produced, so callers hash and compress it at once."""
     cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=0)
-    for chunk in cdc.cut_file(str(raw_disk)):
-        yield chunk.data
+    with open(raw_disk, "rb") as f:
+        for chunk in cdc.cut_stream(f):
+            yield chunk.data
 
 
 def raw_disk(image: Path, fmt: str, dest: Path) -> None:
