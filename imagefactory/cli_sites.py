@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.table import Table
 
 from .delivery.sites import check_site_name
@@ -17,15 +18,14 @@ if TYPE_CHECKING:
     from .delivery.chunks import ChunkedImage
     from .delivery.sites import Plan
 
-UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-         "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)  # the recipes' size syntax: 150MB, 64MiB, 1000
 
 
 def parse_bytes(text: str, what: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).lower() not in UNITS:
-        raise UserError(f"{what}: '{text}' is not a size", hint="e.g. 150MB, 64MiB, 1000000")
-    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+    try:
+        return int(_SIZE.validate_python(text.strip()))
+    except ValidationError:
+        raise UserError(f"{what}: '{text}' is not a size", hint="e.g. 150MB, 64MiB, 1000000") from None
 
 
 BITS = {"bit": 1, "kbit": 1000, "mbit": 1000**2, "gbit": 1000**3}

@@ -149,7 +149,7 @@ def _read_bundle(bundle: Path, tar: tarfile.TarFile, site: sc.SiteStore, public:
         elif TABLE_MEMBER.match(member.name):
             tables[member.name] = data
         elif INDEX_MEMBER.match(member.name):
-            indexes[member.name] = _json(data, f"{bundle}: {member.name}")
+            indexes[member.name] = sc.json_object(data, f"{bundle}: {member.name}")
         else:
             raise UserError(f"{bundle}: unexpected member {member.name!r}",
                             hint="not a bundle written by 'imagefactory site export'; nothing was used")
@@ -161,7 +161,7 @@ def _bundle_head(bundle: Path, name: str, f: IO[bytes], public: Ed25519PublicKey
     if name != "bundle.json":
         raise UserError(f"{bundle}: the first member is {name!r}, not bundle.json",
                         hint="not a bundle written by 'imagefactory site export'")
-    head = _json(_read_member(f, 1 << 20, name), f"{bundle}: bundle.json")
+    head = sc.json_object(_read_member(f, 1 << 20, name), f"{bundle}: bundle.json")
     if head.get("kind") != BUNDLE_KIND:
         raise UserError(f"{bundle}: not a site bundle")
     signing.verify(head, public, f"{bundle}: bundle.json")
@@ -185,14 +185,3 @@ def _read_member(f: IO[bytes], limit: int, name: str) -> bytes:
         raise UserError(f"bundle member {name!r} is larger than any such member can be ({limit} bytes)",
                         hint="not a bundle written by 'imagefactory site export'; nothing of it was used")
     return data
-
-
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise UserError(f"{what}: not JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{what}: not a JSON object")
-    return doc
-

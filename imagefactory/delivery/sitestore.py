@@ -156,3 +156,14 @@ def make_visible(site: SiteStore, verified: list[tuple[ch.ChunkedImage, dict[str
         log.info("site %s: %s verified and visible at %s", rec["name"], img.ref, dest)
     site.put(ACK, json.dumps(site.acknowledgement(), indent=2).encode() + b"\n")
     return done
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a bundle or a site store, or a UserError naming `what`."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise UserError(f"{what}: not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{what}: not a JSON object")
+    return doc

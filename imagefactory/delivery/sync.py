@@ -23,7 +23,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -143,7 +142,7 @@ def apply(site: sc.SiteStore) -> ApplyResult:
     for info in sorted(site.store.list(DELIVERIES), key=lambda o: o.key):
         if info.key in done:
             continue
-        raw = _json(site.read(info.key), info.key)
+        raw = sc.json_object(site.read(info.key), info.key)
         if raw.get("kind") != DELIVERY_KIND:
             raise UserError(f"{site.describe()}: {info.key} is not a delivery")
         signing.verify(raw, public, f"{site.describe()}: {info.key}")
@@ -160,13 +159,3 @@ def apply(site: sc.SiteStore) -> ApplyResult:
         site.put(sc.ACK, json.dumps(site.acknowledgement(), indent=2).encode() + b"\n")
         result.applied.append(info.key)
     return result
-
-
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise UserError(f"{what}: not JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{what}: not a JSON object")
-    return doc
