@@ -5,22 +5,60 @@ The Packer build VM runs with `restrict=on` user networking; qemu's `guestfwd` c
 with one of the allowed prefixes (the recipe's package mirrors): plain HTTP GET/HEAD (apt) and
 CONNECT to allowed HTTPS hosts (zypper against SCC/RMT; TLS stays end to end). Everything else
 gets 403 and is logged, so a build cannot quietly reach anything but its package sources.
+
+With a cache (the workdir's content-addressed one, shared with `debcache`), apt's packages are
+kept across builds, and only under the exact SHA256 of the repository index that named them: the
+proxy reads every Packages index that passes through it (plain, .gz, .xz, by-hash) into a map
+`pool path -> SHA256`; a `pool/....deb` request whose path that map knows is answered from the
+cache when the cache holds that hash (re-hashed before it is served), and otherwise fetched,
+passed on, and kept if it hashes to the index's SHA256. apt verifies every package against its
+own signed index anyway; the map only decides what may be kept and served. A package the proxy
+has seen no index for is passed through and not kept. zypper's HTTPS (CONNECT, end to end) is not
+cached.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
+import lzma
+import re
 import select
 import socket
 import threading
 import urllib.error
 import urllib.request
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+
+from .artifacts import Cache, sha256_file
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
+INDEX = re.compile(r"/binary-[^/]+/(Packages(\.gz|\.xz)?|by-hash/SHA256/[0-9a-f]{64})$")
+POOL = re.compile(r"/(pool/.+\.u?deb)$")
+MAX_INDEX = 256 << 20  # an uncompressed Packages of a big archive component is ~100 MB
+
+
+def index_hashes(data: bytes) -> dict[str, str]:
+    """`Filename -> SHA256` of a Packages index, plain or compressed ({} if it is not one)."""
+    try:
+        if data[:6] == b"\xfd7zXZ\x00":
+            data = lzma.LZMADecompressor().decompress(data, max_length=MAX_INDEX)
+        elif data[:2] == b"\x1f\x8b":
+            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_INDEX)
+    except (lzma.LZMAError, zlib.error, EOFError, gzip.BadGzipFile):
+        return {}
+    out = {}
+    for stanza in data.decode("utf-8", "replace").split("\n\n"):
+        name = re.search(r"^Filename: (\S+)$", stanza, re.M)
+        sha = re.search(r"^SHA256: ([0-9a-f]{64})$", stanza, re.M)
+        if name and sha:
+            out[name.group(1)] = sha.group(1)
+    return out
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -51,6 +89,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not url.startswith("http://") or not self._allowed(url):
             self._refuse(url)
             return
+        cache, path = self.server.cache, urlsplit(url).path
+        pool = POOL.search(path) if cache is not None and not head and not self.headers.get("Range") else None
+        # apt quotes '+' and friends in pool URLs (libstdc%2b%2b6); the index names them plainly
+        sha = self.server.hashes.get(unquote(pool.group(1))) if pool else None
+        if sha and cache is not None and self._from_cache(cache, sha):
+            return
+        keep = INDEX.search(path) is not None and cache is not None and not head
         req = urllib.request.Request(url, method="HEAD" if head else "GET")
         for h in ("Range", "If-Modified-Since", "If-Range", "Accept"):
             if self.headers.get(h):
@@ -77,8 +122,47 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if head:
                 return
-            while chunk := resp.read(CHUNK):
+            digest = hashlib.sha256() if sha else None
+            tmp = cache.tmpfile() if sha and cache is not None and resp.status == 200 else None
+            body = bytearray() if keep and resp.status == 200 else None
+            try:
+                with open(tmp, "wb") if tmp else _Null() as out:
+                    while chunk := resp.read(CHUNK):
+                        self.wfile.write(chunk)
+                        if digest is not None and tmp:
+                            digest.update(chunk)
+                            out.write(chunk)
+                        if body is not None and len(body) < MAX_INDEX:
+                            body += chunk
+                if tmp and sha and digest is not None and cache is not None and digest.hexdigest() == sha:
+                    cache.put(tmp, sha, url)  # the index's hash: kept for the next build
+            finally:
+                if tmp:
+                    tmp.unlink(missing_ok=True)
+            if body is not None:
+                found = index_hashes(bytes(body))
+                with self.server.lock:
+                    self.server.hashes.update(found)
+
+    def _from_cache(self, cache: Cache, sha: str) -> bool:
+        """Answer from the cache if it holds `sha` (re-hashed first); False to fetch instead."""
+        if not cache.has(sha):
+            return False
+        f = cache.path(sha)
+        if sha256_file(f) != sha:
+            log.warning("proxy: cached %s is corrupt; dropped", f)
+            f.unlink(missing_ok=True)
+            return False
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.debian.binary-package")
+        self.send_header("Content-Length", str(f.stat().st_size))
+        self.end_headers()
+        with open(f, "rb") as src:
+            while chunk := src.read(CHUNK):
                 self.wfile.write(chunk)
+        with self.server.lock:
+            self.server.hits += 1
+        return True
 
     def do_CONNECT(self) -> None:
         host, _, port = self.path.partition(":")
@@ -110,20 +194,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+class _Null:
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        pass
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow: tuple[str, ...] = ()
     refused: list[str]
+    cache: Cache | None = None
+    hashes: dict[str, str]  # pool path -> SHA256, from the indexes that passed through
+    lock: threading.Lock
+    hits: int = 0
 
 
 class PackageProxy:
-    """`with PackageProxy(prefixes) as p:` serves on 127.0.0.1:`p.port` until the block ends."""
+    """`with PackageProxy(prefixes, cache) as p:` serves on 127.0.0.1:`p.port` until the block ends."""
 
-    def __init__(self, allow: tuple[str, ...]) -> None:
+    def __init__(self, allow: tuple[str, ...], cache: Cache | None = None) -> None:
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.allow = tuple(a if a.endswith("/") or urlsplit(a).path else a + "/" for a in allow)
         self.server.refused = []
+        self.server.cache = cache
+        self.server.hashes = {}
+        self.server.lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def cache_hits(self) -> int:
+        """Packages answered from the cache."""
+        return self.server.hits
 
     @property
     def port(self) -> int:

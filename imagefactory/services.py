@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from .artifacts import Cache
 from .catalogue.catalogue import Catalogue, pull_cached
 from .catalogue.signing import PUBLIC_KEY_ENV, load_public_key
 from .catalogue.stores import open_store
@@ -67,4 +68,4 @@ class FactoryServices:
         return BaseImage(dest, m.version, m.image.sha256, "catalogue")
 
     def package_proxy(self, allow: tuple[str, ...]) -> PackageProxy:
-        return PackageProxy(allow)
+        return PackageProxy(allow, Cache(self.workdir / "cache"))

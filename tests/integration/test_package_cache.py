@@ -21,6 +21,8 @@ import os
 import shutil
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import pytest
 
 from imagefactory import archive, debcache, rootcache
 from imagefactory.artifacts import Cache, sha256_file
+from imagefactory.proxy import PackageProxy
 from tests.aptsign import gpg
 from tests.conftest import require_root
 
@@ -275,3 +278,41 @@ def test_without_the_cache_nothing_is_kept(served: tuple[str, Path], apt_keys: d
     first, ran = _cached_bootstrap(url, apt_keys["archive"], None, tmp_path / "b1")
     assert (first.hit, ran, first.stored) == (False, 1, None)
     assert ran == 1 and (tmp_path / "b1/root/usr/share/beta/payload").is_file()
+
+
+# --- the Packer build VM's packages: the proxy's cache ----------------------------------------------
+
+def _via(proxy: PackageProxy, url: str) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{proxy.port}"}))
+    try:
+        with opener.open(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_proxy_keeps_packages_under_the_index_hash(served: tuple[str, Path], tmp_path: Path) -> None:
+    """What apt in the Packer build VM fetches through the allow-list proxy: a package named by an
+    index that passed through is kept under that index's SHA256, and the next build's proxy answers
+    from the cache - with the archive's pool gone. A cached file that no longer has the hash is
+    never served; a package no index named is passed through and not kept."""
+    url, repo = served
+    cache = Cache(tmp_path / "cache")
+    beta = repo / "pool/main/b/beta/beta_2.0+b1_amd64.deb"
+    deb_url = f"{url}/pool/main/b/beta/beta_2.0%2bb1_amd64.deb"  # apt quotes '+'
+    alpha_url = f"{url}/pool/main/a/alpha/alpha_1.0-1_all.deb"
+    with PackageProxy((url,), cache) as p:
+        assert _via(p, alpha_url) == (200, (repo / "pool/main/a/alpha/alpha_1.0-1_all.deb").read_bytes())
+        assert debcache.cached_hashes(cache) == set()  # no index seen yet: passed through, not kept
+        assert _via(p, f"{url}/dists/stable/main/binary-amd64/Packages.xz")[0] == 200
+        assert _via(p, deb_url) == (200, beta.read_bytes())
+    sha = hashlib.sha256(beta.read_bytes()).hexdigest()
+    assert cache.has(sha)
+    shutil.rmtree(repo / "pool")  # the next build: only the index is still upstream
+    with PackageProxy((url,), cache) as p:
+        assert _via(p, f"{url}/dists/stable/main/binary-amd64/Packages.xz")[0] == 200
+        assert _via(p, deb_url) == (200, cache.path(sha).read_bytes())
+        assert p.cache_hits == 1
+        cache.path(sha).write_bytes(b"tampered")
+        assert _via(p, deb_url)[0] == 404  # not served from the cache; upstream has no pool now
+        assert not cache.has(sha)
