@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
@@ -124,21 +125,33 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             digest = hashlib.sha256() if sha else None
             tmp = cache.tmpfile() if sha and cache is not None and resp.status == 200 else None
+            if tmp:
+                with self.server.lock:
+                    self.server.partial.add(tmp)
             body = bytearray() if keep and resp.status == 200 else None
+            sent = 0
             try:
                 with open(tmp, "wb") if tmp else _Null() as out:
                     while chunk := resp.read(CHUNK):
                         self.wfile.write(chunk)
+                        sent += len(chunk)
                         if digest is not None and tmp:
                             digest.update(chunk)
                             out.write(chunk)
                         if body is not None and len(body) < MAX_INDEX:
                             body += chunk
+                if pool:
+                    with self.server.lock:
+                        self.server.fetched_bytes += sent
                 if tmp and sha and digest is not None and cache is not None and digest.hexdigest() == sha:
                     cache.put(tmp, sha, url)  # the index's hash: kept for the next build
+                    with self.server.lock:
+                        self.server.kept += 1
             finally:
                 if tmp:
                     tmp.unlink(missing_ok=True)
+                    with self.server.lock:
+                        self.server.partial.discard(tmp)
             if body is not None:
                 found = index_hashes(bytes(body))
                 with self.server.lock:
@@ -162,6 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk)
         with self.server.lock:
             self.server.hits += 1
+            self.server.hit_bytes += f.stat().st_size
         return True
 
     def do_CONNECT(self) -> None:
@@ -213,6 +227,10 @@ class _Server(ThreadingHTTPServer):
     hashes: dict[str, str]  # pool path -> SHA256, from the indexes that passed through
     lock: threading.Lock
     hits: int = 0
+    hit_bytes: int = 0
+    fetched_bytes: int = 0  # packages (pool files) fetched upstream
+    kept: int = 0  # of those, kept in the cache (an index named them, the hash matched)
+    partial: set[Path]  # downloads in progress (removed when the proxy stops: Ctrl-C mid-transfer)
 
 
 class PackageProxy:
@@ -225,12 +243,19 @@ class PackageProxy:
         self.server.cache = cache
         self.server.hashes = {}
         self.server.lock = threading.Lock()
+        self.server.partial = set()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def cache_hits(self) -> int:
         """Packages answered from the cache."""
         return self.server.hits
+
+    def stats(self) -> dict[str, int]:
+        """For the manifest, like the rootfs builder's `source.package_cache`."""
+        s = self.server
+        return {"reused_files": s.hits, "reused_bytes": s.hit_bytes, "downloaded_bytes": s.fetched_bytes,
+                "kept_files": s.kept}
 
     @property
     def port(self) -> int:
@@ -249,3 +274,6 @@ class PackageProxy:
                  tb: TracebackType | None) -> None:
         self.server.shutdown()
         self.server.server_close()
+        with self.server.lock:
+            for tmp in self.server.partial:
+                tmp.unlink(missing_ok=True)

@@ -175,13 +175,15 @@ def packer_template(ctx: BuildContext) -> None:
     if problems:
         raise UserError(f"{ctx.recipe.name}: the rendered Packer template is invalid:\n" + explain(problems),
                         hint=f"template in {rendered.directory} (kept only for this build)")
-    ctx.packer = (packer, rendered)
+    ctx.packer = (packer, rendered, proxy)
 
 
 def packer_build(ctx: BuildContext) -> None:
-    packer, rendered = ctx.packer
+    packer, rendered, proxy = ctx.packer
     outcome = pk.build(packer, rendered.directory, var_file=rendered.var_file,
                        timeout=ctx.recipe.tests.boot_timeout + ctx.recipe.tests.timeout + 1800)
+    # what the build VM's apt got from the package cache, as the rootfs builder reports it
+    ctx.manifest.setdefault("source", {})["package_cache"] = proxy.stats()
     console = ctx.scratch / "console-packer.log"
     if console.is_file():
         log.debug("serial console of the Packer build VM:\n%s", console.read_text(errors="replace"))

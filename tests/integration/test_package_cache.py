@@ -313,6 +313,8 @@ def test_proxy_keeps_packages_under_the_index_hash(served: tuple[str, Path], tmp
         assert _via(p, f"{url}/dists/stable/main/binary-amd64/Packages.xz")[0] == 200
         assert _via(p, deb_url) == (200, cache.path(sha).read_bytes())
         assert p.cache_hits == 1
+        assert p.stats() == {"reused_files": 1, "reused_bytes": len(cache.path(sha).read_bytes()),
+                             "downloaded_bytes": 0, "kept_files": 0}
         cache.path(sha).write_bytes(b"tampered")
         assert _via(p, deb_url)[0] == 404  # not served from the cache; upstream has no pool now
         assert not cache.has(sha)
