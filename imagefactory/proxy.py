@@ -123,39 +123,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if head:
                 return
+            if keep and resp.status == 200:
+                # An index is read whole and its hashes recorded before apt has it: apt may ask
+                # for the packages it names as soon as it holds it.
+                data = resp.read()
+                found = index_hashes(data)
+                with self.server.lock:
+                    self.server.hashes.update(found)
+                self.wfile.write(data)
+                return
             digest = hashlib.sha256() if sha else None
             tmp = cache.tmpfile() if sha and cache is not None and resp.status == 200 else None
             if tmp:
                 with self.server.lock:
                     self.server.partial.add(tmp)
-            body = bytearray() if keep and resp.status == 200 else None
-            sent = 0
+            sent, last = 0, b""
             try:
                 with open(tmp, "wb") if tmp else _Null() as out:
+                    # one chunk held back: the client has the whole package only once it is kept
                     while chunk := resp.read(CHUNK):
-                        self.wfile.write(chunk)
+                        self.wfile.write(last)
+                        last = chunk
                         sent += len(chunk)
                         if digest is not None and tmp:
                             digest.update(chunk)
                             out.write(chunk)
-                        if body is not None and len(body) < MAX_INDEX:
-                            body += chunk
-                if pool:
-                    with self.server.lock:
-                        self.server.fetched_bytes += sent
+                with self.server.lock:
+                    self.server.fetched_bytes += sent if pool else 0
                 if tmp and sha and digest is not None and cache is not None and digest.hexdigest() == sha:
                     cache.put(tmp, sha, url)  # the index's hash: kept for the next build
                     with self.server.lock:
                         self.server.kept += 1
+                self.wfile.write(last)
             finally:
                 if tmp:
                     tmp.unlink(missing_ok=True)
                     with self.server.lock:
                         self.server.partial.discard(tmp)
-            if body is not None:
-                found = index_hashes(bytes(body))
-                with self.server.lock:
-                    self.server.hashes.update(found)
 
     def _from_cache(self, cache: Cache, sha: str) -> bool:
         """Answer from the cache if it holds `sha` (re-hashed first); False to fetch instead."""
@@ -166,6 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
             log.warning("proxy: cached %s is corrupt; dropped", f)
             f.unlink(missing_ok=True)
             return False
+        with self.server.lock:  # counted before the client can see the answer
+            self.server.hits += 1
+            self.server.hit_bytes += f.stat().st_size
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.debian.binary-package")
         self.send_header("Content-Length", str(f.stat().st_size))
@@ -173,9 +180,6 @@ class _Handler(BaseHTTPRequestHandler):
         with open(f, "rb") as src:
             while chunk := src.read(CHUNK):
                 self.wfile.write(chunk)
-        with self.server.lock:
-            self.server.hits += 1
-            self.server.hit_bytes += f.stat().st_size
         return True
 
     def do_CONNECT(self) -> None:
