@@ -53,11 +53,7 @@ def export_bundle(p: Plan, store: BlobStore, private_key: Ed25519PrivateKey, out
                 _add(tar, img.index_key, json.dumps(img.raw, indent=1).encode())
                 _add(tar, ch.table_key(img.table_sha256), store.get_bytes(ch.table_key(img.table_sha256))[0])
             for sha, c in p.missing.items():
-                data, _ = store.get_bytes(ch.chunk_key(sha))
-                if len(data) != c.csize:
-                    raise BuildError(f"chunk {sha} in {store.describe()} is {len(data)} bytes, the index "
-                                     f"says {c.csize}", hint="the factory store is damaged; chunk the image "
-                                     "again ('imagefactory site plan' re-chunks a damaged image)")
+                data = ch.read_stored(store, c)
                 _add(tar, ch.chunk_key(sha), data)
                 if progress:
                     progress(len(data))
@@ -143,7 +139,10 @@ def _read_bundle(bundle: Path, tar: tarfile.TarFile, site: sc.SiteStore, public:
                 present += 1
                 continue
             # checked before it is stored: a chunk's name is its uncompressed content's sha256
-            ch.unpack_chunk(m.group(1), data)
+            try:
+                ch.unpack_chunk(m.group(1), data)
+            except BuildError as e:
+                raise BuildError(f"{bundle}: {e.message}", hint=e.hint) from None
             site.put(member.name, data)
             added += 1
         elif TABLE_MEMBER.match(member.name):

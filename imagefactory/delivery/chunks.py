@@ -116,14 +116,15 @@ def _parse_table(data: bytes, what: str) -> tuple[Chunk, ...]:
     return tuple(Chunk(h.hex(), size, csize) for h, size, csize in RECORD.iter_unpack(raw))
 
 
-def cut(raw_disk: Path) -> Iterator[memoryview]:
+def cut(raw_disk: Path) -> Iterator[bytes]:
     """The disk's chunks, in order. Read as a stream (pyfastcdc's `cut_file` maps the whole file,
-    which shows as the disk's size in the process's memory): each view is valid until the next
-    chunk is produced, so callers hash and compress it at once."""
+    which shows as the disk's size in the process's memory). pyfastcdc hands out views of one
+    buffer it refills; each chunk is copied out of it, so what is hashed is what is compressed
+    and stored whatever else runs (a 256 KiB copy costs far less than the compression)."""
     cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=0)
     with open(raw_disk, "rb") as f:
         for chunk in cdc.cut_stream(f):
-            yield chunk.data
+            yield bytes(chunk.data)
 
 
 def raw_disk(image: Path, fmt: str, dest: Path) -> None:
@@ -265,6 +266,27 @@ def unpack_chunk(sha256: str, packed: bytes, size: int | None = None) -> bytes:
     return data
 
 
+def read_stored(store: BlobStore, c: Chunk) -> bytes:
+    """A chunk as the factory's store holds it (compressed), checked before it leaves the
+    factory: a damaged chunk would otherwise cross a slow link only to be refused at the site."""
+    try:
+        data, _ = store.get_bytes(chunk_key(c.sha256))
+    except NotFound:
+        raise BuildError(f"chunk {c.sha256} is missing from {store.describe()}",
+                         hint=DAMAGED_HINT) from None
+    try:
+        if len(data) != c.csize:
+            raise BuildError(f"chunk {c.sha256} is {len(data)} bytes, its index says {c.csize}")
+        unpack_chunk(c.sha256, data, c.size)
+    except BuildError as e:
+        raise BuildError(f"{store.describe()}: {e.message}", hint=DAMAGED_HINT) from None
+    return data
+
+
+DAMAGED_HINT = ("the factory store is damaged: delete that chunk and the image's chunk index "
+                "(chunked/NAME/VERSION.json) from it; the next plan, export or sync chunks the image again")
+
+
 def reassemble(image: ChunkedImage, read: Callable[[str], bytes], dest: Path) -> None:
     """Write the disk of `image` to `dest` from stored chunks (`read(sha256)` -> compressed bytes),
     each verified, all-zero chunks as holes; `dest` appears only once the whole disk has the signed
@@ -275,7 +297,12 @@ def reassemble(image: ChunkedImage, read: Callable[[str], bytes], dest: Path) ->
     try:
         with open(part, "wb") as out:
             for c in image.chunks:
-                data = unpack_chunk(c.sha256, read(c.sha256), c.size)
+                try:
+                    data = unpack_chunk(c.sha256, read(c.sha256), c.size)
+                except BuildError as e:
+                    raise BuildError(f"{image.ref}: {e.message} (as read back from the site's store)",
+                                     hint="the site store's disk or file system is damaged: check it, delete "
+                                          "that chunk and import or sync again") from None
                 h256.update(data)
                 h512.update(data)
                 zero = zeros.setdefault(c.size, bytes(c.size))

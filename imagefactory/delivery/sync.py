@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..catalogue import signing
 from ..catalogue.stores import BlobStore, NotFound
-from ..errors import BuildError, UserError
+from ..errors import UserError
 from . import chunks as ch
 from . import sitestore as sc
 from .sites import Plan, Site, Sites
@@ -104,11 +104,7 @@ def push(p: Plan, factory: BlobStore, site_store: BlobStore, private_key: Ed2551
             if progress:
                 progress(c.csize)
             continue
-        data, _ = factory.get_bytes(ch.chunk_key(sha))
-        if len(data) != c.csize:
-            raise BuildError(f"chunk {sha} in {factory.describe()} is {len(data)} bytes, its index says "
-                             f"{c.csize}", hint="the factory store is damaged")
-        send(ch.chunk_key(sha), data)
+        send(ch.chunk_key(sha), ch.read_stored(factory, c))
         result.chunks_sent += 1
     for img in p.indexes:
         tkey = ch.table_key(img.table_sha256)

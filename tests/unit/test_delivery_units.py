@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import random
+from pathlib import Path
 
+import pytest
+import zstandard
+
+from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.cli_sites import parse_bytes, parse_rate
-from imagefactory.delivery.chunks import Chunk, ChunkedImage
+from imagefactory.delivery.chunks import Chunk, ChunkedImage, chunk_key, cut, read_stored
 from imagefactory.delivery.sites import Site, plan
 from imagefactory.delivery.sync import Throttle
-from imagefactory.errors import UserError
+from imagefactory.errors import BuildError, UserError
 
 
 def test_throttle_keeps_the_average_rate() -> None:
@@ -60,3 +66,33 @@ def test_a_plan_counts_each_missing_chunk_once() -> None:
     assert set(p.missing) == {"d" * 64, "e" * 64}
     assert p.bytes == 40 + 50 + sum(i.meta_bytes for i in p.images)
     assert plan(Site("edge-2", "/y", "t"), [new], []).images[0].chunk_bytes == 70  # nothing held: a, b, d
+
+
+def test_a_damaged_factory_chunk_never_leaves_the_factory(tmp_path: Path) -> None:
+    """`read_stored` (used by export and sync) checks size and content against the index."""
+    store = LocalDirStore("local", tmp_path)
+    data = random.Random(3).randbytes(100_000)
+    packed = zstandard.ZstdCompressor(level=9).compress(data)
+    sha = hashlib.sha256(data).hexdigest()
+    good = Chunk(sha, len(data), len(packed))
+    store.put_bytes(chunk_key(sha), packed)
+    assert read_stored(store, good) == packed
+    # same size, one byte changed (a raw zstd block keeps the size): the content check sees it
+    store.put_bytes(chunk_key(sha), packed[:-1] + bytes([packed[-1] ^ 1]))
+    with pytest.raises(BuildError, match=r"local \(.*\): chunk [0-9a-f]{64}: its content does not") as e:
+        read_stored(store, good)
+    assert e.value.hint is not None and "chunked/NAME/VERSION.json" in e.value.hint
+    store.put_bytes(chunk_key(sha), packed[:-1])
+    with pytest.raises(BuildError, match="its index says"):
+        read_stored(store, good)
+    store.delete(chunk_key(sha))
+    with pytest.raises(BuildError, match="is missing from local"):
+        read_stored(store, good)
+
+
+def test_cut_hands_out_chunks_that_stay_valid(tmp_path: Path) -> None:
+    """Chunks kept past the next one (a thread pool uploading them) keep their content."""
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(random.Random(5).randbytes(3 * 1024 * 1024))
+    kept = list(cut(raw))
+    assert len(kept) > 10 and b"".join(kept) == raw.read_bytes()
