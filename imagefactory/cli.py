@@ -133,7 +133,8 @@ def cmd_build_plan(app: App) -> int:
     if a.promote_on_green and not (a.publish or a.if_changed):
         raise UserError("--promote-on-green needs --publish or --if-changed")
     publishing = Publishing(_store(app), lambda: (_private_key(app), _public_key(app)),
-                            promote_on_green=a.promote_on_green) if a.publish or a.if_changed else None
+                            promote_on_green=a.promote_on_green, signing=app.config().signing
+                            ) if a.publish or a.if_changed else None
     progress = _Progress(app) if not app.json else None
 
     def show(r: Any) -> None:
@@ -552,6 +553,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_sites import add_parsers as add_site_parsers
 
     add_site_parsers(sub)  # site add|list|show|remove|plan|export|ack|init|import
+    from .cli_trust import add_parsers as add_trust_parsers
+
+    add_trust_parsers(sub)  # trust status|init|refresh|rotate
     return p
 
 

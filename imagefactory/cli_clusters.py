@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_images import _public_key, _store, _transfers, _wide
+from .cli_images import _anchor, _store, _transfers, _wide
 
 if TYPE_CHECKING:
     from .cli import App
@@ -52,7 +52,7 @@ def cmd_harvester_upload(app: App) -> int:
     store = _store(app)
     mode = app.args.source or app.config().harvester.source
     with _transfers(app) as progress:
-        result = _uploader(app, api, progress).upload(store, app.args.image, _public_key(app), mode=mode,
+        result = _uploader(app, api, progress).upload(store, app.args.image, _anchor(app), mode=mode,
                                                       replace=app.args.replace, url_expiry=_expiry(app))
 
     def human() -> None:
@@ -71,7 +71,7 @@ def cmd_harvester_delete_image(app: App) -> int:
     from .harvester.images import object_name
 
     api = _api(app)
-    img = verify_for_consumer(_store(app), app.args.image, _public_key(app))
+    img = verify_for_consumer(_store(app), app.args.image, _anchor(app))
     name = object_name(img.manifest)
     _uploader(app, api, None).delete(name)
     app.emit({"deleted": f"{api.namespace}/{name}"},
@@ -107,7 +107,7 @@ def _local_image(app: App, spec: ClusterSpec) -> Any:
 
     cache = app.workdir / "cache" / "images"
     with _transfers(app) as progress:
-        img, dest = pull_cached(_open(app, spec), spec.image, _public_key(app), cache, progress)
+        img, dest = pull_cached(_open(app, spec), spec.image, _anchor(app), cache, progress)
     m = img.manifest
     cache.chmod(0o755)  # the overlays' backing file: libvirt's qemu user reads it
     dest.chmod(0o644)
@@ -129,7 +129,7 @@ def cmd_cluster_create(app: App) -> int:
         with _transfers(app) as progress:
             images = app.config().harvester.image_namespace
             image = _uploader(app, _api(app, images) if images else target.api, progress).upload(
-                store, spec.image, _public_key(app), mode=app.config().harvester.source,
+                store, spec.image, _anchor(app), mode=app.config().harvester.source,
                 url_expiry=_expiry(app))
     else:
         image = _local_image(app, spec)

@@ -36,6 +36,25 @@ def _public_key(app: App) -> Any:
     return load_public_key(app.config().signing.public_key)
 
 
+def _anchor(app: App) -> Any:
+    """What a consumer trusts: the manifest key and the TUF root keys from the configuration,
+    and the metadata it already trusts, kept in WORKDIR/trust."""
+    from .catalogue.trust import Anchor
+
+    return Anchor.from_config(app.config().signing, _public_key(app), app.workdir / "trust")
+
+
+def _keys(app: App) -> Any:
+    """What signs the catalogue's TUF metadata on this host."""
+    from .catalogue.trust import Anchor, Keys
+
+    private = _private_key(app)
+    # the writer's memory of the catalogue's metadata is the consumer's (WORKDIR/trust)
+    public = _public_key(app) if app.config().signing.public_key else private.public_key()
+    memory = Anchor.from_config(app.config().signing, public, app.workdir / "trust")
+    return Keys.from_config(app.config().signing, private, memory)
+
+
 def _private_key(app: App) -> Any:
     from .catalogue.signing import load_private_key
 
@@ -92,7 +111,7 @@ def cmd_publish(app: App) -> int:
     public = _public_key(app) if app.config().signing.public_key or os.environ.get(PUBLIC_KEY_ENV) else None
     with _transfers(app) as progress:
         result = publish(build_dir, store, key, public, allow_untested=app.args.allow_untested,
-                         progress=progress)
+                         progress=progress, keys=_keys(app))
     data = {"ref": result.ref, "store": result.store, "build": str(build_dir),
             "manifest": result.manifest_key,
             "unchanged": result.unchanged, "channels": result.channels, "files": result.files,
@@ -236,7 +255,7 @@ def cmd_images_pull(app: App) -> int:
     store = _store(app)
     with _transfers(app) as progress:
         img, path = pull(store, app.args.image, Path(app.args.output) if app.args.output else None,
-                         _public_key(app), progress)
+                         _anchor(app), progress)
     m = img.manifest
     data = {"ref": m.ref, "store": store.name, "path": str(path), "size": m.image.size,
             "sha256": m.image.sha256, "sha512": m.image.sha512, "signature": "valid"}
@@ -250,7 +269,7 @@ def cmd_images_verify(app: App) -> int:
 
     store = _store(app)
     with _transfers(app) as progress:
-        data = verify_image(store, app.args.image, _public_key(app), full=not app.args.quick,
+        data = verify_image(store, app.args.image, _anchor(app), full=not app.args.quick,
                             progress=progress)
     app.emit(data, lambda: app.out.print(
         f"[bold green]verified[/] {data['ref']}: signature valid, not revoked, {len(data['files'])} files "
@@ -263,7 +282,7 @@ def cmd_images_url(app: App) -> int:
     from .catalogue.manifest import parse_duration
 
     expires = parse_duration(app.args.expires)
-    img, url = presigned_url(_store(app), app.args.image, _public_key(app), expires)
+    img, url = presigned_url(_store(app), app.args.image, _anchor(app), expires)
     data = {"ref": img.ref, "url": url, "expires_seconds": int(expires.total_seconds()),
             "sha256": img.manifest.image.sha256, "sha512": img.manifest.image.sha512}
     app.emit(data, lambda: app.out.print(url, markup=False, soft_wrap=True))
@@ -276,7 +295,7 @@ def cmd_images_terraform(app: App) -> int:
     from .harvester.terraform import terraform_image
 
     store = _store(app)
-    img = verify_for_consumer(store, app.args.image, _public_key(app))
+    img = verify_for_consumer(store, app.args.image, _anchor(app))
     ca = app.args.ca_file or (store.cfg.ca_bundle if isinstance(store, S3Store) else None)
     tf = terraform_image(img.manifest, app.args.url_base, namespace=app.args.namespace,
                          storage_class=app.args.storage_class, resource=app.args.resource, cafile=ca)
@@ -289,7 +308,8 @@ def cmd_images_terraform(app: App) -> int:
 def cmd_images_promote(app: App) -> int:
     from .catalogue.catalogue import Catalogue
 
-    m = Catalogue(_store(app)).promote(app.args.image, app.args.channel, _private_key(app), _public_key(app))
+    m = Catalogue(_store(app), _keys(app)).promote(app.args.image, app.args.channel, _private_key(app),
+                                                   _public_key(app))
     app.emit({"ref": m.ref, "channels": list(m.channels)},
              lambda: app.out.print(f"{m.ref}: channels {', '.join(m.channels)}"))
     return 0
@@ -298,7 +318,8 @@ def cmd_images_promote(app: App) -> int:
 def cmd_images_revoke(app: App) -> int:
     from .catalogue.catalogue import Catalogue
 
-    m = Catalogue(_store(app)).revoke(app.args.image, app.args.reason, _private_key(app), _public_key(app))
+    m = Catalogue(_store(app), _keys(app)).revoke(app.args.image, app.args.reason, _private_key(app),
+                                                  _public_key(app))
     assert m.revoked is not None
     app.emit({"ref": m.ref, "revoked": m.revoked.model_dump()},
              lambda: app.out.print(f"[bold red]revoked[/] {m.ref}: {m.revoked.reason if m.revoked else ''}"))
@@ -308,7 +329,8 @@ def cmd_images_revoke(app: App) -> int:
 def cmd_images_prune(app: App) -> int:
     from .catalogue.catalogue import Catalogue
 
-    r = Catalogue(_store(app)).prune(app.args.keep, app.args.name, dry_run=app.args.dry_run)
+    keys = None if app.args.dry_run else _keys(app)  # a dry run signs nothing
+    r = Catalogue(_store(app), keys).prune(app.args.keep, app.args.name, dry_run=app.args.dry_run)
     data = {"deleted": r.deleted, "kept": r.kept, "protected": r.protected, "blobs_deleted": r.blobs_deleted,
             "bytes_freed": r.bytes_freed, "dry_run": app.args.dry_run}
 

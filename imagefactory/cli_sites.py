@@ -81,7 +81,7 @@ def _human(n: int) -> str:
 def _indexes(app: App, refs: list[str]) -> tuple[list[ChunkedImage], list[ChunkedImage]]:
     """(the requested images' chunk indexes, made now where missing; the indexes of what the
     site acknowledged)."""
-    from .cli_images import _private_key, _public_key, _store
+    from .cli_images import _anchor, _private_key, _public_key, _store
     from .delivery.chunks import chunk_published, read_index
     from .delivery.sites import Sites
 
@@ -89,7 +89,8 @@ def _indexes(app: App, refs: list[str]) -> tuple[list[ChunkedImage], list[Chunke
     store = _store(app)
     public = _public_key(app)
     cache, scratch = app.workdir / "cache" / "images", app.workdir / "tmp" / "chunks"
-    wanted = [chunk_published(store, ref, lambda: _private_key(app), public, cache, scratch) for ref in refs]
+    anchor = _anchor(app)
+    wanted = [chunk_published(store, ref, lambda: _private_key(app), anchor, cache, scratch) for ref in refs]
     held = []
     for ref in site.acknowledged:
         name, _, version = ref.partition(":")

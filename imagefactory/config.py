@@ -96,6 +96,13 @@ class SigningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     public_key: str | None = None
     private_key: str | None = None
+    root_keys: list[str] = Field(
+        default_factory=list, description="public keys of the catalogue's first TUF root, what consumers "
+                                          "anchor their trust in (default: public_key alone)")
+    root_private_keys: list[str] = Field(
+        default_factory=list, description="the root keys' private halves: only where 'trust init' or "
+                                          "'trust rotate' runs (default, without root_keys: private_key)")
+    root_threshold: int = Field(1, ge=1, description="how many root keys must sign a root")
 
 
 class HarvesterConfig(BaseModel):

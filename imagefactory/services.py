@@ -16,6 +16,7 @@ from .artifacts import Cache
 from .catalogue.catalogue import Catalogue, pull_cached
 from .catalogue.signing import PUBLIC_KEY_ENV, load_public_key
 from .catalogue.stores import open_store
+from .catalogue.trust import Anchor
 from .config import FactoryConfig
 from .context import BaseImage
 from .errors import BuildError, UserError
@@ -56,13 +57,14 @@ class FactoryServices:
             raise UserError(missing.message, hint=f"{missing.hint}; or configure signing.public_key so "
                             "that it can come from the catalogue") from None
         store = open_store(cfg, self.workdir)
-        key = load_public_key(cfg.signing.public_key)
+        public = load_public_key(cfg.signing.public_key)
+        anchor = Anchor.from_config(cfg.signing, public, self.workdir / "trust")
         try:
             Catalogue(store).resolve(ref)
         except UserError:
             raise UserError(missing.message, hint=f"{missing.hint}; it is not in the catalogue "
                             f"({store.describe()}) either: build or publish it first") from None
-        img, dest = pull_cached(store, ref, key, self.workdir / "cache" / "images")
+        img, dest = pull_cached(store, ref, anchor, self.workdir / "cache" / "images")
         m = img.manifest
         log.info("base image %s from the catalogue %s", m.ref, store.describe())
         return BaseImage(dest, m.version, m.image.sha256, "catalogue")

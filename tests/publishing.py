@@ -15,12 +15,38 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from imagefactory.catalogue.trust import Anchor
 from imagefactory.fsutil import file_identity
 
 PACKAGES = [{"name": "base-files", "version": "12.4+deb12u15"},
             {"name": "openssh-server", "version": "1:9.2p1-2"},
             {"name": "auditd", "version": "1:3.0.9-1"},
             {"name": "linux-image-6.1.0-50-cloud-amd64", "version": "6.1.0-50"}]
+
+
+_TRUST_STATE: Path | None = None
+
+
+def anchor(public: Ed25519PublicKey) -> Anchor:
+    """A consumer's trust for tests: `public` as manifest and root key, the trusted TUF metadata
+    kept for the whole test process (per store location, as a workdir keeps it)."""
+    global _TRUST_STATE
+    if _TRUST_STATE is None:
+        import tempfile
+
+        _TRUST_STATE = Path(tempfile.mkdtemp(prefix="imagefactory-trust-"))
+    return Anchor.single(public, _TRUST_STATE)
+
+
+def trusted_sha256(store: Any, path: str) -> str:
+    """The sha256 the store's current TUF targets give `path` (what a consumer reads)."""
+    from imagefactory.catalogue import trust
+
+    cur = trust._current(store)
+    assert cur is not None
+    return str(cur.targets.signed.targets[path].hashes["sha256"])
 
 
 def write_random(path: Path, size: int, seed: int = 0) -> tuple[str, str]:

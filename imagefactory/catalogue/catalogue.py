@@ -44,10 +44,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..errors import BuildError, UserError
 from ..fsutil import digests
-from . import signing
+from . import signing, trust
 from .manifest import (
     DEFAULT_CHANNEL,
     Manifest,
+    channel_heads,
     check_channel,
     manifest_key,
     now,
@@ -112,16 +113,6 @@ class PruneResult:
     bytes_freed: int = 0
 
 
-def channel_heads(entries: list[dict[str, Any]]) -> dict[str, str]:
-    """channel -> newest non-revoked version in it, for one image name's index entries."""
-    heads: dict[str, str] = {}
-    for e in sorted(entries, key=lambda e: str(e["version"])):
-        if not e.get("revoked"):
-            for c in e.get("channels", []):
-                heads[c] = str(e["version"])
-    return heads
-
-
 def index_entry(m: Manifest, key: str) -> dict[str, Any]:
     """What `images list` and index.html show of one version (no need to read its manifest)."""
     stig = m.stig or {}
@@ -158,8 +149,15 @@ def _empty_index() -> dict[str, Any]:
 class Catalogue:
     """The catalogue in one store; see the module docstring."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, keys: trust.Keys | None = None) -> None:
         self.store = store
+        self.keys = keys  # what signs the TUF metadata (publish, promote, revoke, prune)
+
+    def _keys(self, what: str) -> trust.Keys:
+        if self.keys is None:
+            raise UserError(f"{what} needs the signing key (it signs the catalogue's TUF metadata)",
+                            hint="signing.private_key in imagefactory.yaml, or $IMAGEFACTORY_SIGNING_KEY")
+        return self.keys
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -279,6 +277,7 @@ class Catalogue:
         """Write a signed manifest whose blobs are uploaded, then update index and page."""
         m = parse_manifest(raw, "the new manifest")
         key = manifest_key(m.name, m.version)
+        keys = self._keys(f"publishing {m.ref}")
         with self.store.lock(f"publishing {m.ref}"):
             missing = [f.key for f in m.files if (i := self.store.stat(f.key)) is None or i.size != f.size]
             if missing:
@@ -295,9 +294,14 @@ class Catalogue:
                     raise UserError(f"{m.ref} is already published with another image (sha256 "
                                     f"{old.image.sha256})", hint="versions are immutable; build again")
                 m, unchanged = old, True  # channels and revocation of the published one stay
+                if not trust.lists(self.store, key):  # published before the catalogue had TUF
+                    trust.update(self.store, keys, {key: old_data})
             except NotFound:
                 self._check_build_key(m)
-                self.store.put_bytes(key, _dumps(raw), if_none_match=True)
+                trust.check_writer(self.store, keys)  # before the manifest is written
+                body = _dumps(raw)
+                self.store.put_bytes(key, body, if_none_match=True)
+                trust.update(self.store, keys, {key: body})
             idx = self._update_index(lambda idx: _upsert(idx, m, key))
             self._write_html(idx)
         return CommitResult(m.ref, key, unchanged)
@@ -318,8 +322,13 @@ class Catalogue:
                  private: Ed25519PrivateKey, public: Ed25519PublicKey) -> Manifest:
         name, version, _ = self.resolve(ref)
         key = manifest_key(name, version)
+        keys = self.keys or trust.Keys.single(private)
         with self.store.lock(f"{what} {name}:{version}"):
-            raw, etag = self.read_manifest(name, version)
+            # The manifest the TUF targets say is current (not whatever copy sits at its key: an
+            # older one put back would otherwise be re-signed, undoing a revocation).
+            raw = trust.current_manifest(self.store, key)
+            if raw is None:
+                raw, _ = self.read_manifest(name, version)
             # Never re-sign something we did not sign: a tampered manifest stays refused.
             signing.verify(raw, public, key)
             m = parse_manifest(raw, key)
@@ -328,7 +337,9 @@ class Catalogue:
                 return m
             new = signing.sign({**raw, **update}, private)
             signing.verify(new, public, f"{key} (re-signed)")
-            self.store.put_bytes(key, _dumps(new), if_match=etag)
+            body = _dumps(new)
+            trust.update(self.store, keys, {key: body})
+            self.store.put_bytes(key, body)  # the plain copy, for people and the listing
             m = parse_manifest(new, key)
             idx = self._update_index(lambda idx: _upsert(idx, m, key))
             self._write_html(idx)
@@ -415,8 +426,12 @@ class Catalogue:
                         del idx["images"][n]
 
             idx = self._update_index(drop) if doomed else self.index()
+            if doomed and trust.initialized(self.store):
+                trust.update(self.store, self._keys("pruning"), {}, frozenset(key for _, key in doomed))
             for _, key in doomed:
                 self.store.delete(key)
+                for info in self.store.list(key.rsplit("/", 1)[0] + "/"):  # its hash-named TUF copies
+                    self.store.delete(info.key)
             for info in garbage:  # after the manifests: no manifest ever names a deleted blob
                 self.store.delete(info.key)
             self._write_html(idx)
@@ -435,16 +450,17 @@ def _upsert(idx: dict[str, Any], m: Manifest, key: str) -> None:
 # --- consumers ----------------------------------------------------------------------------------
 
 
-def verify_for_consumer(store: BlobStore, ref: str, public_key: Ed25519PublicKey) -> PublishedImage:
-    """Resolve `ref`, verify the manifest's signature, refuse revoked images, check the image blob
-    is there with its size. Every consumer (pull, url, Harvester upload) goes through this.
-    Raises `signing.SignatureError` (unsigned, wrong key, changed after signing), `RevokedImage`,
-    `UserError` (no such image) or `BuildError` (blob missing)."""
-    cat = Catalogue(store)
-    name, version, channel = cat.resolve(ref)
-    raw, _ = cat.read_manifest(name, version)
+def verify_for_consumer(store: BlobStore, ref: str, anchor: trust.Anchor) -> PublishedImage:
+    """Resolve `ref` and read its manifest through the catalogue's TUF metadata (current, not
+    rolled back, not expired), verify the manifest's signature, refuse revoked images, check the
+    image blob is there with its size. Every consumer (pull, url, Harvester upload, Packer bases,
+    sites) goes through this. Raises `trust.TrustError` / `signing.SignatureError` (metadata or
+    manifest refused), `RevokedImage`, `UserError` (no such image) or `BuildError` (blob missing)."""
+    tc = trust.TrustedCatalogue(store, anchor)
+    name, version, channel = tc.resolve(ref)
+    raw, _ = tc.manifest(name, version)
     key = manifest_key(name, version)
-    signing.verify(raw, public_key, f"{name}:{version} ({store.name})")
+    signing.verify(raw, anchor.manifest_key, f"{name}:{version} ({store.name})")
     m = parse_manifest(raw, key)
     if (m.name, m.version) != (name, version):
         raise signing.SignatureError(f"{key}: the signed manifest is for {m.ref}, not {name}:{version}",
@@ -453,8 +469,9 @@ def verify_for_consumer(store: BlobStore, ref: str, public_key: Ed25519PublicKey
         raise RevokedImage(f"{m.ref} is revoked: {m.revoked.reason} (since {m.revoked.at})",
                            hint="pick another version; see 'imagefactory images list'")
     if channel and channel not in m.channels:
-        raise signing.SignatureError(f"{ref}: the index says {m.ref}, but its signed manifest is not in "
-                                     f"channel '{channel}'", hint="run 'imagefactory images reindex'")
+        raise signing.SignatureError(f"{ref}: the signed channels file says {m.ref}, but its signed "
+                                     f"manifest is not in channel '{channel}'",
+                                     hint="the catalogue's metadata is inconsistent; promote it again")
     info = store.stat(m.image.key)
     if info is None or info.size != m.image.size:
         raise BuildError(f"{m.ref}: the image blob {m.image.key} is "
@@ -463,13 +480,13 @@ def verify_for_consumer(store: BlobStore, ref: str, public_key: Ed25519PublicKey
     return PublishedImage(store.name, m, raw, key)
 
 
-def pull(store: BlobStore, ref: str, dest: Path | None, public_key: Ed25519PublicKey,
+def pull(store: BlobStore, ref: str, dest: Path | None, anchor: trust.Anchor,
          progress: Callable[[str, int], Progress] | None = None) -> tuple[PublishedImage, Path]:
     """Download a verified image to `dest` (a file or a directory; default: the current directory,
     `<name>-<version>.<format>`). Resumable: bytes go to `<dest>.part` (and the sha256 it is for to
     `<dest>.part.sha256`); a rerun continues it with HTTP Range. The file appears under its name
     only after its sha256 and sha512 match the signed manifest."""
-    img = verify_for_consumer(store, ref, public_key)
+    img = verify_for_consumer(store, ref, anchor)
     m = img.manifest
     file_name = f"{m.name}-{m.version}.{m.image.format}"
     target = (dest / file_name if dest.is_dir() else dest) if dest else Path.cwd() / file_name
@@ -497,27 +514,27 @@ def pull(store: BlobStore, ref: str, dest: Path | None, public_key: Ed25519Publi
     return img, target
 
 
-def pull_cached(store: BlobStore, ref: str, public_key: Ed25519PublicKey, cache: Path,
+def pull_cached(store: BlobStore, ref: str, anchor: trust.Anchor, cache: Path,
                 progress: Callable[[str, int], Progress] | None = None) -> tuple[PublishedImage, Path]:
     """A verified image as a file in `cache` (`<sha256>.<format>`), pulled once and reused: what
     consumers that need a local file use (libvirt clusters, Harvester uploads from S3, a Packer
     base image built on another runner). The name is the content's hash and `pull` only renames a
     file whose hashes matched, so a file of the right size there is that image."""
-    img = verify_for_consumer(store, ref, public_key)
+    img = verify_for_consumer(store, ref, anchor)
     m = img.manifest
     cache.mkdir(parents=True, exist_ok=True)
     dest = cache / f"{m.image.sha256}.{m.image.format}"
     if not (dest.is_file() and dest.stat().st_size == m.image.size):
         dest.unlink(missing_ok=True)
-        _, dest = pull(store, img.ref, dest, public_key, progress)
+        _, dest = pull(store, img.ref, dest, anchor, progress)
     return img, dest
 
 
-def verify_image(store: BlobStore, ref: str, public_key: Ed25519PublicKey, full: bool = True,
+def verify_image(store: BlobStore, ref: str, anchor: trust.Anchor, full: bool = True,
                  progress: Callable[[str, int], Progress] | None = None) -> dict[str, Any]:
     """Signature, revocation, and every file of the image: present with its size and, with
     `full`, its content hashed again. Raises on the first kind of failure, listing all files."""
-    img = verify_for_consumer(store, ref, public_key)
+    img = verify_for_consumer(store, ref, anchor)
     problems, checked = [], []
     for f in img.manifest.files:
         info = store.stat(f.key)
@@ -537,10 +554,10 @@ def verify_image(store: BlobStore, ref: str, public_key: Ed25519PublicKey, full:
             "files": checked, "content_checked": full}
 
 
-def presigned_url(store: BlobStore, ref: str, public_key: Ed25519PublicKey, expires: dt.timedelta) -> tuple[
+def presigned_url(store: BlobStore, ref: str, anchor: trust.Anchor, expires: dt.timedelta) -> tuple[
         PublishedImage, str]:
     """A time-limited GET URL of a verified image's blob (S3), or the served URL (local)."""
-    img = verify_for_consumer(store, ref, public_key)
+    img = verify_for_consumer(store, ref, anchor)
     return img, store.presign(img.manifest.image.key, expires)
 
 

@@ -162,6 +162,16 @@ def parse_ref(ref: str) -> ImageRef:
     return ImageRef(name, version or None, channel or None)
 
 
+def channel_heads(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """channel -> newest non-revoked version in it, for one image name's index entries."""
+    heads: dict[str, str] = {}
+    for e in sorted(entries, key=lambda e: str(e["version"])):
+        if not e.get("revoked"):
+            for c in e.get("channels", []):
+                heads[c] = str(e["version"])
+    return heads
+
+
 def check_channel(channel: str) -> str:
     if not CHANNEL.match(channel):
         raise UserError(f"channel '{channel}': use lower-case letters, digits and '-' (max 32)")

@@ -27,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import BuildError, UserError
-from . import sbom, signing
+from . import sbom, signing, trust
 from .catalogue import Catalogue, MissingBlobs
 from .manifest import DEFAULT_CHANNEL, KIND, SCHEMA, FileRef, blob_key, manifest_key, now, parse_manifest
 from .stores import BlobStore, NotFound, Progress
@@ -264,12 +264,12 @@ def make_manifest(bm: dict[str, Any], files: list[FileRef]) -> dict[str, Any]:
 
 def publish(build_dir: Path, store: BlobStore, private_key: Ed25519PrivateKey,
             public_key: Ed25519PublicKey | None = None, *, allow_untested: bool = False,
-            progress: ProgressFactory | None = None) -> PublishResult:
+            progress: ProgressFactory | None = None, keys: trust.Keys | None = None) -> PublishResult:
     """Publish one build directory to `store`; see the module docstring."""
     start = time.monotonic()
     bm = read_build_manifest(build_dir)
     check_publishable(bm, build_dir, allow_untested)
-    cat = Catalogue(store)
+    cat = Catalogue(store, keys or trust.Keys.single(private_key))
     store.prepare()
     key = manifest_key(str(bm["name"]), str(bm["version"]))
     existing = _existing(store, key, str(bm["image"]["sha256"]))

@@ -40,6 +40,7 @@ from pyfastcdc import FastCDC
 from ..catalogue import signing
 from ..catalogue.catalogue import pull_cached, verify_for_consumer
 from ..catalogue.stores import BlobStore, NotFound
+from ..catalogue.trust import Anchor
 from ..errors import BuildError
 from ..run import run
 
@@ -167,15 +168,16 @@ def chunk_disk(raw: Path, put: Callable[[str, bytes], None], have: Callable[[str
 
 
 def chunk_published(store: BlobStore, ref: str, private_key: Callable[[], Ed25519PrivateKey],
-                    public_key: Ed25519PublicKey, cache: Path, scratch: Path) -> ChunkedImage:
+                    anchor: Anchor, cache: Path, scratch: Path) -> ChunkedImage:
     """The chunk index of a published image, made (and signed with `private_key()`) now if the
     store has none for that image yet."""
-    img = verify_for_consumer(store, ref, public_key)
+    img = verify_for_consumer(store, ref, anchor)
+    public_key = anchor.manifest_key
     m = img.manifest
     existing = read_index(store, m.name, m.version, public_key)
     if existing is not None and existing.image_sha256 == m.image.sha256:
         return existing
-    _, image = pull_cached(store, img.ref, public_key, cache)
+    _, image = pull_cached(store, img.ref, anchor, cache)
     scratch.mkdir(parents=True, exist_ok=True)
     raw = scratch / f"{m.image.sha256}.raw"
     try:

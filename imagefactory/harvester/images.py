@@ -35,13 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from ..catalogue.catalogue import PublishedImage, pull_cached, verify_for_consumer
 from ..catalogue.manifest import Manifest
 from ..catalogue.publish import ProgressFactory
 from ..catalogue.s3 import S3Store
 from ..catalogue.stores import BlobStore, LocalDirStore
+from ..catalogue.trust import Anchor
 from ..errors import BuildError, UserError
 from .api import IMAGES, ApiError, HarvesterApi
 from .goproxy import ProxyConfig
@@ -264,10 +263,10 @@ class ImageUploader:
 
     # --- the whole operation --------------------------------------------------------------------
 
-    def upload(self, store: BlobStore, ref: str, public_key: Ed25519PublicKey, *, mode: Mode | None = None,
+    def upload(self, store: BlobStore, ref: str, anchor: Anchor, *, mode: Mode | None = None,
                replace: bool = False, url_expiry: dt.timedelta = dt.timedelta(hours=12)) -> UploadResult:
         start = time.monotonic()
-        img = verify_for_consumer(store, ref, public_key)  # signature, revocation, blob present
+        img = verify_for_consumer(store, ref, anchor)  # TUF-current, signature, revocation, blob present
         m = img.manifest
         name = object_name(m)
         chosen = mode or ("upload" if isinstance(store, LocalDirStore) and not store.url else "download")
@@ -284,10 +283,7 @@ class ImageUploader:
         url = self._download_url(store, m, mode, url_expiry) if chosen == "download" else None
         mode = "download" if url is not None else "upload"
         log.info("creating image %s/%s from %s (%s)", self.api.namespace, name, m.ref, mode)
-        if url is not None:
-            obj = self._download(img, name, url)
-        else:
-            obj = self._upload(img, store, public_key, name)
+        obj = self._download(img, name, url) if url is not None else self._upload(img, store, anchor, name)
         return self._result(obj, m, mode, False, start)
 
     def _download_url(self, store: BlobStore, m: Manifest, asked: Mode | None,
@@ -376,17 +372,17 @@ class ImageUploader:
 
     # --- upload source --------------------------------------------------------------------------
 
-    def _local_file(self, img: PublishedImage, store: BlobStore, public_key: Ed25519PublicKey) -> Path:
+    def _local_file(self, img: PublishedImage, store: BlobStore, anchor: Anchor) -> Path:
         if isinstance(store, LocalDirStore):
             return store.path(img.manifest.image.key)
         if self.cache is None:
             raise UserError("uploading from a remote store needs a cache directory")
-        return pull_cached(store, img.ref, public_key, self.cache, self.progress)[1]
+        return pull_cached(store, img.ref, anchor, self.cache, self.progress)[1]
 
-    def _upload(self, img: PublishedImage, store: BlobStore, public_key: Ed25519PublicKey,
+    def _upload(self, img: PublishedImage, store: BlobStore, anchor: Anchor,
                 name: str) -> dict[str, Any]:
         m = img.manifest
-        path = self._local_file(img, store, public_key)
+        path = self._local_file(img, store, anchor)
         size = path.stat().st_size
         if size != m.image.size:
             raise BuildError(f"{path}: {size} bytes, the signed manifest says {m.image.size}")

@@ -22,7 +22,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..catalogue.stores import BlobStore
-from ..config import FactoryConfig
+from ..catalogue.trust import Keys
+from ..config import FactoryConfig, SigningConfig
 from ..errors import ImageFactoryError
 from ..lock import LockFile
 from ..recipes.load import RecipeBook
@@ -41,6 +42,7 @@ class Publishing:
     # before the first build, so that a missing key fails in seconds, not after a build.
     keys: Callable[[], tuple[Ed25519PrivateKey, Ed25519PublicKey]]
     promote_on_green: bool = False
+    signing: SigningConfig | None = None  # the TUF root keys, where this host has them
 
 
 def green(manifest: dict[str, Any]) -> bool:
@@ -100,7 +102,7 @@ def _publish(r: RunResult, build_dir: Path, manifest: dict[str, Any], p: Publish
     from ..catalogue.publish import publish
 
     try:
-        result = publish(build_dir, p.store, private, public)
+        result = publish(build_dir, p.store, private, public, keys=Keys.from_config(p.signing, private))
     except AlreadyPublished as e:
         # Another runner published these exact inputs while we built: theirs stands.
         return replace(r, status="skipped", version=e.ref.partition(":")[2],
@@ -108,7 +110,8 @@ def _publish(r: RunResult, build_dir: Path, manifest: dict[str, Any], p: Publish
                                             "meanwhile (another runner)"))
     channels = tuple(result.channels)
     if p.promote_on_green and green(manifest):
-        m = Catalogue(p.store).promote(result.ref, STABLE, private, public)
+        cat = Catalogue(p.store, Keys.from_config(p.signing, private))
+        m = cat.promote(result.ref, STABLE, private, public)
         channels = tuple(m.channels)
     elif p.promote_on_green:
         log.warning("%s is not green (tests or STIG gate): not promoted to %s", result.ref, STABLE)

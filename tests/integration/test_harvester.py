@@ -37,7 +37,7 @@ from imagefactory.harvester.api import ApiError, HarvesterApi
 from imagefactory.harvester.images import ImageUploader, UploadResult, multipart, object_name
 from tests.harvester import HarvesterDouble
 from tests.integration.conftest import S3Server
-from tests.publishing import fake_build
+from tests.publishing import anchor, fake_build
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +161,7 @@ def test_download_from_s3_anonymous_blob_url(
     harvester.version = version
     store = s3_store(rgw_server, signer, qcow2_build(tmp_path, "20261130.010000-aaaa"))
     api = api_for(harvester, tmp_path)
-    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert r.source == "download" and not r.reused
     obj = harvester.get_object("virtualmachineimages", "default", r.name)
     assert obj is not None
@@ -183,7 +183,7 @@ def test_download_from_s3_anonymous_blob_url(
     assert harvester.warnings == []
     # idempotent: the same digest is reused, nothing is created again
     before = creates(harvester, "virtualmachineimages")
-    again = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    again = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert again.reused and again.name == r.name
     assert creates(harvester, "virtualmachineimages") == before
 
@@ -201,7 +201,7 @@ def test_an_upload_refused_after_its_200_fails_at_once(
     monkeypatch.setattr("imagefactory.harvester.images.verified_sha512", lambda *a: "ab" * 64)
     start = time.monotonic()
     with pytest.raises(BuildError) as e:
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert time.monotonic() - start < 20  # not the 60 s upload window, nor the uploader's timeout
     assert "refused the uploaded bytes after the upload returned" in e.value.message
     assert f"the expected checksum {'ab' * 64} doesn't match the file actual checksum" in e.value.message
@@ -220,7 +220,7 @@ def test_upload_streams_multipart_padded_to_512(
     api = api_for(harvester, tmp_path)
     tracemalloc.start()
     try:
-        r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+        r = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -260,7 +260,7 @@ def test_a_local_copy_that_is_not_what_was_signed_is_never_sent(
 ) -> None:
     build = qcow2_build(tmp_path, "20261130.030000-cccc", tail=4096 + 100)
     store = local_store(tmp_path, signer, build)
-    img = verify_for_consumer(store, "rke2-node-debian", signer.public_key())
+    img = verify_for_consumer(store, "rke2-node-debian", anchor(signer.public_key()))
     blob = store.path(img.manifest.image.key)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF  # same size: a size check alone would accept it
@@ -268,7 +268,7 @@ def test_a_local_copy_that_is_not_what_was_signed_is_never_sent(
     blob.write_bytes(bytes(data))
     api = api_for(harvester, tmp_path)
     with pytest.raises(BuildError, match="is not the signed manifest's"):
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="upload")
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()), mode="upload")
     assert creates(harvester, "virtualmachineimages") == 0 and harvester.uploads == []
 
 
@@ -302,9 +302,9 @@ def test_other_digest_under_the_same_name_needs_replace(
         },
     )
     with pytest.raises(UserError) as e:
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert "already exists with another image" in e.value.message and "--replace" in (e.value.hint or "")
-    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), replace=True)
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()), replace=True)
     assert r.name == name and not r.reused
     obj = harvester.get_object("virtualmachineimages", "default", name)
     assert obj and obj["metadata"]["annotations"]["imagefactory.io/sha256"] == m["image"]["sha256"]
@@ -316,12 +316,14 @@ def test_revoked_or_unsigned_images_are_refused(
     store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.040000-dddd"))
     api = api_for(harvester, tmp_path)
     with pytest.raises(signing.SignatureError):
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", Ed25519PrivateKey.generate().public_key())
+        other = anchor(Ed25519PrivateKey.generate().public_key())
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", other)
     Catalogue(store).revoke(
         "rke2-node-debian:20261130.040000-dddd", "CVE in the kernel", signer, signer.public_key()
     )
     with pytest.raises(RevokedImage):
-        uploader(api, tmp_path).upload(store, "rke2-node-debian:20261130.040000-dddd", signer.public_key())
+        uploader(api, tmp_path).upload(store, "rke2-node-debian:20261130.040000-dddd",
+                                       anchor(signer.public_key()))
     assert harvester.objects("virtualmachineimages", "default") == []
 
 
@@ -340,7 +342,7 @@ def test_checksum_mismatch_reports_the_condition(
     store.client.fput_object(store.bucket, store.prefix + key, str(bad))
     with pytest.raises(BuildError) as e:
         uploader(api_for(harvester, tmp_path), tmp_path).upload(
-            store, "rke2-node-debian", signer.public_key()
+            store, "rke2-node-debian", anchor(signer.public_key())
         )
     assert "doesn't match" in e.value.message, e.value.message
     obj = harvester.objects("virtualmachineimages", "default")[0]
@@ -355,7 +357,7 @@ def test_unreachable_url_fails_with_the_reason(
     publish(qcow2_build(tmp_path, "20261130.060000-ffff"), store, signer, signer.public_key())
     with pytest.raises(BuildError) as e:
         uploader(api_for(harvester, tmp_path), tmp_path).upload(
-            store, "rke2-node-debian", signer.public_key(), mode="download"
+            store, "rke2-node-debian", anchor(signer.public_key()), mode="download"
         )
     assert "failed" in e.value.message and (
         "refused" in e.value.message.lower() or "connect" in e.value.message.lower()
@@ -368,7 +370,7 @@ def test_api_5xx_bursts_are_retried_then_reported(
     store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.070000-abab"))
     api = api_for(harvester, tmp_path)
     harvester.fail_next(3, status=503)
-    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert r.storage_class
     assert sum(1 for _, _, s in harvester.requests if s == 503) == 3
     harvester.fail_next(50, status=500, method="GET")
@@ -409,7 +411,7 @@ def imported(
     harvester: HarvesterDouble, signer: Ed25519PrivateKey, tmp_path: Path, api: HarvesterApi
 ) -> UploadResult:
     store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.080000-cdcd"))
-    return uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    return uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
 
 
 def secret_text(h: HarvesterDouble, name: str, key: str) -> str:
@@ -609,10 +611,10 @@ def test_image_storage_follows_a_template_storage_class(
     api = api_for(harvester, tmp_path)
     ssd = ImageUploader(api, poll=0.05, timeout=60, cache=tmp_path / "cache", storage_class="longhorn-ssd")
     with pytest.raises(UserError, match="StorageClass longhorn-ssd does not exist"):
-        ssd.upload(store, "rke2-node-debian", signer.public_key())
+        ssd.upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert harvester.objects("virtualmachineimages", "default") == []
     _ssd_class(harvester)
-    r = ssd.upload(store, "rke2-node-debian", signer.public_key())
+    r = ssd.upload(store, "rke2-node-debian", anchor(signer.public_key()))
     sc = harvester.get_object("storageclasses", None, r.storage_class)
     assert sc is not None and sc["parameters"]["diskSelector"] == "ssd"
     assert sc["parameters"]["numberOfReplicas"] == "2" and sc["parameters"]["backingImage"].startswith("vmi-")
@@ -756,11 +758,12 @@ def test_an_upload_through_rancher_that_its_ingress_refuses(
     api = api_for(harvester, tmp_path)
     assert "/k8s/clusters/c-m-7xk2p9qd" in api.target.server
     small = local_store(tmp_path / "small", signer, qcow2_build(tmp_path / "small", "20261206.040000-dddd"))
-    assert uploader(api, tmp_path).upload(small, "rke2-node-debian", signer.public_key()).source == "upload"
+    trusted = anchor(signer.public_key())
+    assert uploader(api, tmp_path).upload(small, "rke2-node-debian", trusted).source == "upload"
     big_build = qcow2_build(tmp_path / "big", "20261206.050000-eeee", tail=3 * 1024**2)
     big = local_store(tmp_path / "big", signer, big_build)
     with pytest.raises(UserError) as e:
-        uploader(api, tmp_path).upload(big, "rke2-node-debian", signer.public_key())
+        uploader(api, tmp_path).upload(big, "rke2-node-debian", anchor(signer.public_key()))
     assert "refused by Rancher's proxy" in e.value.message and "HTTP 413" in e.value.message
     assert "kubeconfig for Harvester itself" in (e.value.hint or "")
     names = [o["metadata"]["name"] for o in harvester.objects("virtualmachineimages", "default")]
@@ -788,7 +791,7 @@ def test_harvesters_http_proxy_setting_is_used_for_downloads(
     monkeypatch.setattr("imagefactory.harvester.images.download_problem", lambda *a, **k: None)
     with pytest.raises(BuildError) as e:
         uploader(api_for(harvester, tmp_path), tmp_path).upload(store, "rke2-node-debian",
-                                                                signer.public_key())
+                                                                anchor(signer.public_key()))
     assert "through its http-proxy http://127.0.0.1:" in caplog.text and "add it to noProxy" in caplog.text
     assert "proxyconnect tcp: dial tcp 127.0.0.1:" in e.value.message, e.value.message
 
@@ -981,7 +984,7 @@ def test_a_url_that_refuses_head_is_uploaded_instead(harvester: HarvesterDouble,
     for b in (qcow2_build(tmp_path, "20261205.010000-aaaa"),):
         publish(b, store, signer, signer.public_key())
     api = api_for(harvester, tmp_path)
-    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert r.source == "upload"
     obj = harvester.get_object("virtualmachineimages", "default", r.name)
     assert obj is not None and obj["spec"]["sourceType"] == "upload" and "url" not in obj["spec"]
@@ -996,7 +999,8 @@ def test_download_on_request_fails_before_creating_anything(harvester: Harvester
     publish(qcow2_build(tmp_path, "20261205.020000-bbbb"), store, signer, signer.public_key())
     api = api_for(harvester, tmp_path)
     with pytest.raises(UserError) as e:
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()),
+                                       mode="download")
     assert "HEAD answered 403" in e.value.message and "--upload" in (e.value.hint or "")
     assert "5ec7e75ec7e7" not in e.value.message + (e.value.hint or "")
     assert creates(harvester, "virtualmachineimages") == 0
@@ -1012,16 +1016,18 @@ def test_a_presigned_url_fails_harvesters_head_on_a_real_s3_server(
     store = s3_store(rgw_server, signer, qcow2_build(tmp_path, "20261206.010000-aaaa"), anonymous_blobs=False)
     api = api_for(harvester, tmp_path)
     with pytest.raises(UserError) as e:
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()),
+                                       mode="download")
     assert "HEAD answered 403" in e.value.message and "anonymous_blobs" in (e.value.hint or "")
     assert "X-Amz-Signature" not in e.value.message and creates(harvester, "virtualmachineimages") == 0
     monkeypatch.setattr("imagefactory.harvester.images.download_problem", lambda *a, **k: None)
     with pytest.raises(BuildError) as failed:
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()),
+                                       mode="download")
     assert "got 403 status code" in failed.value.message, failed.value.message
     assert "X-Amz-Signature" not in failed.value.message + (failed.value.hint or "")
     monkeypatch.undo()
-    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert r.source == "upload" and not r.reused
 
 
@@ -1033,8 +1039,9 @@ def test_a_size_longhorn_cannot_write_is_not_downloaded(harvester: HarvesterDoub
     store = s3_store(rgw_server, signer, build)
     api = api_for(harvester, tmp_path)
     with pytest.raises(UserError, match="not a multiple of 512"):
-        uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key(), mode="download")
-    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+        uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()),
+                                       mode="download")
+    r = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     assert r.source == "upload" and r.size is not None and r.size % 512 == 0
 
 
@@ -1072,7 +1079,7 @@ def test_vm_firmware_follows_the_image(
     UEFI; the double refuses Secure Boot without SMM as KubeVirt's webhook does."""
     api = api_for(harvester, tmp_path)
     store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.080000-efef", disk=disk))
-    image = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    image = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     HarvesterCluster(api, spec(agents={"count": 0}), poll=0.05, ip_timeout=30).create(image)
     vm = harvester.get_object("virtualmachines", "default", "edge-server-0")
     domain = vm["spec"]["template"]["spec"]["domain"]
@@ -1086,7 +1093,7 @@ def test_firmware_the_image_cannot_boot_is_refused_before_anything_is_created(
     api = api_for(harvester, tmp_path)
     store = local_store(tmp_path, signer, qcow2_build(tmp_path, "20261130.080000-abab",
                                                       disk={"firmware": "uefi", "secure_boot": True}))
-    image = uploader(api, tmp_path).upload(store, "rke2-node-debian", signer.public_key())
+    image = uploader(api, tmp_path).upload(store, "rke2-node-debian", anchor(signer.public_key()))
     with pytest.raises(UserError, match="boots on UEFI only"):
         HarvesterCluster(api, spec(firmware="bios"), poll=0.05, ip_timeout=30).create(image)
     assert harvester.get_object("virtualmachines", "default", "edge-server-0") is None

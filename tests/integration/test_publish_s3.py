@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -30,11 +31,20 @@ from imagefactory.catalogue.manifest import manifest_key, parse_duration
 from imagefactory.catalogue.publish import publish
 from imagefactory.catalogue.s3 import Credentials, S3Store
 from imagefactory.catalogue.stores import PreconditionFailed
+from imagefactory.catalogue.trust import stored_key
 from imagefactory.config import S3StoreConfig
 from imagefactory.errors import BuildError, UserError
 from imagefactory.fsutil import file_identity
 from tests.integration.conftest import S3Server
-from tests.publishing import FaultProxy, MotoServer, fake_build, iam_credentials, self_signed_cert
+from tests.publishing import (
+    FaultProxy,
+    MotoServer,
+    anchor,
+    fake_build,
+    iam_credentials,
+    self_signed_cert,
+    trusted_sha256,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +132,10 @@ def test_publish_pull_verify_channels_and_presigned_url(tmp_path: Path, s3: S3Se
     assert r.uploaded_bytes == r.blob_bytes and not r.unchanged
     keys = {o.key for o in s.list("")}
     m = json.loads(s.get_bytes(manifest_key(NAME, r.ref.split(":")[1]))[0])
-    assert {f"blobs/sha256/{f['sha256']}" for f in m["files"]} | {"index.json", "index.html",
-                                                                   manifest_key(NAME, m["version"])} == keys
+    tuf = {k for k in keys if k.startswith("tuf/") or re.search(r"/[0-9a-f]{64}\.[a-z]+\.json$", k)}
+    assert {"tuf/1.root.json", "tuf/timestamp.json"} <= tuf  # the catalogue's TUF metadata and targets
+    plain = {"index.json", "index.html", manifest_key(NAME, m["version"])}
+    assert {f"blobs/sha256/{f['sha256']}" for f in m["files"]} | plain == keys - tuf
     signing.verify(m, pub, "s3 manifest")
     info = s.stat(m["image"]["key"])
     assert info is not None and info.sha256 == m["image"]["sha256"] and info.etag.endswith("-3")
@@ -131,12 +143,12 @@ def test_publish_pull_verify_channels_and_presigned_url(tmp_path: Path, s3: S3Se
     assert html.content_type.startswith("text/html")
     again = publish(d, s, key)  # re-publishing an unchanged image
     assert again.unchanged and again.uploaded_bytes == 0
-    img, path = pull(s, NAME, tmp_path / "dl.qcow2", pub)
+    img, path = pull(s, NAME, tmp_path / "dl.qcow2", anchor(pub))
     assert path.read_bytes() == (d / "image.qcow2").read_bytes()
-    assert verify_image(s, NAME, pub)["files"][0] == "image.qcow2"
+    assert verify_image(s, NAME, anchor(pub))["files"][0] == "image.qcow2"
     cat = Catalogue(s)
     cat.promote(img.ref, "stable", key, pub)
-    _, url = presigned_url(s, f"{NAME}@stable", pub, parse_duration("24h"))
+    _, url = presigned_url(s, f"{NAME}@stable", anchor(pub), parse_duration("24h"))
     assert url.startswith(f"{s3.endpoint}/{bucket}/blobs/sha256/") and "X-Amz-Expires=86400" in url
     with urllib.request.urlopen(url, timeout=30) as resp:
         assert hashlib.sha256(resp.read()).hexdigest() == m["image"]["sha256"]
@@ -145,9 +157,9 @@ def test_publish_pull_verify_channels_and_presigned_url(tmp_path: Path, s3: S3Se
         assert resp.status == 206 and resp.read() == (d / "image.qcow2").read_bytes()[10:20]
     cat.revoke(img.ref, "superseded", key, pub)
     with pytest.raises(RevokedImage):
-        presigned_url(s, img.ref, pub, parse_duration("1h"))
+        presigned_url(s, img.ref, anchor(pub), parse_duration("1h"))
     with pytest.raises(RevokedImage):
-        pull(s, img.ref, tmp_path / "again.qcow2", pub)
+        pull(s, img.ref, tmp_path / "again.qcow2", anchor(pub))
 
 
 def test_pull_resumes_with_range(tmp_path: Path, s3: S3Server, bucket: str,
@@ -162,7 +174,7 @@ def test_pull_resumes_with_range(tmp_path: Path, s3: S3Server, bucket: str,
         Path(f"{out}.part").write_bytes((d / "image.qcow2").read_bytes()[:6 * MiB])
         Path(f"{out}.part.sha256").write_text(img["image"]["sha256"])
         got: list[int] = []
-        pull(s, NAME, out, key.public_key(), lambda label, total: got.append)
+        pull(s, NAME, out, anchor(key.public_key()), lambda label, total: got.append)
         assert out.read_bytes() == (d / "image.qcow2").read_bytes()
         assert sum(got) == 8 * MiB  # 6 MiB counted as already there, 2 MiB fetched
     finally:
@@ -184,7 +196,7 @@ def test_a_connection_reset_mid_part_is_retried(tmp_path: Path, s3: S3Server, bu
         assert r.uploaded_bytes == r.blob_bytes
         assert proxy.bytes_up < r.blob_bytes + 2 * 5 * MiB + 2 * MiB
         assert verify_image(store(s3.endpoint, bucket, s3.creds), NAME,
-                            key.public_key())["signature"] == "valid"
+                            anchor(key.public_key()))["signature"] == "valid"
     finally:
         proxy.close()
 
@@ -221,7 +233,7 @@ def test_server_down_fails_cleanly_then_the_next_publish_resumes(tmp_path: Path,
         image_sent = next(u["sent"] for u in r.uploads if u["path"] == "image.qcow2")
         assert image_sent <= size - len(parts) * 5 * MiB  # the parts already there were not sent again
         assert proxy.bytes_up - before < size
-        assert verify_image(direct, NAME, key.public_key())["content_checked"] is True
+        assert verify_image(direct, NAME, anchor(key.public_key()))["content_checked"] is True
     finally:
         proxy.close()
 
@@ -359,20 +371,24 @@ def test_tampered_blob_and_manifest_are_refused(tmp_path: Path, s3: S3Server, bu
     blob = (d / "image.qcow2").read_bytes()
     s.client._put_object(bucket, m["image"]["key"], b"\x00" + blob[1:])  # same size, one byte differs
     with pytest.raises(BuildError, match="does not match its signed manifest"):
-        pull(s, NAME, tmp_path / "x.qcow2", pub)
+        pull(s, NAME, tmp_path / "x.qcow2", anchor(pub))
     assert not list(tmp_path.glob("x.qcow2*"))
     with pytest.raises(BuildError, match="fail verification"):
-        verify_image(s, NAME, pub)
+        verify_image(s, NAME, anchor(pub))
     s.client._put_object(bucket, m["image"]["key"], blob)
-    verify_image(s, NAME, pub)
+    verify_image(s, NAME, anchor(pub))
+    # consumers read the manifest copy the signed TUF targets name (the plain key is for people)
     s.put_bytes(r.manifest_key, json.dumps({**m, "channels": ["candidate", "stable"]}).encode())
-    with pytest.raises(signing.SignatureError, match="does not verify"):
-        pull(s, NAME, tmp_path / "y.qcow2", pub)
-    with pytest.raises(signing.SignatureError, match="does not verify"):
-        presigned_url(s, NAME, pub, parse_duration("1h"))
-    s.put_bytes(r.manifest_key, json.dumps({k: v for k, v in m.items() if k != "signature"}).encode())
-    with pytest.raises(signing.SignatureError, match="not signed"):
-        verify_image(s, NAME, pub)
+    verify_image(s, NAME, anchor(pub))
+    staged = stored_key(r.manifest_key, trusted_sha256(s, r.manifest_key))
+    s.put_bytes(staged, json.dumps({**m, "channels": ["candidate", "stable"]}).encode())
+    with pytest.raises(signing.SignatureError, match=r"is not the .* the TUF targets list"):
+        pull(s, NAME, tmp_path / "y.qcow2", anchor(pub))
+    with pytest.raises(signing.SignatureError, match=r"is not the .* the TUF targets list"):
+        presigned_url(s, NAME, anchor(pub), parse_duration("1h"))
+    s.put_bytes(staged, json.dumps({k: v for k, v in m.items() if k != "signature"}).encode())
+    with pytest.raises(signing.SignatureError, match=r"is not the .* the TUF targets list"):
+        verify_image(s, NAME, anchor(pub))
 
 
 def test_concurrent_publishers_keep_one_consistent_index(tmp_path: Path, s3: S3Server, bucket: str,

@@ -29,8 +29,9 @@ from imagefactory.catalogue.catalogue import (
 from imagefactory.catalogue.manifest import manifest_key
 from imagefactory.catalogue.publish import publish
 from imagefactory.catalogue.stores import LocalDirStore
+from imagefactory.catalogue.trust import Anchor, Keys, stored_key
 from imagefactory.errors import BuildError, UserError
-from tests.publishing import fake_build
+from tests.publishing import anchor, fake_build, trusted_sha256
 
 NAME = "debian-12-base"
 V1, V2, V3, V4 = (f"20261129.00000{i}-aaaa" for i in range(1, 5))
@@ -104,14 +105,14 @@ def test_channels_revoke_and_consumers(tmp_path: Path, store: LocalDirStore, key
     with pytest.raises(UserError, match="channel 'stable' has no usable version"):
         cat.resolve(f"{NAME}@stable")
     cat.promote(f"{NAME}:{V2}", "stable", key, pub)
-    assert verify_for_consumer(store, f"{NAME}@stable", pub).manifest.version == V2
+    assert verify_for_consumer(store, f"{NAME}@stable", anchor(pub)).manifest.version == V2
     m = cat.revoke(f"{NAME}:{V3}", "CVE-2026-0001 <script>alert(1)</script>", key, pub)
     assert m.revoked is not None and m.revoked.reason.startswith("CVE-2026-0001")
     signing.verify(json.loads((store.root / manifest_key(NAME, V3)).read_text()), pub, "re-signed")
     assert cat.resolve(NAME)[1] == V2  # newest usable
-    for attempt in (lambda: verify_for_consumer(store, f"{NAME}:{V3}", pub),
-                    lambda: pull(store, f"{NAME}:{V3}", tmp_path, pub),
-                    lambda: verify_image(store, f"{NAME}:{V3}", pub)):
+    for attempt in (lambda: verify_for_consumer(store, f"{NAME}:{V3}", anchor(pub)),
+                    lambda: pull(store, f"{NAME}:{V3}", tmp_path, anchor(pub)),
+                    lambda: verify_image(store, f"{NAME}:{V3}", anchor(pub))):
         with pytest.raises(RevokedImage, match="is revoked: CVE-2026-0001"):
             attempt()
     with pytest.raises(RevokedImage, match="cannot be promoted"):
@@ -132,7 +133,7 @@ def test_prune_keeps_newest_and_channel_heads_and_collects_blobs(tmp_path: Path,
     pub = key.public_key()
     for i, v in enumerate((V1, V2, V3, V4), 1):
         _publish(tmp_path, store, key, v, i)
-    cat = Catalogue(store)
+    cat = Catalogue(store, Keys.single(key))
     cat.promote(f"{NAME}:{V1}", "stable", key, pub)
     cat.revoke(f"{NAME}:{V4}", "bad", key, pub)
     dry = cat.prune(1, dry_run=True)
@@ -156,7 +157,7 @@ def test_pull_resumes_and_detects_tampering(tmp_path: Path, store: LocalDirStore
                                             key: Ed25519PrivateKey) -> None:
     pub = key.public_key()
     _publish(tmp_path, store, key, V1, 1)
-    img = verify_for_consumer(store, NAME, pub)
+    img = verify_for_consumer(store, NAME, anchor(pub))
     blob = store.root / img.manifest.image.key
     data = blob.read_bytes()
     out = tmp_path / "dl" / "x.qcow2"
@@ -165,27 +166,27 @@ def test_pull_resumes_and_detects_tampering(tmp_path: Path, store: LocalDirStore
     Path(f"{out}.part").write_bytes(data[:1000])
     Path(f"{out}.part.sha256").write_text(img.manifest.image.sha256)
     seen: list[int] = []
-    pull(store, NAME, out, pub, lambda label, total: seen.append)
+    pull(store, NAME, out, anchor(pub), lambda label, total: seen.append)
     assert out.read_bytes() == data and sum(seen) == len(data)
     assert not Path(f"{out}.part").exists() and not Path(f"{out}.part.sha256").exists()
     # A partial of some other image is thrown away.
     out2 = tmp_path / "dl" / "y.qcow2"
     Path(f"{out2}.part").write_bytes(b"X" * 5000)
-    pull(store, NAME, out2, pub)
+    pull(store, NAME, out2, anchor(pub))
     assert out2.read_bytes() == data
     with pytest.raises(UserError, match="already exists"):
-        pull(store, NAME, out2, pub)
+        pull(store, NAME, out2, anchor(pub))
     # The blob changed in the store (same size): pull and full verify refuse, --quick cannot tell.
     blob.write_bytes(b"\0" * 10 + data[10:])
     with pytest.raises(BuildError, match="does not match its signed manifest"):
-        pull(store, NAME, tmp_path / "dl" / "z.qcow2", pub)
+        pull(store, NAME, tmp_path / "dl" / "z.qcow2", anchor(pub))
     assert not list((tmp_path / "dl").glob("z.qcow2*"))
     with pytest.raises(BuildError, match=r"image.qcow2: blobs/sha256/\w+ has sha256"):
-        verify_image(store, NAME, pub)
-    assert verify_image(store, NAME, pub, full=False)["content_checked"] is False
+        verify_image(store, NAME, anchor(pub))
+    assert verify_image(store, NAME, anchor(pub), full=False)["content_checked"] is False
     blob.unlink()
     with pytest.raises(BuildError, match=r"image blob .* is missing"):
-        verify_for_consumer(store, NAME, pub)
+        verify_for_consumer(store, NAME, anchor(pub))
 
 
 def test_tampered_unsigned_and_foreign_manifests_are_refused(tmp_path: Path, store: LocalDirStore,
@@ -194,23 +195,34 @@ def test_tampered_unsigned_and_foreign_manifests_are_refused(tmp_path: Path, sto
     _publish(tmp_path, store, key, V1, 1)
     path = store.root / manifest_key(NAME, V1)
     good = json.loads(path.read_text())
+    # The plain manifest changed (a channel added without the key): consumers read the copy the
+    # signed TUF targets name, so the change has no effect, and promote does not build on it.
     path.write_text(json.dumps({**good, "channels": ["candidate", "stable"]}))
-    with pytest.raises(signing.SignatureError, match="signature does not verify"):
-        verify_for_consumer(store, f"{NAME}:{V1}", pub)
-    with pytest.raises(signing.SignatureError):  # promote never re-signs a tampered manifest
-        Catalogue(store).promote(f"{NAME}:{V1}", "stable", key, pub)
-    path.write_text(json.dumps({k: v for k, v in good.items() if k != "signature"}))
-    with pytest.raises(signing.SignatureError, match="not signed"):
-        pull(store, f"{NAME}:{V1}", tmp_path, pub)
-    path.write_text(json.dumps(good))
-    with pytest.raises(signing.SignatureError, match="signed by key"):
-        verify_for_consumer(store, f"{NAME}:{V1}", Ed25519PrivateKey.generate().public_key())
-    # A correctly signed manifest copied to another version's place is refused too.
+    with pytest.raises(UserError, match="channel 'stable' has no usable version"):
+        verify_for_consumer(store, f"{NAME}@stable", anchor(pub))
+    assert verify_for_consumer(store, f"{NAME}:{V1}", anchor(pub)).manifest.channels == ("candidate",)
+    # The copy the targets name changed: refused by its hash, whatever its signature says.
+    staged = store.root / stored_key(manifest_key(NAME, V1), trusted_sha256(store, manifest_key(NAME, V1)))
+    staged.write_text(json.dumps({**good, "channels": ["candidate", "stable"]}))
+    with pytest.raises(signing.SignatureError, match=r"is not the .* the TUF targets list"):
+        verify_for_consumer(store, f"{NAME}:{V1}", anchor(pub))
+    with pytest.raises(signing.SignatureError, match=r"is not the .* the TUF targets list"):
+        Catalogue(store).promote(f"{NAME}:{V1}", "stable", key, pub)  # never re-signs it either
+    staged.write_text(json.dumps({k: v for k, v in good.items() if k != "signature"}))
+    with pytest.raises(signing.SignatureError, match=r"is not the .* the TUF targets list"):
+        pull(store, f"{NAME}:{V1}", tmp_path, anchor(pub))
+    staged.write_text(json.dumps(good, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    assert verify_for_consumer(store, f"{NAME}:{V1}", anchor(pub)).manifest.version == V1
+    # Another key: the store's first TUF root is not made for it.
+    other = Anchor.single(Ed25519PrivateKey.generate().public_key(), tmp_path / "other-trust")
+    with pytest.raises(signing.SignatureError, match="first TUF root is not signed for the configured"):
+        verify_for_consumer(store, f"{NAME}:{V1}", other)
+    # A correctly signed manifest copied to another version's place is not in the targets.
     fake = store.root / manifest_key(NAME, V2)
     fake.parent.mkdir(parents=True)
     fake.write_text(json.dumps(good))
-    with pytest.raises(signing.SignatureError, match=r"is for .* not"):
-        verify_for_consumer(store, f"{NAME}:{V2}", pub)
+    with pytest.raises(UserError, match="not in its signed TUF targets"):
+        verify_for_consumer(store, f"{NAME}:{V2}", anchor(pub))
 
 
 def test_concurrent_publishers_keep_the_index_consistent(tmp_path: Path, key: Ed25519PrivateKey) -> None:
@@ -262,7 +274,7 @@ def test_a_blob_removed_before_commit_is_uploaded_again(tmp_path: Path, store: L
     raw = json.loads((store.root / manifest_key(NAME, V1)).read_text())
     with pytest.raises(MissingBlobs):
         (store.root / "blobs/sha256" / raw["image"]["sha256"]).unlink()
-        Catalogue(store).commit({**raw, "version": V2})
+        Catalogue(store, Keys.single(key)).commit({**raw, "version": V2})
 
 
 def test_local_blob_upload_resumes_and_verifies(tmp_path: Path) -> None:
