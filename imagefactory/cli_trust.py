@@ -42,7 +42,7 @@ def cmd_trust_init(app: App) -> int:
     keys = _keys(app)
     with store.lock("making the TUF metadata"):
         cur = initialize(store, keys)
-    n = sum(1 for p in cur.targets.signed.targets if p.endswith("/manifest.json"))
+    n = sum(1 for md in cur.roles.values() for p in md.signed.targets if p.endswith("/manifest.json"))
     app.emit({"store": store.name, "root_version": 1, "manifests": n},
              lambda: app.out.print(f"store {store.name}: TUF root v1 made; {n} published manifest(s) "
                                    "(signatures verified) are its first targets"))

@@ -45,8 +45,9 @@ def trusted_sha256(store: Any, path: str) -> str:
     from imagefactory.catalogue import trust
 
     cur = trust._current(store)
-    assert cur is not None
-    return str(cur.targets.signed.targets[path].hashes["sha256"])
+    role = cur.role_of(path) if cur else None
+    assert role is not None
+    return str(role.targets[path].hashes["sha256"])
 
 
 def write_random(path: Path, size: int, seed: int = 0) -> tuple[str, str]:

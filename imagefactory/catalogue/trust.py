@@ -44,6 +44,7 @@ timestamp and snapshot do not name (mix-and-match).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -57,7 +58,17 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import Updater
@@ -75,11 +86,19 @@ PREFIX = "tuf/"
 EXPIRY = {"root": dt.timedelta(days=365), "targets": dt.timedelta(days=365),
           "snapshot": dt.timedelta(days=30), "timestamp": dt.timedelta(days=7)}
 MANIFEST_PATH = re.compile(r"^images/([a-z0-9][a-z0-9._-]*)/([^/]+)/manifest\.json$")
+TARGET_NAME = re.compile(r"^images/([a-z0-9][a-z0-9._-]*)/")  # every target belongs to one image name
 _SERIALIZER = JSONSerializer(compact=False)
 
 
 class TrustError(signing.SignatureError):
     """The catalogue's TUF metadata was refused (rollback, freeze, bad signature, wrong root)."""
+
+
+def role_name(name: str) -> str:
+    """The delegated targets role of one image name: a channel move or a revocation re-signs only
+    that role (plus snapshot and timestamp), so what a consumer fetches does not grow with the
+    catalogue."""
+    return f"image-{name}"
 
 
 def channels_key(name: str) -> str:
@@ -160,6 +179,13 @@ class _Current:
     targets: Metadata[Targets]
     snapshot: Metadata[Snapshot]
     timestamp: Metadata[Timestamp]
+    roles: dict[str, Metadata[Targets]]  # the delegated per-name roles, by role name
+    changed: set[str] = dataclasses.field(default_factory=set)  # roles to sign again
+
+    def role_of(self, path: str) -> Targets | None:
+        name = _name_of(path)
+        md = self.roles.get(role_name(name)) if name else None
+        return md.signed if md else None
 
 
 def _load(store: BlobStore, key: str) -> Metadata[Any] | None:
@@ -215,7 +241,18 @@ def _current(store: BlobStore) -> _Current | None:
     if targets is None:
         raise TrustError(f"{where}: {PREFIX}{tv}.targets.json (named by the snapshot) is missing")
     _verify(root, "targets", targets, f"{where}: {tv}.targets.json")
-    return _Current(root, targets, snap, ts)
+    roles: dict[str, Metadata[Targets]] = {}
+    for name in (targets.signed.delegations.roles if targets.signed.delegations else {}):
+        meta = snap.signed.meta.get(f"{name}.json")
+        md = _load(store, f"{PREFIX}{meta.version}.{name}.json") if meta else None
+        if md is None:
+            raise TrustError(f"{where}: the TUF role {name} (delegated by targets) is missing")
+        try:
+            targets.signed.verify_delegate(name, md.signed_bytes, md.signatures)
+        except tuf_errors.UnsignedMetadataError as e:
+            raise TrustError(f"{where}: {meta.version}.{name}.json is not signed by its key ({e})") from None
+        roles[name] = md
+    return _Current(root, targets, snap, ts, roles)
 
 
 def _put(store: BlobStore, key: str, md: Metadata[Any], create: bool = False) -> None:
@@ -264,9 +301,10 @@ def initialize(store: BlobStore, keys: Keys) -> _Current:
     root = make_root(keys)
     _put(store, f"{PREFIX}1.root.json", root, create=True)
     adopted = _adoptable(store, keys.online.public_key())
-    empty = _Current(root, Metadata(Targets()), Metadata(Snapshot()), Metadata(Timestamp()))
+    empty = _Current(root, Metadata(Targets()), Metadata(Snapshot()), Metadata(Timestamp()), {})
     for md in (empty.targets, empty.snapshot, empty.timestamp):
         md.signed.version = 0  # the first signed version is 1
+    empty.changed.add(Targets.type)
     names = sorted({m.group(1) for k in adopted if (m := MANIFEST_PATH.match(k))})
     return _commit(store, keys, empty, adopted, set(), names)
 
@@ -302,21 +340,49 @@ def _check_online_key(store: BlobStore, root: Metadata[Root], keys: Keys) -> Non
                              "('imagefactory trust rotate') where the root keys are")
 
 
+def _name_of(path: str) -> str | None:
+    m = TARGET_NAME.match(path)
+    return m.group(1) if m else None
+
+
+def _role(cur: _Current, keys: Keys, name: str) -> Targets:
+    """The delegated role of image `name`, made (and delegated by targets) the first time."""
+    rname = role_name(name)
+    md = cur.roles.get(rname)
+    if md is None:
+        t = cur.targets.signed
+        if t.delegations is None:
+            t.delegations = Delegations(keys={}, roles={})
+        assert t.delegations.roles is not None
+        key = _key(keys.online.public_key())
+        t.delegations.keys[key.keyid] = key
+        t.delegations.roles[rname] = DelegatedRole(rname, [key.keyid], 1, True,
+                                                   [f"images/{name}/*", f"images/{name}/*/*"])
+        cur.changed.add(Targets.type)
+        md = Metadata(Targets())
+        md.signed.version = 0
+        cur.roles[rname] = md
+    cur.changed.add(rname)
+    return md.signed
+
+
 def _commit(store: BlobStore, keys: Keys, cur: _Current, manifests: dict[str, bytes], removed: set[str],
             names: list[str]) -> _Current:
-    t = cur.targets.signed
-    for path in removed:
-        t.targets.pop(path, None)
-    for path, data in manifests.items():
-        t.targets[path] = _stage(store, path, data)
     for name in names:
+        t = _role(cur, keys, name)
+        for path in removed:
+            if _name_of(path) == name:
+                t.targets.pop(path, None)
+        for path, data in manifests.items():
+            if _name_of(path) == name:
+                t.targets[path] = _stage(store, path, data)
         doc = _channels_doc(store, name, t, manifests)
         if doc is None:
             t.targets.pop(channels_key(name), None)
             continue
         t.targets[channels_key(name)] = _stage(store, channels_key(name),
                                                (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
-    return _sign_new(store, keys, cur, bump_targets=True)
+    return _sign_new(store, keys, cur)
 
 
 def _stage(store: BlobStore, path: str, data: bytes) -> TargetFile:
@@ -326,17 +392,22 @@ def _stage(store: BlobStore, path: str, data: bytes) -> TargetFile:
     return info
 
 
-def _sign_new(store: BlobStore, keys: Keys, cur: _Current, bump_targets: bool) -> _Current:
+def _sign_new(store: BlobStore, keys: Keys, cur: _Current) -> _Current:
+    """Sign the changed targets roles, then a snapshot naming every role's version, then the
+    timestamp naming the snapshot (the order a reader's view switches in)."""
     online = _signer(keys.online)
-    if bump_targets:
-        t = cur.targets.signed
-        t.version += 1
-        t.expires = _expires("targets")
-        cur.targets.signatures.clear()
-        cur.targets.sign(online)
-        _put(store, f"{PREFIX}{t.version}.targets.json", cur.targets)
+    for rname, md in [(Targets.type, cur.targets), *sorted(cur.roles.items())]:
+        if rname not in cur.changed:
+            continue
+        md.signed.version += 1
+        md.signed.expires = _expires("targets")
+        md.signatures.clear()
+        md.sign(online)
+        _put(store, f"{PREFIX}{md.signed.version}.{rname}.json", md)
+    cur.changed.clear()
     s = cur.snapshot.signed
-    s.meta["targets.json"] = MetaFile(version=cur.targets.signed.version)
+    s.meta = {"targets.json": MetaFile(version=cur.targets.signed.version),
+              **{f"{r}.json": MetaFile(version=md.signed.version) for r, md in sorted(cur.roles.items())}}
     s.version += 1
     s.expires = _expires("snapshot")
     cur.snapshot.signatures.clear()
@@ -394,13 +465,15 @@ def initialized(store: BlobStore) -> bool:
 def lists(store: BlobStore, path: str) -> bool:
     """Whether the current (verified) targets list `path`."""
     cur = _current(store)
-    return cur is not None and path in cur.targets.signed.targets
+    role = cur.role_of(path) if cur else None
+    return role is not None and path in role.targets
 
 
 def current_manifest(store: BlobStore, key: str) -> dict[str, Any] | None:
     """The manifest at `key` as the current targets list it (None: not listed, or no TUF yet)."""
     cur = _current(store)
-    info = cur.targets.signed.targets.get(key) if cur else None
+    role = cur.role_of(key) if cur else None
+    info = role.targets.get(key) if role else None
     if info is None:
         return None
     doc: dict[str, Any] = json.loads(_read_target(store, key, info))
@@ -415,7 +488,7 @@ def refresh_timestamp(store: BlobStore, keys: Keys) -> int:
         if cur is None:
             raise UserError(f"{store.describe()} has no TUF metadata yet",
                             hint="'imagefactory trust init' (or the first publish) makes it")
-        return _sign_new(store, keys, cur, bump_targets=False).timestamp.signed.version
+        return _sign_new(store, keys, cur).timestamp.signed.version
 
 
 def rotate_root(store: BlobStore, old: Keys, new: Keys) -> int:
@@ -431,7 +504,15 @@ def rotate_root(store: BlobStore, old: Keys, new: Keys) -> int:
         _put(store, f"{PREFIX}{md.signed.version}.root.json", md, create=True)
         # targets, snapshot and timestamp signed again by the (possibly new) online key
         cur.root = md
-        _sign_new(store, new, cur, bump_targets=True)
+        # the per-name roles are delegated to the (possibly new) online key as well
+        d = cur.targets.signed.delegations
+        if d is not None and d.roles:
+            key = _key(new.online.public_key())
+            d.keys = {key.keyid: key}
+            for role in d.roles.values():
+                role.keyids = [key.keyid]
+        cur.changed.update([Targets.type, *cur.roles])
+        _sign_new(store, new, cur)
         return md.signed.version
 
 
@@ -445,7 +526,8 @@ def status(store: BlobStore) -> dict[str, Any]:
                 "bytes": len(md.to_bytes(_SERIALIZER))}
 
     return {"store": store.name, "initialized": True, "root": role(cur.root),
-            "targets": {**role(cur.targets), "count": len(cur.targets.signed.targets)},
+            "targets": {**role(cur.targets), "roles": len(cur.roles),
+                        "count": sum(len(md.signed.targets) for md in cur.roles.values())},
             "snapshot": role(cur.snapshot), "timestamp": role(cur.timestamp),
             "root_threshold": cur.root.signed.roles[Root.type].threshold}
 
@@ -565,7 +647,8 @@ def _explain(e: Exception) -> str:
     if isinstance(e, tuf_errors.ExpiredMetadataError):
         return f"{text} (expired: the catalogue was not refreshed, or a stale copy is being served)"
     if isinstance(e, tuf_errors.BadVersionNumberError):
-        return f"{text} (a rollback to older metadata)"
+        return (f"{text} (a rollback: older metadata than this consumer trusted before, or than the "
+                "snapshot names)")
     return text
 
 

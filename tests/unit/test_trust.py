@@ -110,13 +110,16 @@ def test_frozen_metadata_expires_and_a_refresh_thaws_it(tmp_path: Path, store: L
 
 
 def test_mixed_versions_are_refused(tmp_path: Path, store: LocalDirStore, key: Ed25519PrivateKey) -> None:
-    """A validly signed older targets file served under the current version's name."""
+    """A validly signed older version of the image's targets role served under the current
+    version's name (the snapshot names the version: mix-and-match)."""
     consumer = Anchor.single(key.public_key(), tmp_path / "trust")
+    role = trust.role_name(NAME)
     cur = trust._current(store)
-    assert cur is not None
-    v = cur.targets.signed.version
-    shutil.copy(store.root / f"tuf/{v - 1}.targets.json", store.root / f"tuf/{v}.targets.json")
-    with pytest.raises(TrustError, match="targets"):
+    assert cur is not None and set(cur.roles) == {role}
+    v = cur.roles[role].signed.version
+    assert v >= 2
+    shutil.copy(store.root / f"tuf/{v - 1}.{role}.json", store.root / f"tuf/{v}.{role}.json")
+    with pytest.raises(TrustError, match=f"Expected {role} v{v}, got v{v - 1}"):
         verify_for_consumer(store, NAME, consumer)
 
 
