@@ -23,7 +23,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imagefactory.buildkey import build_key_of
-from imagefactory.catalogue import signing
+from imagefactory.catalogue import signing, trust
 from imagefactory.catalogue.publish import publish
 from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.recipes.load import RecipeBook
@@ -60,7 +60,8 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
         config.write_text(yaml.safe_dump({
             "upstream": upstream_bases(mirror.url),
             "stores": {"cat": {"type": "local", "path": str(tmp_path / "catalogue")}}, "default_store": "cat",
-            "signing": {"public_key": str(public)}}))
+            # the key file the plan job's store-credentials.sh installs from NIGHTLY_SIGNING_KEY
+            "signing": {"public_key": str(public), "private_key": str(tmp_path / "run/signing.key")}}))
         git = ["git", "-C", str(ws), "-c", "user.name=ci", "-c", "user.email=ci@example.invalid"]
         subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
         for k, v in (("user.name", "ci"), ("user.email", "ci@example.invalid")):
@@ -73,7 +74,7 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
         subprocess.run([*git, "commit", "-q", "-m", "site"], check=True)
         key = signing.load_private_key(str(private))
         assert isinstance(key, Ed25519PrivateKey)
-        yield {"ws": ws, "config": config, "tmp": tmp_path, "key": key, "mirror": mirror}
+        yield {"ws": ws, "config": config, "tmp": tmp_path, "key": key, "mirror": mirror, "private": private}
 
 
 def gcl(site: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
@@ -102,11 +103,16 @@ def test_plan_job_then_the_child_pipeline_it_wrote(site: dict[str, Any]) -> None
     ws = site["ws"]
     # What an earlier nightly left: RECIPE published without a build key, so the plan rebuilds it.
     publish_with_key(site, None, "20261130.000000-0000")
+    store = LocalDirStore("cat", site["tmp"] / "catalogue")
+    before = trust.status(store)["timestamp"]["version"]
     r = gcl(site, "--file", "ci/nightly/gitlab-ci.yml", "--variable", "CI_PIPELINE_SOURCE=schedule",
             "--ignore-predefined-vars", "CI_PIPELINE_SOURCE", "--variable", f"NIGHTLY_RECIPES={RECIPE}",
-            "plan")
+            "--variable", f"NIGHTLY_SIGNING_KEY={site['private']}",
+            "--variable", f"IMAGEFACTORY_SIGNING_KEY_FILE={site['tmp'] / 'run/signing.key'}", "plan")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "PASS  plan" in r.stdout
+    # the plan job signed the catalogue's nightly TUF timestamp (nothing else changed)
+    assert trust.status(store)["timestamp"]["version"] == before + 1
     doc = yaml.safe_load((ws / "child.yml").read_text())
     assert list(doc) == ["include", "stages", f"build:{RECIPE}"], doc
     job = doc[f"build:{RECIPE}"]
