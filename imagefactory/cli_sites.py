@@ -107,7 +107,14 @@ def _plan(app: App) -> Plan:
     from .delivery.sites import Sites, plan
 
     wanted, held = _indexes(app, app.args.images)
-    return plan(Sites(app.workdir).get(app.args.site), wanted, held)
+    return plan(Sites(app.workdir).get(app.args.site), wanted, held, _trust_bytes(app, wanted))
+
+
+def _trust_bytes(app: App, wanted: list[ChunkedImage]) -> int:
+    from .catalogue.trust import site_metadata
+    from .cli_images import _store
+
+    return sum(len(v) for v in site_metadata(_store(app), [(i.name, i.version) for i in wanted]).values())
 
 
 def cmd_site_add(app: App) -> int:
@@ -172,7 +179,8 @@ def cmd_site_plan(app: App) -> int:
             t.add_row(i.ref, _human(i.bytes), str(i.new_chunks), _human(i.stored_bytes), _human(i.disk_bytes))
         _wide(app).print(t)
         app.out.print(f"site {p.site} (holds {', '.join(p.base) or 'nothing'}): {_human(p.bytes)} "
-                      f"({p.bytes} bytes) in {len(p.missing)} chunks plus indexes")
+                      f"({p.bytes} bytes) in {len(p.missing)} chunks plus indexes and "
+                      f"{_human(p.trust_bytes)} of the catalogue's TUF metadata")
 
     app.emit(data, human)
     if budget is not None and p.bytes > budget:
@@ -207,7 +215,7 @@ def cmd_site_sync(app: App) -> int:
     target = _store_of(app, site.store)
     read_acknowledgement(sites, site, target)  # the factory's view: what the site acknowledged
     wanted, held = _indexes(app, app.args.images)
-    p = plan(sites.get(site.name), wanted, held)
+    p = plan(sites.get(site.name), wanted, held, _trust_bytes(app, wanted))
     rate = parse_rate(app.args.rate) if app.args.rate else None
     with _transfers(app) as progress:
         advance = progress(f"sync to {site.name}", sum(c.csize for c in p.missing.values())) \
@@ -251,12 +259,20 @@ def cmd_site_ack(app: App) -> int:
 
 def cmd_site_init(app: App) -> int:
 
-    key = Path(app.args.public_key)
-    try:
-        pem = key.read_bytes()
-    except OSError as e:
-        raise UserError(f"{key}: cannot read the factory's public key: {e.strerror}") from None
-    rec = _site_store(app).init(check_site_name(app.args.site), pem)
+    from datetime import timedelta
+
+    from .catalogue.manifest import parse_duration
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read {what}: {e.strerror}") from None
+
+    pem = read(app.args.public_key, "the factory's public key")
+    roots = [read(k, "a root public key") for k in app.args.root_key or []]
+    grace = parse_duration(app.args.max_expired, maximum=None) if app.args.max_expired else timedelta(0)
+    rec = _site_store(app).init(check_site_name(app.args.site), pem, roots, app.args.root_threshold, grace)
     where = app.args.dir or app.args.site_store
     app.emit({"site": rec["name"], "store": where},
              lambda: app.out.print(f"{where} is now the store of site {rec['name']}"))
@@ -331,6 +347,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("site", metavar="NAME")
     site_side(p)
     p.add_argument("--public-key", required=True, metavar="FILE", help="the factory's signing public key")
+    p.add_argument("--root-key", action="append", metavar="FILE",
+                   help="a public key of the catalogue's first TUF root (repeat; default: --public-key)")
+    p.add_argument("--root-threshold", type=int, default=1, metavar="N", help="root keys that must sign")
+    p.add_argument("--max-expired", metavar="DURATION",
+                   help="accept the catalogue's TUF metadata up to this long past its expiry (e.g. 30d: "
+                        "a site that is offline for weeks; each use is logged). Default: not at all")
     p.set_defaults(func=cmd_site_init)
     p = ss.add_parser("import", help="verify and apply a bundle at its site (site side)")
     p.add_argument("bundle", metavar="FILE")

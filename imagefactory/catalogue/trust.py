@@ -153,12 +153,15 @@ class Keys:
 @dataclass(frozen=True)
 class Anchor:
     """A consumer's trust: the manifest key, the keys and threshold of the first root, and the
-    directory where it keeps the metadata it trusts (what makes a rollback visible)."""
+    directory where it keeps the metadata it trusts (what makes a rollback visible). `grace` is
+    how long past its expiry metadata is still accepted - zero at the factory; a disconnected
+    site's own, explicit policy (accepting it is logged as a warning every time)."""
 
     manifest_key: Ed25519PublicKey
     root_keys: tuple[Ed25519PublicKey, ...]
     threshold: int
     state: Path
+    grace: dt.timedelta = dt.timedelta(0)
 
     @classmethod
     def single(cls, public: Ed25519PublicKey, state: Path) -> Anchor:
@@ -450,8 +453,9 @@ def _read_target(store: BlobStore, path: str, info: TargetFile) -> bytes:
         data, _ = store.get_bytes(key)
         info.verify_length_and_hashes(data)
     except NotFound:
-        raise TrustError(f"{store.describe()}: {key} ({path} as the TUF targets list it) is missing",
-                         hint="the store is damaged: restore it, or publish the image again") from None
+        raise TrustError(f"{store.describe()}: {key} ({path} as the current TUF targets list it) is missing",
+                         hint="not delivered with the newest metadata this store has (an older delivery, "
+                              "replayed or made before a revocation) or deleted; nothing was used") from None
     except tuf_errors.LengthOrHashMismatchError:
         raise TrustError(f"{store.describe()}: {key} is not the {path} the TUF targets list (changed in "
                          "the store)", hint="do not use it; restore the file; nothing was signed") from None
@@ -478,6 +482,39 @@ def current_manifest(store: BlobStore, key: str) -> dict[str, Any] | None:
         return None
     doc: dict[str, Any] = json.loads(_read_target(store, key, info))
     return doc
+
+
+def site_metadata(store: BlobStore, refs: list[tuple[str, str]]) -> dict[str, bytes]:
+    """What a site needs to verify `refs` (name, version) through TUF on its own, offline: every
+    root version (a site walks the chain from the one it trusts), the current timestamp,
+    snapshot, top-level targets and the images' roles, and each image's manifest and channels
+    file as the targets name them. Keys are the store's, so the site's store mirrors them."""
+    cur = _current(store)
+    if cur is None:
+        raise UserError(f"{store.describe()} has no TUF metadata yet",
+                        hint="'imagefactory trust init' (or a publish) makes it")
+    out: dict[str, bytes] = {}
+    for v in range(1, cur.root.signed.version + 1):
+        out[f"{PREFIX}{v}.root.json"] = store.get_bytes(f"{PREFIX}{v}.root.json")[0]
+    out[f"{PREFIX}timestamp.json"] = cur.timestamp.to_bytes(_SERIALIZER)
+    out[f"{PREFIX}{cur.snapshot.signed.version}.snapshot.json"] = cur.snapshot.to_bytes(_SERIALIZER)
+    out[f"{PREFIX}{cur.targets.signed.version}.targets.json"] = cur.targets.to_bytes(_SERIALIZER)
+    for name, version in refs:
+        md = cur.roles.get(role_name(name))
+        if md is None:
+            raise UserError(f"{name}: not in the catalogue's TUF targets")
+        out[f"{PREFIX}{md.signed.version}.{role_name(name)}.json"] = md.to_bytes(_SERIALIZER)
+        for path in (manifest_key(name, version), channels_key(name)):
+            info = md.signed.targets.get(path)
+            if info is None:
+                raise UserError(f"{name}:{version}: {path} is not in the catalogue's TUF targets",
+                                hint="publish it again (a revoked or pruned version cannot be sent)")
+            out[stored_key(path, info.hashes["sha256"])] = _read_target(store, path, info)
+    return out
+
+
+SITE_METADATA = re.compile(r"^(tuf/[0-9]+\.[a-z0-9._-]+\.json|tuf/timestamp\.json"
+                           r"|images/[a-z0-9][a-z0-9._-]*/([^/]+/)?[0-9a-f]{64}\.(manifest|channels)\.json)$")
 
 
 def refresh_timestamp(store: BlobStore, keys: Keys) -> int:
@@ -571,10 +608,21 @@ class TrustedCatalogue:
         try:
             self.updater = Updater(str(d), _StoreFetcher.BASE + PREFIX, fetcher=_StoreFetcher(store),
                                    bootstrap=bootstrap)
+            if anchor.grace:
+                # ngclient checks expiry against the time its trusted set was made; a site's grace
+                # moves that reference back (python-tuf has no public setting for it)
+                self.updater._trusted_set.reference_time -= anchor.grace
             self.updater.refresh()
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError, DeserializationError, ValueError) as e:
             raise TrustError(f"{store.describe()}: the catalogue's TUF metadata was refused: "
                              f"{_explain(e)}", hint=_hint(e)) from None
+        if anchor.grace:
+            ts = self.updater._trusted_set.timestamp
+            late = dt.datetime.now(dt.UTC) - ts.expires
+            if late > dt.timedelta(0):
+                log.warning("%s: the catalogue's TUF timestamp (v%d) expired %s ago; accepted under this "
+                            "site's policy (metadata up to %s past expiry)", store.describe(), ts.version,
+                            str(late).split(".")[0], anchor.grace)
 
     def _first_root(self) -> bytes:
         try:

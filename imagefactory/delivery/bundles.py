@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..catalogue import signing
+from ..catalogue import signing, trust
 from ..catalogue.stores import BlobStore, LocalDirStore
 from ..errors import BuildError, UserError
 from . import chunks as ch
@@ -49,6 +49,10 @@ def export_bundle(p: Plan, store: BlobStore, private_key: Ed25519PrivateKey, out
     try:
         with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             _add(tar, "bundle.json", json.dumps(head, indent=1).encode())
+            # the catalogue's TUF metadata for these images: the site checks them current, unrevoked
+            refs = [(i.name, i.version) for i in p.indexes]
+            for key, data in sorted(trust.site_metadata(store, refs).items()):
+                _add(tar, key, data)
             for img in p.indexes:
                 _add(tar, img.index_key, json.dumps(img.raw, indent=1).encode())
                 _add(tar, ch.table_key(img.table_sha256), store.get_bytes(ch.table_key(img.table_sha256))[0])
@@ -147,12 +151,27 @@ def _read_bundle(bundle: Path, tar: tarfile.TarFile, site: sc.SiteStore, public:
             added += 1
         elif TABLE_MEMBER.match(member.name):
             tables[member.name] = data
+        elif trust.SITE_METADATA.match(member.name):
+            # verified by the site's TUF client before it is used; an older bundle's timestamp
+            # does not replace a newer one (it would be refused as a rollback anyway)
+            if not (member.name.endswith("/timestamp.json") and _older(site, member.name, data)):
+                site.put(member.name, data)
         elif INDEX_MEMBER.match(member.name):
             indexes[member.name] = sc.json_object(data, f"{bundle}: {member.name}")
         else:
             raise UserError(f"{bundle}: unexpected member {member.name!r}",
                             hint="not a bundle written by 'imagefactory site export'; nothing was used")
     return head, indexes, tables, added, present
+
+
+def _older(site: sc.SiteStore, key: str, data: bytes) -> bool:
+    """Whether TUF metadata `data` has a lower version than what the site store holds at `key`."""
+    def version(raw: bytes) -> int:
+        try:
+            return int(json.loads(raw)["signed"]["version"])
+        except (ValueError, KeyError, TypeError):
+            return -1
+    return site.has(key) and version(data) < version(site.read(key))
 
 
 def _bundle_head(bundle: Path, name: str, f: IO[bytes], public: Ed25519PublicKey,

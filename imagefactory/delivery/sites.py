@@ -126,19 +126,22 @@ class Plan:
     images: list[ImagePlan]
     missing: dict[str, ch.Chunk]  # every chunk to send, once
     indexes: list[ch.ChunkedImage]
+    trust_bytes: int = 0  # the catalogue's TUF metadata and targets that go with the images
 
     @property
     def bytes(self) -> int:
-        return sum(i.bytes for i in self.images)
+        return sum(i.bytes for i in self.images) + self.trust_bytes
 
     def as_dict(self) -> dict[str, Any]:
         return {"site": self.site, "base": self.base, "bytes": self.bytes, "chunks": len(self.missing),
+                "trust_bytes": self.trust_bytes,
                 "images": [{"ref": i.ref, "bytes": i.bytes, "new_chunks": i.new_chunks,
                             "chunk_bytes": i.chunk_bytes, "meta_bytes": i.meta_bytes,
                             "disk_bytes": i.disk_bytes, "full_bytes": i.stored_bytes} for i in self.images]}
 
 
-def plan(site: Site, images: list[ch.ChunkedImage], held: Iterable[ch.ChunkedImage]) -> Plan:
+def plan(site: Site, images: list[ch.ChunkedImage], held: Iterable[ch.ChunkedImage],
+         trust_bytes: int = 0) -> Plan:
     """What `site` needs for `images`, given the indexes of the images it acknowledged (`held`)."""
     have: set[str] = set()
     for h in held:
@@ -152,6 +155,6 @@ def plan(site: Site, images: list[ch.ChunkedImage], held: Iterable[ch.ChunkedIma
         meta = len(json.dumps(img.raw, indent=1).encode()) + img.table_bytes
         out.append(ImagePlan(img.ref, img.size, sum(c.csize for c in unique.values()), len(new),
                              sum(c.csize for c in new.values()), meta))
-    return Plan(site.name, list(site.acknowledged), out, missing, images)
+    return Plan(site.name, list(site.acknowledged), out, missing, images, trust_bytes)
 
 

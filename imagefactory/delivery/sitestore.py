@@ -22,7 +22,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..catalogue import signing
+from ..catalogue import signing, trust
+from ..catalogue.catalogue import RevokedImage
 from ..catalogue.stores import BlobStore, LocalDirStore, NotFound
 from ..errors import BuildError, UserError
 from . import chunks as ch
@@ -52,13 +53,22 @@ class SiteStore:
     def describe(self) -> str:
         return self.store.describe()
 
-    def init(self, name: str, public_key_pem: bytes) -> dict[str, Any]:
+    def init(self, name: str, public_key_pem: bytes, root_key_pems: list[bytes] | None = None,
+             root_threshold: int = 1, max_expired: dt.timedelta = dt.timedelta(0)) -> dict[str, Any]:
+        """Make the store a site's: the factory's manifest key, the keys of the catalogue's first
+        TUF root (default: the manifest key) and how long past expiry the site accepts the
+        catalogue's metadata (its freshness policy for long disconnections)."""
         if self.store.stat(RECORD) is not None:
             raise UserError(f"{self.describe()} is already the store of site '{self.record()['name']}'")
         signing.load_public_key_bytes(public_key_pem, f"{self.describe()}: the factory's public key")
+        for i, pem in enumerate(root_key_pems or []):
+            signing.load_public_key_bytes(pem, f"{self.describe()}: root key {i + 1}")
+        if root_threshold > max(1, len(root_key_pems or [])):
+            raise UserError(f"--root-threshold {root_threshold}: only {len(root_key_pems or [])} root key(s)")
         self.store.prepare()
         rec = {"name": name, "created": now(), "factory_public_key": public_key_pem.decode(), "images": {},
-               "deliveries": []}
+               "deliveries": [], "root_keys": [k.decode() for k in root_key_pems or []],
+               "root_threshold": root_threshold, "max_expired_seconds": int(max_expired.total_seconds())}
         self.write_record(rec)
         return rec
 
@@ -78,6 +88,17 @@ class SiteStore:
     def public_key(self) -> Ed25519PublicKey:
         return signing.load_public_key_bytes(str(self.record()["factory_public_key"]).encode(),
                                              f"{self.describe()}: {RECORD}: factory_public_key")
+
+    def anchor(self) -> trust.Anchor:
+        """The site's trust in the catalogue's TUF metadata; what it trusted so far is kept beside
+        its images (`trust/`), so an older state replayed to it is refused."""
+        rec = self.record()
+        where = f"{self.describe()}: {RECORD}"
+        public = self.public_key()
+        roots = tuple(signing.load_public_key_bytes(str(k).encode(), f"{where}: root_keys")
+                      for k in rec.get("root_keys") or []) or (public,)
+        return trust.Anchor(public, roots, int(rec.get("root_threshold", 1)), self.images.parent / "trust",
+                            dt.timedelta(seconds=int(rec.get("max_expired_seconds", 0))))
 
     def has(self, key: str) -> bool:
         return self.store.stat(key) is not None
@@ -136,8 +157,32 @@ def verify_indexes(site: SiteStore, listed: list[Listed], docs: dict[str, dict[s
         if img.index_key != item.index_key or img.sha256 != item.disk_sha256:
             raise UserError(f"{what}: {item.index_key} is not the image its signed head names",
                             hint="the delivery was altered; nothing was made visible")
+        _current_and_not_revoked(site, img, what)
         out.append((img, doc, table))
     return out
+
+
+def _current_and_not_revoked(site: SiteStore, img: ch.ChunkedImage, what: str) -> None:
+    """The image's manifest as the catalogue's TUF metadata (carried with the delivery, kept in
+    the site store) names it now: not revoked, and the published image the chunks were cut from."""
+    tc = trust.TrustedCatalogue(site.store, site.anchor())
+    # the name's signed channels file says first: it comes with every delivery of that name, so a
+    # revocation reaches the site with any later delivery, even one without that version
+    listed = {str(v["version"]): v for v in (tc.channels(img.name) or {}).get("versions", [])}
+    revoked = (listed.get(img.version) or {}).get("revoked")
+    if revoked:
+        raise RevokedImage(f"{what}: {img.ref} is revoked: {revoked.get('reason')} (since "
+                           f"{revoked.get('at')})",
+                           hint="nothing was made visible; the factory sends another version")
+    raw, m = tc.manifest(img.name, img.version)
+    signing.verify(raw, site.public_key(), f"{what}: {img.ref}")
+    if m.revoked:
+        raise RevokedImage(f"{what}: {img.ref} is revoked: {m.revoked.reason} (since {m.revoked.at})",
+                           hint="nothing was made visible; the factory sends another version")
+    if m.image.sha256 != img.image_sha256:
+        raise UserError(f"{what}: {img.index_key} was cut from image {img.image_sha256[:12]}, the current "
+                        f"manifest of {img.ref} names {m.image.sha256[:12]}",
+                        hint="the delivery was altered or is stale; nothing was made visible")
 
 
 def make_visible(site: SiteStore, verified: list[tuple[ch.ChunkedImage, dict[str, Any], bytes]]) -> list[str]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..catalogue import signing
+from ..catalogue import signing, trust
 from ..catalogue.stores import BlobStore, NotFound
 from ..errors import UserError
 from . import chunks as ch
@@ -111,6 +111,12 @@ def push(p: Plan, factory: BlobStore, site_store: BlobStore, private_key: Ed2551
         if site_store.stat(tkey) is None:
             send(tkey, factory.get_bytes(tkey)[0])
         send(img.index_key, json.dumps(img.raw, indent=1).encode())
+    # the catalogue's TUF metadata for these images (the site checks them current and unrevoked);
+    # what the site store already holds with the same bytes is not sent again
+    for key, data in sorted(trust.site_metadata(factory, [(i.name, i.version) for i in p.indexes]).items()):
+        info = site_store.stat(key)
+        if info is None or info.size != len(data) or key.endswith("/timestamp.json"):
+            send(key, data)
     stamp = sc.now()
     delivery = signing.sign({
         "kind": DELIVERY_KIND, "schema": 1, "site": p.site, "created": stamp, "base": p.base,

@@ -5,6 +5,7 @@ the disk appears, and bundles that are altered, truncated or for another site ar
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from imagefactory.catalogue import signing, trust
+from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.fsutil import digests, file_identity
 from tests.integration.conftest import S3Server
 from tests.publishing import FaultProxy, fake_build
@@ -207,6 +210,69 @@ def test_altered_truncated_and_foreign_bundles_are_refused(factory: dict[str, An
     r = cli("site", "import", str(root / "b.tar"), "--dir", str(site), cwd=root)
     assert r.returncode == 0, r.stderr
     assert sha256(visible) == sha256(factory["raws"][1])
+
+
+def test_the_site_checks_the_catalogues_tuf_metadata(factory: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundle carries the catalogue's TUF metadata for its images; the site verifies it against
+    the root it trusts: an image revoked since an older bundle was made is refused when that bundle
+    is replayed after a newer one; expired metadata is refused unless the site's policy accepts it."""
+    root, site = factory["root"], factory["site"]
+    key = signing.load_private_key(str(root / "keys/imagefactory.key"))
+    store = LocalDirStore("local", root / "w/catalogue")
+    r = cli("site", "export", "edge-1", factory["v1"], "-o", str(root / "b1.tar"), cwd=root)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(root / "b1.tar") as t:
+        names = t.getnames()
+    assert "tuf/timestamp.json" in names and "tuf/1.root.json" in names
+    assert {n.rsplit(".", 2)[-2] for n in names if n.startswith("images/")} == {"manifest", "channels"}
+    # v1 revoked at the factory; the site first gets v2's bundle (newer metadata: v1 revoked)
+    r = cli("images", "revoke", factory["v1"], "--reason", "CVE-2026-0002", cwd=root)
+    assert r.returncode == 0, r.stderr
+    r = cli("site", "export", "edge-1", factory["v2"], "-o", str(root / "b2.tar"), cwd=root)
+    assert r.returncode == 0, r.stderr
+    r = cli("site", "import", str(root / "b2.tar"), "--dir", str(site), cwd=root)
+    assert r.returncode == 0, r.stderr
+    # the older bundle, validly signed, replayed: its metadata is older than what the site has, so
+    # the current (revoked) manifest of v1 is what counts, and the bundle does not carry it
+    r = cli("site", "import", str(root / "b1.tar"), "--dir", str(site), cwd=root)
+    assert r.returncode == 2 and "is revoked: CVE-2026-0002" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (site / "images" / NAME / factory["v1"].split(":")[1] / "disk.raw").exists()
+    # a fresh site, given the old bundle and then the revocation, refuses v1 the same way
+    fresh = root / "fresh-site"
+    pub = str(root / "keys/imagefactory.pub")
+    r = cli("site", "init", "edge-1", "--dir", str(fresh), "--public-key", pub, cwd=root)
+    assert r.returncode == 0, r.stderr
+    r = cli("site", "import", str(root / "b2.tar"), "--dir", str(fresh), cwd=root)
+    assert r.returncode == 0, r.stderr
+    # b1's chunks without its (older) metadata: the site has b2's, in which v1 is revoked ...
+    _rewrite(root / "b1.tar", root / "b1-new-meta.tar",
+             lambda n, d: None if n.startswith(("tuf/", "images/")) else d)
+    r = cli("site", "import", str(root / "b1-new-meta.tar"), "--dir", str(fresh), cwd=root)
+    assert r.returncode == 2 and "is revoked: CVE-2026-0002" in r.stderr, r.stderr
+
+    # expired metadata: refused by default, accepted (with a warning) under a site's explicit policy
+    # (b2 with the factory's metadata once its timestamp has expired: what a site that was offline
+    # for longer than the timestamp's lifetime finally receives)
+    monkeypatch.setitem(trust.EXPIRY, "timestamp", dt.timedelta(seconds=-3600))
+    trust.refresh_timestamp(store, trust.Keys.single(key))
+    ts = (root / "w/catalogue/tuf/timestamp.json").read_bytes()
+    snap = f"tuf/{json.loads(ts)['signed']['meta']['snapshot.json']['version']}.snapshot.json"
+    _rewrite(root / "b2.tar", root / "b3.tar", lambda n, d: ts if n == "tuf/timestamp.json" else d)
+    with tarfile.open(root / "b3.tar", "a") as t:
+        info = tarfile.TarInfo(snap)
+        info.size = len(data := (root / "w/catalogue" / snap).read_bytes())
+        t.addfile(info, io.BytesIO(data))
+    strict, lenient = root / "strict", root / "lenient"
+    for d, extra in ((strict, []), (lenient, ["--max-expired", "30d"])):
+        r = cli("site", "init", "edge-1", "--dir", str(d), "--public-key", pub, *extra, cwd=root)
+        assert r.returncode == 0, r.stderr
+    r = cli("site", "import", str(root / "b3.tar"), "--dir", str(strict), cwd=root)
+    assert r.returncode == 1 and "expired" in r.stderr, r.stderr
+    r = cli("site", "import", str(root / "b3.tar"), "--dir", str(lenient), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "expired" in r.stderr and "accepted under this site's policy" in r.stderr, r.stderr
 
 
 def test_bad_input_is_a_clear_error(factory: dict[str, Any]) -> None:
