@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from imagefactory.catalogue import signing  # noqa: E402
+from imagefactory.catalogue import signing, trust  # noqa: E402
 from imagefactory.catalogue.catalogue import Catalogue, RevokedImage, verify_for_consumer  # noqa: E402
 from imagefactory.catalogue.manifest import manifest_key  # noqa: E402
 from imagefactory.catalogue.publish import publish  # noqa: E402
@@ -96,11 +96,17 @@ def measure(root: Path, images: int, versions: int, rounds: int) -> dict[str, An
             signing.verify(json.loads(raw), key.public_key(), mk)
             times_sig.append(time.perf_counter() - t0)
     tuf = [p.stat().st_size for p in (store.root / "tuf").glob("*.json")]
+    # what a site's first bundle or sync carries besides chunks, for one image that is not revoked
+    pick = [("image-0", "20261201.000000-aaaa")] if versions > 1 else []
+    first = b"".join(v for _, v in sorted(trust.site_metadata(store, pick).items()))
+    first_zstd = len(zstandard.ZstdCompressor(level=19).compress(first))
     return {"images": images, "versions": versions, "targets": images * (versions + 1),
             "promote": promote, "revoke": revoke,
             "role_bytes": max(len(v) for k, v in _objects(store).items()
                               if k.endswith(".image-image-0.json")),
             "tuf_dir_bytes": sum(tuf),
+            "site_first_bytes": len(first) if pick else None,
+            "site_first_zstd_bytes": first_zstd if pick else None,
             "verify_tuf_ms": round(statistics.median(times_tuf) * 1000, 2),
             "verify_signature_only_ms": round(statistics.median(times_sig) * 1000, 2) if times_sig else None}
 
@@ -120,7 +126,8 @@ def main() -> None:
         print(f"{images} x {versions}: promote {p['bytes']} B ({p['zstd_bytes']} zstd), "
               f"revoke {r['bytes']} B "
               f"({r['zstd_bytes']} zstd), the image's role {row['role_bytes']} B, verify "
-              f"{row['verify_tuf_ms']} ms (signature only {row['verify_signature_only_ms']} ms)")
+              f"{row['verify_tuf_ms']} ms (signature only {row['verify_signature_only_ms']} ms), a site's "
+              f"first delivery {row['site_first_bytes']} B ({row['site_first_zstd_bytes']} zstd)")
         fetched = ", ".join(f"{k.rsplit('/', 1)[1][-40:]} {n}" for k, n in p["files"].items())
         print(f"   promote fetches: {fetched}")
     out = REPO / "benchmarks/results/tuf_metadata.json"
