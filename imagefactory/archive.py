@@ -10,6 +10,7 @@ first seconds, naming the recipe key, instead of as an apt error a minute into t
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import logging
 import tempfile
@@ -108,6 +109,14 @@ class Suite:
     @property
     def fields(self) -> dict[str, str]:
         return release_fields(self.release)
+
+    @property
+    def epoch(self) -> int | None:
+        """The Release file's `Date:` as a Unix time (None without one)."""
+        try:
+            return int(email.utils.parsedate_to_datetime(self.fields["Date"]).timestamp())
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def identity(self) -> dict[str, Any]:
         return {"mirror": self.mirror, "suite": self.suite,

@@ -16,8 +16,10 @@ the image without a separate zeroing pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import struct
@@ -43,6 +45,7 @@ ESP_SECTORS = 106 * MIB
 GPT_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 GPT_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 GPT_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+SEED_NAMESPACE = uuid.UUID("6f0f3c0e-5d2a-4a57-9a52-6b1e1f7c2a10")  # imagefactory's, for uuid5
 GRUB_DIR = Path("/usr/lib/grub/i386-pc")
 # Modules built into core.img so GRUB needs nothing from the image's /boot/grub.
 GRUB_MODULES = (
@@ -73,6 +76,12 @@ class DiskLayout:
     bios: bool = True
     uefi: bool = False
     esp_id: str = "00000000"  # FAT volume id (8 hex digits, shown as XXXX-XXXX)
+    seed: str | None = None  # what every identifier derives from (None: random, as mkfs would)
+
+    def derived(self, what: str) -> str | None:
+        """A UUID for `what` (the GPT's disk GUID, a partition's GUID, ext4's hash seed) from the
+        seed, or None to let the tool pick a random one."""
+        return str(uuid.uuid5(SEED_NAMESPACE, f"{self.seed}/{what}")) if self.seed else None
 
     @property
     def partitions(self) -> list[Partition]:
@@ -114,9 +123,37 @@ class DiskLayout:
 
 
 def new_layout(size: int, *, table: Literal["msdos", "gpt"] = "msdos", bios: bool = True,
-               uefi: bool = False) -> DiskLayout:
-    return DiskLayout(size=size, fs_uuid=str(uuid.uuid4()), table=table, bios=bios, uefi=uefi,
-                      esp_id=secrets.token_hex(4))
+               uefi: bool = False, seed: str | None = None) -> DiskLayout:
+    """A layout whose identifiers (root file system UUID, ESP volume id, GPT GUIDs, ext4 hash
+    seed) derive from `seed` - the recipe's name, so that every build of a recipe has the same
+    ones and two builds differ only where their content does (ext4's metadata checksums are
+    seeded with the UUID: a random one changes every metadata block) - or are random."""
+    if seed is None:
+        return DiskLayout(size=size, fs_uuid=str(uuid.uuid4()), table=table, bios=bios, uefi=uefi,
+                          esp_id=secrets.token_hex(4))
+    esp_id = hashlib.sha256(f"{seed}/esp".encode()).hexdigest()[:8]
+    return DiskLayout(size=size, fs_uuid=str(uuid.uuid5(SEED_NAMESPACE, f"{seed}/root")), table=table,
+                      bios=bios, uefi=uefi, esp_id=esp_id, seed=seed)
+
+
+def clamp_times(root: Path, epoch: int) -> int:
+    """Every file's mtime no later than `epoch` and its atime equal to it (what `mkfs -d` copies
+    into the image): files the build wrote would otherwise carry the build's time, and files it
+    read their access time. Package files keep their (older) times. Returns how many changed."""
+    changed = 0
+    limit = epoch * 1_000_000_000
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                mtime = min(st.st_mtime_ns, limit)
+                if (st.st_mtime_ns, st.st_atime_ns) != (mtime, mtime):
+                    os.utime(e.path, ns=(mtime, mtime), follow_symlinks=False)
+                    changed += 1
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+    return changed
 
 
 def root_size(root: Path) -> int:
@@ -179,14 +216,20 @@ def _sfdisk_script(raw: Path, layout: DiskLayout) -> str:
     for p in layout.partitions:
         size = f", size={p.size}" if p.size else ""
         # sfdisk names partitions after the device: "<file><number>" sets the number
-        lines.append(f'{raw}{p.number} : start={p.start}{size}, type={types[p.role]}, name="{names[p.role]}"')
+        guid = f", uuid={u}" if (u := layout.derived(f"partition-{p.number}")) else ""
+        lines.append(f'{raw}{p.number} : start={p.start}{size}, type={types[p.role]}, name="{names[p.role]}"'
+                     f"{guid}")
+    if label := layout.derived("gpt"):
+        lines.insert(1, f"label-id: {label}")
     return "\n".join(lines) + "\n"
 
 
 def make_raw(root: Path, raw: Path, layout: DiskLayout, scratch: Path,
-             boot_files: efi.BootFiles | None = None, efi_vendor: str = "") -> None:
+             boot_files: efi.BootFiles | None = None, efi_vendor: str = "", epoch: int | None = None) -> None:
     """Partition, populate and make bootable the raw disk `raw` from `root` (an ESP needs the
-    image's signed `boot_files` and the vendor directory its GRUB reads)."""
+    image's signed `boot_files` and the vendor directory its GRUB reads). With `epoch` (and a
+    seeded layout) the disk is a function of the root's content: file times clamped to it, the
+    file systems' own times set to it, every identifier derived from the seed."""
     if layout.bios and not (GRUB_DIR / "boot.img").is_file():
         raise BuildError(f"{GRUB_DIR}/boot.img not found", hint="install the Debian package grub-pc-bin")
     if layout.uefi and boot_files is None:
@@ -197,15 +240,49 @@ def make_raw(root: Path, raw: Path, layout: DiskLayout, scratch: Path,
     written = {p.number: p for p in raw_partitions(raw)}[layout.part("root").number]
     if written.offset != layout.part_offset:
         raise BuildError(f"internal: sfdisk put the root at {written.offset}, not {layout.part_offset}")
+    extended = f"offset={layout.part_offset}"
+    if hash_seed := layout.derived("ext4-hash-seed"):
+        extended += f",hash_seed={hash_seed}"  # directory hashes (htree) otherwise use a random seed
+    env = None
+    if epoch is not None:
+        log.info("file times clamped to %d: %d changed", epoch, clamp_times(root, epoch))
+        # e2fsprogs' own knob for inode and superblock times (its test suite's)
+        env = {"E2FSPROGS_FAKE_TIME": str(epoch)}
     run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", layout.fs_uuid,
-         "-E", f"offset={layout.part_offset}", "-d", str(root), str(raw), f"{written.size // 1024}k"])
+         "-E", extended, "-d", str(root), str(raw), f"{written.size // 1024}k"], env=env)
+    if epoch is not None:
+        _set_ctimes(root, raw, layout.part_offset, epoch, scratch)
     if layout.uefi:
         assert boot_files is not None
         esp = layout.part("esp")
         efi.make_esp(raw, esp.start * SECTOR, esp.size * SECTOR, layout.esp_id, boot_files, efi_vendor,
-                     layout.fs_uuid, scratch)
+                     layout.fs_uuid, scratch, epoch)
     if layout.bios:
         _install_bios_grub(raw, layout, scratch)
+
+
+def _set_ctimes(root: Path, raw: Path, offset: int, epoch: int, scratch: Path) -> None:
+    """`mkfs -d` (e2fsprogs 1.47.0) copies each file's ctime and atime from the directory - when
+    the build wrote it (or `clamp_times` touched it), when mkfs itself read it - and
+    E2FSPROGS_FAKE_TIME does not cover those: set both to the epoch with debugfs, by path, in one
+    run (mtimes are the files' own, clamped)."""
+    script, skipped = [], 0
+    for p in [root, *root.rglob("*")]:
+        rel = "/" + p.relative_to(root).as_posix() if p != root else "/"
+        if '"' in rel or "\n" in rel or "\\" in rel:
+            skipped += 1  # debugfs cannot quote these; their inode keeps its ctime
+            continue
+        script += [f'sif "{rel}" ctime @{epoch}', f'sif "{rel}" atime @{epoch}']
+    cmds = scratch / "ctimes.debugfs"
+    cmds.write_text("\n".join(script) + "\n")
+    r = run(["debugfs", "-w", "-f", str(cmds), f"{raw}?offset={offset}"], quiet=True,
+            env={"E2FSPROGS_FAKE_TIME": str(epoch)})  # its superblock write time too
+    # debugfs reports a failed command on stderr and still exits 0
+    errors = [line for line in r.stderr.splitlines() if line and not line.startswith("debugfs ")]
+    if errors:
+        raise BuildError(f"debugfs could not set the inode times: {errors[0]}")
+    log.info("ctime and atime of %d inodes set to %d (%d names debugfs cannot quote left as they are)",
+             len(script) // 2, epoch, skipped)
 
 
 def _install_bios_grub(raw: Path, layout: DiskLayout, scratch: Path) -> None:

@@ -20,6 +20,8 @@ Secure Boot boot test (OVMF with Microsoft's keys, enforcing) is what proves the
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,20 +153,31 @@ def stub_grub_cfg(fs_uuid: str) -> str:
 
 
 def make_esp(raw: Path, offset: int, size: int, volume_id: str, files: BootFiles, vendor: str,
-             fs_uuid: str, scratch: Path) -> None:
+             fs_uuid: str, scratch: Path, epoch: int | None = None) -> None:
     """FAT32 at `offset` (bytes) of `raw`, `size` bytes, holding the removable-media boot path
-    and the vendor directory with the stub grub.cfg."""
+    and the vendor directory with the stub grub.cfg. With `epoch`, the file system's and the
+    files' times are that (dosfstools and mtools read SOURCE_DATE_EPOCH; files keep their own
+    times, clamped)."""
+    env = {"SOURCE_DATE_EPOCH": str(epoch), "TZ": "UTC"} if epoch is not None else None
+    # FAT stores creation and access times that mtools takes from the clock: a frozen one
+    # (libfaketime) makes them the epoch's
+    clock = ["faketime", "-f", dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")] \
+        if epoch is not None else []  # -f: the clock stands still (without it, it starts there and runs)
     # 512-byte clusters: a ~100 MiB FAT32 then has enough clusters for mtools to accept it.
-    run(["mkfs.vfat", "-F", "32", "-s", "1", "-n", "EFI", "-i", volume_id, "--offset",
-         str(offset // 512), str(raw), str(size // 1024)])
+    run([*clock, "mkfs.vfat", "-F", "32", "-s", "1", "-n", "EFI", "-i", volume_id, "--offset",
+         str(offset // 512), str(raw), str(size // 1024)], env=env)
     image = f"{raw}@@{offset}"
     stub = scratch / "esp-grub.cfg"
     stub.write_text(stub_grub_cfg(fs_uuid))
-    run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT", f"::/EFI/{vendor}"])
+    if epoch is not None:
+        os.utime(stub, (epoch, epoch))
+    run([*clock, "mmd", "-i", image, "::/EFI", "::/EFI/BOOT", f"::/EFI/{vendor}"], env=env)
     copies = [(files.shim, "/EFI/BOOT/BOOTX64.EFI"), (files.grub, "/EFI/BOOT/grubx64.efi"),
               (files.shim, f"/EFI/{vendor}/shimx64.efi"), (files.grub, f"/EFI/{vendor}/grubx64.efi"),
               (stub, f"/EFI/{vendor}/grub.cfg")]
     if files.mokmanager is not None:
         copies += [(files.mokmanager, "/EFI/BOOT/mmx64.efi"), (files.mokmanager, f"/EFI/{vendor}/mmx64.efi")]
     for src, dest in copies:
-        run(["mcopy", "-i", image, str(src), f"::{dest}"])
+        # -m: the file's own modification time (the package's), not the time of the copy
+        run([*clock, "mcopy", "-m", "-i", image, str(src), f"::{dest}"] if epoch is not None
+            else ["mcopy", "-i", image, str(src), f"::{dest}"], env=env)

@@ -241,7 +241,10 @@ def check_seal(ctx: BuildContext) -> None:
 
 def make_disk(ctx: BuildContext) -> None:
     d = ctx.recipe.disk
-    layout = disk.new_layout(d.size, table=d.table, bios=d.bios, uefi=d.uefi)
+    # Reproducible: identifiers from the recipe's name, times from the newest archive state the
+    # build used (its verified Release files' Date; the lock pins them), else SOURCE_DATE_EPOCH.
+    layout = disk.new_layout(d.size, table=d.table, bios=d.bios, uefi=d.uefi, seed=ctx.recipe.name)
+    epoch = source_epoch(ctx)
     used = disk.root_size(ctx.root)
     # ext4 needs room for its metadata and the guest for its first boot: 25 % + 256 MiB.
     needed = int(used * 1.25) + 256 * 1024**2 + layout.overhead
@@ -266,9 +269,19 @@ def make_disk(ctx: BuildContext) -> None:
     # and into /etc/default/grub where the image has one (Ubuntu's grub2-common): an update-grub
     # run by a package inside the guest then keeps them
     disk.add_kernel_args(ctx.root, cmdline)
-    disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch, boot_files, ctx.distro.efi_vendor)
+    disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch, boot_files, ctx.distro.efi_vendor, epoch)
     ctx.manifest["root_bytes"] = used
-    ctx.manifest["disk"] = description
+    ctx.manifest["disk"] = {**description, "reproducible": {"seed": layout.seed, "epoch": epoch}}
+
+
+def source_epoch(ctx: BuildContext) -> int | None:
+    """The time a build's disk carries: the newest of its verified Release files' dates, else
+    $SOURCE_DATE_EPOCH, else None (real time)."""
+    dates = [e for s in ctx.apt_suites if (e := s.epoch) is not None]
+    if dates:
+        return max(dates)
+    env = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(env) if env.isdigit() else None
 
 
 def convert_image(ctx: BuildContext) -> None:

@@ -100,6 +100,42 @@ def test_layouts(tmp_path: Path, table: Literal["msdos", "gpt"], bios: bool, uef
     assert mbr[510:512] == b"\x55\xaa"
 
 
+def test_a_seeded_disk_is_a_function_of_the_roots_content(tmp_path: Path) -> None:
+    """Two builds of one recipe from the same content, written at different times (different
+    mtimes, atimes and ctimes): byte-identical disks with the seed and the epoch - GPT GUIDs, ext4
+    UUID, hash seed and times, the ESP's volume id and times. Without them every build differs."""
+    import hashlib
+    import time
+
+    def build(n: int, seed: str | None, epoch: int | None) -> bytes:
+        root = tiny_root(tmp_path / f"root{n}")
+        (root / "etc/generated.conf").write_text("written by the build\n")
+        for i in range(50):  # enough files for a hashed (htree) directory
+            (root / "etc" / f"file-{i:03d}.conf").write_text(f"{i}\n")
+        os.utime(root / "boot/vmlinuz-1", (1_600_000_000 + n, 1_600_000_000))  # read at another time
+        layout = disk.new_layout(256 * 1024**2, table="gpt", bios=True, uefi=True, seed=seed)
+        disk.write_fstab(root, layout)
+        raw = tmp_path / f"disk{n}.raw"
+        files = boot_files(tmp_path / f"efi{n}")
+        for f in (files.shim, files.grub, files.mokmanager):  # as a package installed them
+            assert f is not None
+            os.utime(f, (1_650_000_000, 1_650_000_000))
+        disk.make_raw(root, raw, layout, tmp_path, files, "debian", epoch)
+        return hashlib.sha256(raw.read_bytes()).digest()
+
+    epoch = 1_700_000_000
+    first = build(1, "debian-12-base", epoch)
+    time.sleep(1.1)  # the second build's files are newer
+    assert build(2, "debian-12-base", epoch) == first
+    assert build(3, "debian-12-base", epoch + 1) != first  # the epoch is in the disk
+    assert build(4, None, None) != build(5, None, None)  # random identifiers and real times
+    layout = disk.new_layout(256 * 1024**2, table="gpt", uefi=True, seed="debian-12-base")
+    assert layout == disk.new_layout(256 * 1024**2, table="gpt", uefi=True, seed="debian-12-base")
+    assert layout.fs_uuid != disk.new_layout(256 * 1024**2, table="gpt", uefi=True, seed="other").fs_uuid
+    root = tmp_path / "root1"
+    assert max(p.lstat().st_mtime for p in root.rglob("*")) <= epoch
+
+
 def test_opened_image_mounts_a_separate_boot_like_ubuntu_2404(tmp_path: Path) -> None:
     """Root (p1), /boot on its own XBOOTLDR partition (p16, found through the root's fstab by
     LABEL), BIOS boot (p14) and ESP (p15): the offline steps see the kernel under /boot, and
