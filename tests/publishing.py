@@ -34,9 +34,12 @@ def anchor(public: Ed25519PublicKey) -> Anchor:
     kept for the whole test process (per store location, as a workdir keeps it)."""
     global _TRUST_STATE
     if _TRUST_STATE is None:
+        import atexit
+        import shutil
         import tempfile
 
         _TRUST_STATE = Path(tempfile.mkdtemp(prefix="imagefactory-trust-"))
+        atexit.register(shutil.rmtree, _TRUST_STATE, True)  # nothing left behind by the test run
     return Anchor.single(public, _TRUST_STATE)
 
 
