@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive
-from .artifacts import Cache, sha256_file
+from .artifacts import Cache, ChecksumMismatch, sha256_file
 from .errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,27 @@ def _index_paths(listed: dict[str, tuple[str, int]], component: str,
     return None
 
 
+def index_urls(suite: archive.Suite, path: str, sha256: str) -> list[str]:
+    """Where to GET one index file the Release lists: by its hash first when the archive says
+    `Acquire-By-Hash: yes` (as apt does: a mirror that syncs between our Release and our GET
+    still serves the file that Release names), then by its name."""
+    base = f"{suite.mirror.rstrip('/')}/dists/{suite.suite}"
+    plain = f"{base}/{path}"
+    if suite.fields.get("Acquire-By-Hash", "").lower() != "yes":
+        return [plain]
+    return [f"{base}/{path.rpartition('/')[0]}/by-hash/SHA256/{sha256}", plain]
+
+
+def _fetch_index(suite: archive.Suite, path: str, sha256: str) -> tuple[str, bytes | None]:
+    urls = index_urls(suite, path, sha256)
+    for url in urls:
+        data = archive.fetch(url, timeout=120)
+        if data is not None:
+            return url, data
+        log.info("package cache: %s not served", url)
+    return urls[-1], None
+
+
 def load_index(suites: Iterable[archive.Suite], components: Iterable[str], arch: str, cache: Cache,
                wanted: set[str] | None = None) -> Index:
     """The package hashes of `suites` (verified Release files) for `components` and `arch`;
@@ -121,13 +142,18 @@ def load_index(suites: Iterable[archive.Suite], components: Iterable[str], arch:
                 continue
             path, sha, _size = found
             if not cache.has(sha) or sha256_file(cache.path(sha)) != sha:
-                url = f"{suite.mirror.rstrip('/')}/dists/{suite.suite}/{path}"
-                data = archive.fetch(url, timeout=120)
+                url, data = _fetch_index(suite, path, sha)
                 if data is None:
                     raise BuildError(f"GET {url}: not found, though its Release file lists it",
                                      hint="the mirror is incomplete or being updated; try again")
                 tmp = cache.tmpfile()
                 tmp.write_bytes(data)
+                if "/by-hash/" not in url and sha256_file(tmp) != sha:
+                    tmp.unlink()
+                    raise ChecksumMismatch(
+                        f"{url}: sha256 mismatch against {suite.suite}'s signed Release file",
+                        hint="the mirror does not publish by-hash and may be mid-update; try again "
+                             "(if it persists, the mirror is corrupt or tampered with)")
                 cache.put(tmp, sha, url)  # checked against the signed Release file
                 fetched += len(data)
             raw = cache.path(sha).read_bytes()

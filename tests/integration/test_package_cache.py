@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from imagefactory import archive, debcache, rootcache
-from imagefactory.artifacts import Cache, sha256_file
+from imagefactory.artifacts import Cache, ChecksumMismatch, sha256_file
 from imagefactory.proxy import PackageProxy
 from tests.aptsign import gpg
 from tests.conftest import require_root
@@ -55,7 +55,8 @@ def _deb(work: Path, name: str, version: str, arch: str) -> Path:
     return out
 
 
-def _publish(repo: Path, home: Path, packages: list[tuple[str, str, str]] = PACKAGES) -> None:
+def _publish(repo: Path, home: Path, packages: list[tuple[str, str, str]] = PACKAGES,
+             by_hash: bool = False) -> None:
     stanzas = []
     for name, version, arch in packages:
         deb = _deb(repo.parent, name, version, arch)
@@ -73,9 +74,15 @@ def _publish(repo: Path, home: Path, packages: list[tuple[str, str, str]] = PACK
     (d / "Packages.xz").write_bytes(lzma.compress(text))
     listed = "".join(f" {hashlib.sha256((d / f).read_bytes()).hexdigest()} {(d / f).stat().st_size} "
                      f"main/binary-amd64/{f}\n" for f in ("Packages", "Packages.xz"))
+    if by_hash:  # as dak publishes: each index also under its hash, older ones kept a while
+        (d / "by-hash/SHA256").mkdir(parents=True, exist_ok=True)
+        for f in ("Packages", "Packages.xz"):
+            data = (d / f).read_bytes()
+            (d / "by-hash/SHA256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
     release = repo / "dists/stable/Release"
     release.write_text(f"Suite: stable\nCodename: stable\nDate: {email.utils.formatdate(usegmt=True)}\n"
-                       f"Architectures: amd64\nComponents: main\nSHA256:\n{listed}")
+                       + ("Acquire-By-Hash: yes\n" if by_hash else "")
+                       + f"Architectures: amd64\nComponents: main\nSHA256:\n{listed}")
     (repo / "dists/stable/InRelease").write_bytes(gpg(home, "--clearsign", "-o", "-", str(release)))
 
 
@@ -159,6 +166,32 @@ def test_a_tampered_cache_entry_is_not_used(served: tuple[str, Path], apt_keys: 
     assert not beta.exists()  # dropped from the cache
     with pytest.raises(AssertionError, match="beta"):  # apt must download beta, and the pool is gone
         _bootstrap(url, apt_keys["archive"], cache, tmp_path / "b2")
+
+
+def test_an_index_is_fetched_by_its_hash_while_the_mirror_moves_on(
+        served: tuple[str, Path], apt_keys: dict[str, Path], tmp_path: Path) -> None:
+    """A mirror that publishes between our Release and our index GET (CI met it on
+    noble-updates): by-hash still serves the index the verified Release names, as apt fetches it."""
+    url, repo = served
+    _publish(repo, apt_keys["archive-home"], by_hash=True)
+    suite = archive.verify(url, "stable", str(apt_keys["archive"]), key="k", required=True)
+    assert suite is not None
+    _publish(repo, apt_keys["archive-home"], [*PACKAGES, ("gamma", "3.0-1", "all")], by_hash=True)
+    index = debcache.load_index([suite], ["main"], "amd64", Cache(tmp_path / "cache"))
+    assert sorted(index.hashes) == ["alpha_1%3a1.0-1_all.deb", "beta_2.0+b1_amd64.deb"]
+    assert index.fetched_bytes > 0
+    # the plain path now serves the newer index: what the old code fetched, refused as tampered
+    stale = suite.release.replace(b"Acquire-By-Hash: yes\n", b"")
+    without = archive.Suite(suite.mirror, suite.suite, stale, suite.signer)
+    with pytest.raises(ChecksumMismatch, match=r"Packages\.xz: sha256 mismatch against stable's signed"):
+        debcache.load_index([without], ["main"], "amd64", Cache(tmp_path / "cache2"))
+    # a mirror that lists by-hash but lost the file: the plain path is still tried
+    for f in (repo / "dists/stable/main/binary-amd64/by-hash/SHA256").iterdir():
+        f.unlink()
+    fresh = archive.verify(url, "stable", str(apt_keys["archive"]), key="k", required=True)
+    assert fresh is not None
+    got = debcache.load_index([fresh], ["main"], "amd64", Cache(tmp_path / "cache3"))
+    assert "gamma_3.0-1_all.deb" in got.hashes
 
 
 # --- the root cache -----------------------------------------------------------------------------
