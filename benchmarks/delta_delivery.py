@@ -4,7 +4,8 @@ rsync and zsync of the same files. Run as root on a prepared host:
     .venv/bin/python benchmarks/delta_delivery.py [--recipe debian-12-base] [--package tree]
 
 Builds RECIPE (old), the same recipe with one more package (new: what a nightly with one package
-added ships), and new again with identical inputs (rebuild) - all --skip-tests, one workdir.
+added ships), and new again with identical inputs (rebuild) - all --skip-tests, one workdir; then
+new twice more with `--base old` (its root written in place over old's file system: "in_place").
 Then, for old -> new: the compressed bytes of new's chunks that old lacks (plus its chunk table
 and signed index), rsync's literal data (qcow2 files and raw disks, --no-whole-file), and zsync's
 downloaded bytes (qcow2, its .zsync control file counted); for new -> rebuild: chunk reuse and
@@ -70,8 +71,8 @@ def chunk_set(raw: Path) -> tuple[dict[str, Any], dict[str, int]]:
     return stats, sizes
 
 
-def built_image(recipes: Path, name: str, workdir: Path) -> Path:
-    m = build(RecipeBook(recipes).load(name), workdir, skip_tests=True)
+def built_image(recipes: Path, name: str, workdir: Path, base: Path | None = None) -> Path:
+    m = build(RecipeBook(recipes).load(name), workdir, skip_tests=True, base=base)
     return Path(m["path"]) / str(m["image"]["file"])
 
 
@@ -138,8 +139,12 @@ def main() -> int:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         new = built_image(recipes, args.recipe, workdir)
         again = built_image(recipes, args.recipe, workdir)
+        # the nightly as `build --base`: new's tree written in place over old's file system, twice
+        placed = built_image(recipes, args.recipe, workdir, base=old.parent)
+        placed_again = built_image(recipes, args.recipe, workdir, base=old.parent)
         raws = {}
-        for name, img in (("old", old), ("new", new), ("again", again)):
+        for name, img in (("old", old), ("new", new), ("again", again), ("placed", placed),
+                          ("placed_again", placed_again)):
             raws[name] = scratch / f"{name}.raw"
             chunks.raw_disk(img, "qcow2", raws[name])
         stats, sizes = {}, {}
@@ -148,6 +153,9 @@ def main() -> int:
         missing = {s: n for s, n in sizes["new"].items() if s not in sizes["old"]}
         table_bytes = len(chunks._table([chunks.Chunk(s, 0, 0) for s in stats["new"].pop("order")]))
         delta = sum(missing.values()) + table_bytes + 2048  # + the signed index (about 1-2 KB)
+        placed_missing = {s: n for s, n in sizes["placed"].items() if s not in sizes["old"]}
+        placed_table = len(chunks._table([chunks.Chunk(s, 0, 0) for s in stats["placed"].pop("order")]))
+        placed_delta = sum(placed_missing.values()) + placed_table + 2048
         reuse_again = len(set(sizes["again"]) & set(sizes["new"])) / len(sizes["again"])
         for s in stats.values():
             s.pop("order", None)
@@ -160,6 +168,17 @@ def main() -> int:
             "delta": {"chunks": len(missing), "bytes": delta,
                       "of_new_qcow2": round(delta / new.stat().st_size, 4),
                       "all_chunks_compressed": sum(sizes["new"].values())},
+            "in_place": {
+                "delta": {"chunks": len(placed_missing), "bytes": placed_delta,
+                          "of_new_qcow2": round(placed_delta / placed.stat().st_size, 4),
+                          "all_chunks_compressed": sum(sizes["placed"].values())},
+                "qcow2_bytes": placed.stat().st_size,
+                "rsync_qcow2": rsync_literal(old, placed, scratch),
+                "rsync_raw": rsync_literal(raws["old"], raws["placed"], scratch),
+                "zsync_qcow2": zsync_bytes(old, placed, scratch),
+                "rebuild_byte_identical_disk": sizes["placed"].keys() == sizes["placed_again"].keys()
+                and stats["placed"]["disk_bytes"] == stats["placed_again"]["disk_bytes"],
+            },
             "rsync_qcow2": rsync_literal(old, new, scratch),
             "rsync_raw": rsync_literal(raws["old"], raws["new"], scratch),
             "zsync_qcow2": zsync_bytes(old, new, scratch),

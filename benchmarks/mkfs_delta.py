@@ -8,7 +8,9 @@ deterministic settings (a UUID derived from the recipe name, `hash_seed` the sam
 `E2FSPROGS_FAKE_TIME`): are the two disks identical, and what share of chunks (imagefactory's
 chunker) do they share? Then the same root with one small package's worth of files added (a
 90 KB binary, a doc file, a dpkg status stanza; mtimes kept): what share of the compressed chunk
-bytes is new? This isolates the file system's part of `benchmarks/delta_delivery.py`'s numbers.
+bytes is new, (a) and (b) from a fresh mkfs, (c) written in place over the old root's
+deterministic file system (imagefactory.builders.inplace, what `build --base` does)? This
+isolates the file system's part of `benchmarks/delta_delivery.py`'s numbers.
 Writes benchmarks/results/mkfs_delta.json.
 """
 
@@ -31,6 +33,7 @@ import zstandard
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from imagefactory.builders import inplace  # noqa: E402
 from imagefactory.delivery import chunks  # noqa: E402
 
 FAKE_TIME = "1764892800"
@@ -105,6 +108,22 @@ def main() -> int:
                 "one_package_new_chunks": len(sc.keys() - sa.keys()), "chunks": len(sc),
             }
             print(mode, result[mode], flush=True)
+        # (c) the grown root written in place over the deterministic disk of the old one
+        a, d = work / "a.raw", work / "d.raw"
+        mkfs(a, root, True)
+        shutil.copyfile(a, d)
+        (work / "scratch").mkdir()
+        plan = inplace.apply(d, 0, inplace.index(root), inplace.index(grown), grown, work / "scratch",
+                             int(FAKE_TIME) + 86400)
+        fsck = subprocess.run(["e2fsck", "-fn", str(d)], capture_output=True, text=True)
+        sa, sd = chunk_sizes(a), chunk_sizes(d)
+        result["in_place"] = {
+            "fsck_clean": fsck.returncode == 0, "debugfs_commands": len(plan.commands),
+            "one_package_new_share": round(sum(n for h, n in sd.items() if h not in sa) / sum(sd.values()),
+                                           4),
+            "one_package_new_chunks": len(sd.keys() - sa.keys()), "chunks": len(sd),
+        }
+        print("in_place", result["in_place"], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = REPO / "benchmarks/results/mkfs_delta.json"

@@ -22,13 +22,13 @@ from typing import Any
 
 from . import __version__, distros
 from .artifacts import Artifact, Cache, Fetcher
-from .builders import packer, rootfs
+from .builders import inplace, packer, rootfs
 from .builders.disk import detach_loops, virtual_size
 from .buildkey import build_key_of
 from .chroot import unmount_all
 from .config import FactoryConfig
 from .context import BuildContext, Step
-from .errors import BuildError
+from .errors import BuildError, UserError
 from .fsutil import digests, exclusive_lock, file_identity, write_json
 from .interrupts import uninterrupted
 from .lock import LockFile, check_entry, needs_lock
@@ -139,8 +139,11 @@ def build(
     skip_tests: bool = False,
     progress: ProgressHook | None = None,
     config: FactoryConfig | None = None,
+    base: Path | None = None,
 ) -> dict[str, Any]:
-    """Build, test and store one recipe; return its manifest."""
+    """Build, test and store one recipe; return its manifest. With `base` (an earlier build's
+    directory of the same recipe) the root file system is written in place over the base's, so
+    that the new disk differs from it by about what changed (`builders.inplace`)."""
     recipe = loaded.recipe
     distro = distros.get(recipe.os.family)
     steps = [*builder_steps(recipe), *common_tail()]
@@ -150,6 +153,12 @@ def build(
     if needs_lock(recipe):
         lock_entry = LockFile(loaded.directory).entry(recipe)
         check_entry(recipe, lock_entry)
+    base_build = None
+    if base is not None:
+        if recipe.builder != "rootfs":
+            raise UserError(f"--base: recipe {recipe.name} uses the {recipe.builder} builder",
+                            hint="only the rootfs (mmdebstrap) builder writes its file system itself")
+        base_build = inplace.load_base(base, recipe.name, recipe.disk.model_dump(mode="json"))
     if not skip_tests:
         # A boot test that cannot run (no OVMF for a UEFI clone) fails now, not after the build.
         check_test_host(recipe)
@@ -173,7 +182,8 @@ def build(
                                    FactoryServices(workdir, config),
                                    skip_tests=skip_tests,
                                    lock_entry=lock_entry,
-                                   locked=[Artifact(**a) for a in lock_entry.get("artifacts", [])])
+                                   locked=[Artifact(**a) for a in lock_entry.get("artifacts", [])],
+                                   base=base_build)
                 ctx.manifest.update(_manifest_head(ctx))
                 if key is not None:
                     # What the nightly plan compares: every input named and hashed (buildkey).

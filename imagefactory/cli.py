@@ -86,6 +86,10 @@ def cmd_build(app: App) -> int:
     from .build import build
 
     a = app.args
+    if a.base and (a.all or a.if_changed or a.publish):
+        raise UserError("build: --base names one earlier build of one recipe; not with --all, --if-changed "
+                        "or --publish", hint="imagefactory build debian-12-base --base WORKDIR/builds/"
+                                             "debian-12-base/VERSION")
     if a.all or a.if_changed or a.publish:
         return cmd_build_plan(app)
     if not a.recipe:
@@ -94,7 +98,8 @@ def cmd_build(app: App) -> int:
     progress = _Progress(app) if not app.json else None
     try:
         manifest = build(loaded, app.workdir, store=None if app.args.no_store else app.store(),
-                         skip_tests=app.args.skip_tests, progress=progress, config=app.config())
+                         skip_tests=app.args.skip_tests, progress=progress, config=app.config(),
+                         base=Path(a.base) if a.base else None)
     finally:
         if progress:
             progress.close()
@@ -470,6 +475,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("recipe", nargs="?", help="recipe name or path to a recipe file")
     b.add_argument("--skip-tests", action="store_true", help="no boot test (the image is marked untested)")
     b.add_argument("--no-store", action="store_true", help="do not add the image to the local store")
+    b.add_argument("--base", metavar="BUILD_DIR", help="write the root file system in place over this "
+                   "earlier build's (WORKDIR/builds/NAME/VERSION): a disk that differs from it by what "
+                   "changed, so a site holding it needs a small delta (rootfs builder)")
     b.add_argument("--all", action="store_true", help="every recipe, in dependency order (with --if-changed: "
                    "the nightly)")
     b.add_argument("--if-changed", action="store_true", help="skip recipes whose build key equals the newest "

@@ -89,6 +89,7 @@ class BuildContext:
     packer: Any = None  # (Packer, Rendered)
     packer_output: Path = Path()
     disk_handle: Any = None  # builders.disk.OpenedImage
+    base: Any = None  # builders.inplace.Base: the earlier build whose file system this one edits
 
     @property
     def recipe(self) -> Recipe:

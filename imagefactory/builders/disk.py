@@ -33,7 +33,7 @@ from ..errors import BuildError
 from ..fsutil import resolve_in_root
 from ..interrupts import uninterrupted
 from ..run import run
-from . import efi
+from . import efi, inplace
 
 log = logging.getLogger(__name__)
 
@@ -225,15 +225,56 @@ def _sfdisk_script(raw: Path, layout: DiskLayout) -> str:
 
 
 def make_raw(root: Path, raw: Path, layout: DiskLayout, scratch: Path,
-             boot_files: efi.BootFiles | None = None, efi_vendor: str = "", epoch: int | None = None) -> None:
+             boot_files: efi.BootFiles | None = None, efi_vendor: str = "", epoch: int | None = None,
+             base: dict[str, inplace.Entry] | None = None) -> tuple[dict[str, inplace.Entry] | None, bool]:
     """Partition, populate and make bootable the raw disk `raw` from `root` (an ESP needs the
     image's signed `boot_files` and the vendor directory its GRUB reads). With `epoch` (and a
     seeded layout) the disk is a function of the root's content: file times clamped to it, the
-    file systems' own times set to it, every identifier derived from the seed."""
+    file systems' own times set to it, every identifier derived from the seed; and with `base`
+    (the file index of the predecessor whose disk `raw` already holds) the root file system is
+    written in place over the base's (`inplace`), unless the tree holds what debugfs cannot
+    write. Returns the root's file index when `epoch` is given (the next build's base), and
+    whether the file system was written in place."""
     if layout.bios and not (GRUB_DIR / "boot.img").is_file():
         raise BuildError(f"{GRUB_DIR}/boot.img not found", hint="install the Debian package grub-pc-bin")
     if layout.uefi and boot_files is None:
         raise BuildError("internal: a UEFI layout without the image's EFI binaries")
+    files = None
+    if epoch is not None:
+        log.info("file times clamped to %d: %d changed", epoch, clamp_times(root, epoch))
+        files = inplace.index(root)
+    written = base is not None and files is not None and epoch is not None and \
+        _in_place(raw, layout, base, files, root, scratch, epoch)
+    if not written:
+        _mkfs(root, raw, layout, scratch, epoch)
+    if layout.uefi:
+        assert boot_files is not None
+        esp = layout.part("esp")
+        if written:  # mkfs.vfat writes FAT structures only: no file of the base's ESP stays behind
+            run(["fallocate", "--punch-hole", "--offset", str(esp.start * SECTOR), "--length",
+                 str(esp.size * SECTOR), str(raw)])
+        efi.make_esp(raw, esp.start * SECTOR, esp.size * SECTOR, layout.esp_id, boot_files, efi_vendor,
+                     layout.fs_uuid, scratch, epoch)
+    if layout.bios:
+        _install_bios_grub(raw, layout, scratch)
+    return files, bool(written)
+
+
+def _in_place(raw: Path, layout: DiskLayout, base: dict[str, inplace.Entry], files: dict[str, inplace.Entry],
+              root: Path, scratch: Path, epoch: int) -> bool:
+    parts = {p.number: p for p in raw_partitions(raw)}
+    at = parts.get(layout.part("root").number)
+    if at is None or at.offset != layout.part_offset or raw.stat().st_size != layout.size:
+        raise BuildError(f"internal: the base disk's root partition is not at {layout.part_offset}")
+    try:
+        inplace.apply(raw, layout.part_offset, base, files, root, scratch, epoch)
+    except inplace.Unsupported as e:
+        log.warning("root file system not written in place (%s): a full mkfs instead", e)
+        return False
+    return True
+
+
+def _mkfs(root: Path, raw: Path, layout: DiskLayout, scratch: Path, epoch: int | None) -> None:
     with open(raw, "wb") as f:
         f.truncate(layout.size)
     run(["sfdisk", "--no-reread", "--no-tell-kernel", str(raw)], input=_sfdisk_script(raw, layout))
@@ -243,22 +284,12 @@ def make_raw(root: Path, raw: Path, layout: DiskLayout, scratch: Path,
     extended = f"offset={layout.part_offset}"
     if hash_seed := layout.derived("ext4-hash-seed"):
         extended += f",hash_seed={hash_seed}"  # directory hashes (htree) otherwise use a random seed
-    env = None
-    if epoch is not None:
-        log.info("file times clamped to %d: %d changed", epoch, clamp_times(root, epoch))
-        # e2fsprogs' own knob for inode and superblock times (its test suite's)
-        env = {"E2FSPROGS_FAKE_TIME": str(epoch)}
+    # e2fsprogs' own knob for inode and superblock times (its test suite's)
+    env = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch is not None else None
     run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", layout.fs_uuid,
          "-E", extended, "-d", str(root), str(raw), f"{written.size // 1024}k"], env=env)
     if epoch is not None:
         _set_ctimes(root, raw, layout.part_offset, epoch, scratch)
-    if layout.uefi:
-        assert boot_files is not None
-        esp = layout.part("esp")
-        efi.make_esp(raw, esp.start * SECTOR, esp.size * SECTOR, layout.esp_id, boot_files, efi_vendor,
-                     layout.fs_uuid, scratch, epoch)
-    if layout.bios:
-        _install_bios_grub(raw, layout, scratch)
 
 
 def _set_ctimes(root: Path, raw: Path, offset: int, epoch: int, scratch: Path) -> None:
@@ -312,6 +343,11 @@ def _install_bios_grub(raw: Path, layout: DiskLayout, scratch: Path) -> None:
         f.write(boot[:440])  # keep the partition table (from byte 446) and disk signature
         f.seek(first * SECTOR)
         f.write(core_bytes)
+
+
+def to_raw(image: Path, raw: Path) -> None:
+    """An earlier build's image (qcow2 or raw) as the raw disk a build continues from."""
+    run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)])
 
 
 def convert(raw: Path, out: Path, fmt: str, compression: str) -> None:

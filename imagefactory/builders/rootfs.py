@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from .. import archive, debcache, rootcache, templates
+from ..artifacts import sha256_file
 from ..chroot import Chroot
 from ..context import BuildContext, Step
 from ..errors import BuildError
@@ -20,7 +21,7 @@ from ..recipes.model import MmdebstrapSource, Recipe
 from ..run import run
 from ..steps import apparmor, rke2, scripts, stig
 from ..steps import seal as sealing
-from . import disk, efi
+from . import disk, efi, inplace
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +270,22 @@ def make_disk(ctx: BuildContext) -> None:
     # and into /etc/default/grub where the image has one (Ubuntu's grub2-common): an update-grub
     # run by a package inside the guest then keeps them
     disk.add_kernel_args(ctx.root, cmdline)
-    disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch, boot_files, ctx.distro.efi_vendor, epoch)
+    base = ctx.base
+    if base is not None:
+        disk.to_raw(base.image, ctx.raw)
+    files, in_place = disk.make_raw(ctx.root, ctx.raw, layout, ctx.scratch, boot_files, ctx.distro.efi_vendor,
+                                    epoch, base=base.files if base is not None else None)
     ctx.manifest["root_bytes"] = used
     ctx.manifest["disk"] = {**description, "reproducible": {"seed": layout.seed, "epoch": epoch}}
+    if files is not None:  # what the next build's --base starts from
+        index = ctx.out_dir / inplace.INDEX_FILE
+        inplace.save_index(files, index)
+        ctx.manifest["disk"]["files_sha256"] = sha256_file(index)
+    if base is not None:
+        # The disk depends on its base as well as on its content: say which, and whether the
+        # file system really was written in place (a tree debugfs cannot write gets a full mkfs).
+        ctx.manifest["disk"]["base"] = {"version": base.version, "image_sha256": base.image_sha256,
+                                        "in_place": in_place}
 
 
 def source_epoch(ctx: BuildContext) -> int | None:

@@ -3,6 +3,7 @@ under libvirt (TCG here), run the suites; then prove the suites can fail on a di
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,8 +16,11 @@ from typing import Any
 
 import libvirt
 import pytest
+import zstandard
 
+from imagefactory.build import build
 from imagefactory.chroot import mounts_under
+from imagefactory.delivery import chunks
 from imagefactory.fsutil import digests
 from imagefactory.recipes import RecipeBook
 from imagefactory.stig.catalogue import load_catalogue
@@ -199,3 +203,31 @@ def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
          *([] if "--recipes" in args else ["--recipes", str(RECIPES)]), *args],
         capture_output=True, text=True, timeout=1800, env={**os.environ},
     )
+
+
+def test_a_nightly_written_over_its_base_boots_and_is_a_small_delta(built: dict[str, Any],
+                                                                     workdir: Path) -> None:
+    """The nightly with one package added, built with `--base` (the session's build): its file
+    system is written in place over the base's, it boots (UEFI with Secure Boot: the ESP is made
+    again on the base's disk) and passes its suites, and a site holding the base needs at most
+    10 % of the new image's bytes (issue 18's goal; `benchmarks/delta_delivery.py` measures it)."""
+    recipes = workdir / "nightly-recipes"
+    shutil.copytree(RECIPES, recipes)
+    path = recipes / "debian-12-base.yaml"
+    text = path.read_text().replace("install: [qemu-guest-agent, less]",
+                                    "install: [qemu-guest-agent, less, tree]")
+    path.write_text(text.replace("clones: 2", "clones: 1"))  # one boot: its firmware is UEFI
+    m = build(RecipeBook(recipes).load("debian-12-base"), workdir, base=Path(built["path"]))
+    assert m["tests"]["ok"] and m["tests"]["failed"] == 0, m["tests"]
+    assert m["disk"]["base"] == {"version": built["version"], "image_sha256": built["image"]["sha256"],
+                                 "in_place": True}
+    assert "tree" in {p["name"] for p in m["packages"]}
+    sizes = {}
+    for name, d in (("base", built), ("nightly", m)):
+        raw = workdir / f"{name}-delta.raw"
+        chunks.raw_disk(Path(d["path"]) / d["image"]["file"], "qcow2", raw)
+        cctx = zstandard.ZstdCompressor(level=chunks.ZSTD_LEVEL)
+        sizes[name] = {hashlib.sha256(c).hexdigest(): len(cctx.compress(c)) for c in chunks.cut(raw)}
+        raw.unlink()
+    new_bytes = sum(n for sha, n in sizes["nightly"].items() if sha not in sizes["base"])
+    assert new_bytes <= 0.10 * m["image"]["size"], (new_bytes, m["image"]["size"])
