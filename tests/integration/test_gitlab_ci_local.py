@@ -130,3 +130,31 @@ def test_plan_job_then_the_child_pipeline_it_wrote(site: dict[str, Any]) -> None
     assert f"PASS  build:{RECIPE}" in r.stdout
     summary = json.loads((ws / f"nightly-out/{RECIPE}.json").read_text())
     assert summary["counts"] == {"built": 0, "skipped": 1, "failed": 0}, summary
+
+
+def test_github_plan_step_refreshes_the_timestamp(site: dict[str, Any]) -> None:
+    """GitHub Actions cannot run here: the workflow's own `configuration` and `updates, lock,
+    plan` scripts run under bash with what the runner would give them (its /run/imagefactory is
+    a temporary directory), and the plan step signs the catalogue's nightly TUF timestamp."""
+    ws, tmp = site["ws"], site["tmp"]
+    publish_with_key(site, None, "20261130.000000-0000")
+    store = LocalDirStore("cat", tmp / "catalogue")
+    before = trust.status(store)["timestamp"]["version"]
+    steps = {s.get("name"): s for s in
+             yaml.safe_load((REPO / "ci/nightly/github-nightly.yml").read_text())["jobs"]["plan"]["steps"]}
+    run_dir = tmp / "run"
+    run_dir.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEFACTORY_", "GITHUB_"))}
+    env |= {"IMAGEFACTORY_CONFIG": str(run_dir / "imagefactory.yaml"),
+            "GITHUB_STEP_SUMMARY": str(tmp / "summary"), "IMAGEFACTORY_WORKDIR": str(tmp / "work"),
+            "CONFIG_YAML": site["config"].read_text(),
+            "SIGNING_KEY": site["private"].read_text(), "RECIPES": RECIPE}
+    for name in ("configuration", "updates, lock, plan"):
+        script = steps[name]["run"].replace("/run/imagefactory/", f"{run_dir}/")
+        # as GitHub runs a `run:` block: bash --noprofile --norc -eo pipefail
+        r = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=ws,
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, (name, r.stdout[-3000:], r.stderr[-3000:])
+    assert (run_dir / "signing.key").stat().st_mode & 0o077 == 0
+    assert trust.status(store)["timestamp"]["version"] == before + 1
+    assert json.loads((ws / "matrix.json").read_text())["include"][0]["recipe"] == RECIPE
