@@ -71,6 +71,14 @@ def _store_of(app: App, location: str) -> Any:
                     "imagefactory.yaml and 'site add' it with that name (or use 'site export')")
 
 
+def _read_key(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"--site-key {path}: cannot read it: {e.strerror}",
+                        hint="the site.pub 'site init' wrote (SITE_DIR/site-key/site.pub)") from None
+
+
 def _human(n: int) -> str:
     for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= size:
@@ -120,7 +128,8 @@ def _trust_bytes(app: App, wanted: list[ChunkedImage]) -> int:
 def cmd_site_add(app: App) -> int:
     from .delivery.sites import Sites
 
-    site = Sites(app.workdir).add(app.args.site, app.args.store_location)
+    key = _read_key(app.args.site_key) if app.args.site_key else None
+    site = Sites(app.workdir).add(app.args.site, app.args.store_location, key)
     app.emit(site.as_dict(), lambda: app.out.print(f"site {site.name} added (store {site.store})"))
     return 0
 
@@ -155,6 +164,8 @@ def cmd_site_show(app: App) -> int:
         app.out.print(f"site {s.name}: store {s.store}, added {s.created}")
         app.out.print(f"  holds (acknowledged {s.acknowledged_at or 'never'}): "
                       f"{', '.join(s.acknowledged) or 'nothing'}")
+        app.out.print("  acknowledgements: " + ("signed by the site's key" if s.site_public_key else
+                                                "unverified (no site key: 'site ack ... --site-key')"))
 
     app.emit(s.as_dict(), human)
     return 0
@@ -250,7 +261,8 @@ def cmd_site_ack(app: App) -> int:
         ack = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot read the acknowledgement: {e}") from None
-    site = Sites(app.workdir).acknowledge(app.args.site, ack if isinstance(ack, dict) else {})
+    key = _read_key(app.args.site_key) if app.args.site_key else None
+    site = Sites(app.workdir).acknowledge(app.args.site, ack if isinstance(ack, dict) else {}, key)
     held = ", ".join(site.acknowledged) or "nothing"
     app.emit(site.as_dict(), lambda: app.out.print(
         f"site {site.name} holds {held} (acknowledged {site.acknowledged_at})"))
@@ -272,10 +284,17 @@ def cmd_site_init(app: App) -> int:
     pem = read(app.args.public_key, "the factory's public key")
     roots = [read(k, "a root public key") for k in app.args.root_key or []]
     grace = parse_duration(app.args.max_expired, maximum=None) if app.args.max_expired else timedelta(0)
-    rec = _site_store(app).init(check_site_name(app.args.site), pem, roots, app.args.root_threshold, grace)
+    site = _site_store(app)
+    rec = site.init(check_site_name(app.args.site), pem, roots, app.args.root_threshold, grace)
     where = app.args.dir or app.args.site_store
-    app.emit({"site": rec["name"], "store": where},
-             lambda: app.out.print(f"{where} is now the store of site {rec['name']}"))
+    public = site.key_file.with_suffix(".pub")
+
+    def human() -> None:
+        app.out.print(f"{where} is now the store of site {rec['name']}")
+        app.out.print(f"carry {public} to the factory with the first acknowledgement: its "
+                      "acknowledgements are signed with the site's key")
+
+    app.emit({"site": rec["name"], "store": where, "site_public_key": str(public)}, human)
     return 0
 
 
@@ -307,6 +326,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("site", metavar="NAME")
     p.add_argument("--store", dest="store_location", required=True, metavar="LOCATION",
                    help="where the site keeps its store (e.g. /media/usb/site-a or its MinIO URL)")
+    p.add_argument("--site-key", metavar="FILE", help="the site's public key (site-key/site.pub of "
+                   "'site init'): its acknowledgements must be signed by it")
     p.set_defaults(func=cmd_site_add)
     p = ss.add_parser("list", help="registered sites and what they acknowledged holding")
     p.set_defaults(func=cmd_site_list)
@@ -329,6 +350,9 @@ def add_parsers(sub: Any) -> None:
     p = ss.add_parser("ack", help="record what a site acknowledged holding (its acknowledgement.json)")
     p.add_argument("site", metavar="SITE")
     p.add_argument("acknowledgement", metavar="FILE")
+    p.add_argument("--site-key", metavar="FILE", help="the site's public key (site-key/site.pub of "
+                   "'site init'), carried back with its first acknowledgement; recorded, then every "
+                   "acknowledgement must be signed by it")
     p.set_defaults(func=cmd_site_ack)
     p = ss.add_parser("sync", help="send a delta straight into the site's store (resumable)")
     p.add_argument("site", metavar="SITE")

@@ -12,18 +12,30 @@ The site's own side is `sitestore`; what carries a plan's delta is `bundles` (a 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..catalogue import signing
 from ..errors import UserError
 from ..fsutil import atomic_write
 from . import chunks as ch
 from .sitestore import ACK_KIND, now
 
+log = logging.getLogger(__name__)
+
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _site_key(pem: bytes | None, name: str) -> str | None:
+    """A site's public key (PEM, as `site init` wrote it), checked to be one."""
+    if pem is None:
+        return None
+    signing.load_public_key_bytes(pem, f"--site-key of site '{name}'")
+    return pem.decode().strip() + "\n"
 
 
 def check_site_name(name: str) -> str:
@@ -43,10 +55,12 @@ class Site:
     created: str
     acknowledged: list[str] = field(default_factory=list)  # NAME:VERSION the site verified
     acknowledged_at: str | None = None
+    site_public_key: str | None = None  # PEM: the site's acknowledgements must be signed by it
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "store": self.store, "created": self.created,
-                "acknowledged": self.acknowledged, "acknowledged_at": self.acknowledged_at}
+                "acknowledged": self.acknowledged, "acknowledged_at": self.acknowledged_at,
+                "site_public_key": self.site_public_key}
 
 
 class Sites:
@@ -58,11 +72,11 @@ class Sites:
     def _path(self, name: str) -> Path:
         return self.dir / f"{check_site_name(name)}.json"
 
-    def add(self, name: str, store: str) -> Site:
+    def add(self, name: str, store: str, site_key_pem: bytes | None = None) -> Site:
         path = self._path(name)
         if path.exists():
             raise UserError(f"site '{name}' exists", hint="'imagefactory site show NAME'; remove it first")
-        site = Site(name, store, now())
+        site = Site(name, store, now(), site_public_key=_site_key(site_key_pem, name))
         self._write(site)
         return site
 
@@ -74,7 +88,7 @@ class Sites:
             raise UserError(f"no site named '{name}'", hint="'imagefactory site list'; "
                             "'imagefactory site add NAME --store DIR'") from None
         return Site(d["name"], d["store"], d["created"], list(d.get("acknowledged") or []),
-                    d.get("acknowledged_at"))
+                    d.get("acknowledged_at"), d.get("site_public_key"))
 
     def list(self) -> list[Site]:
         return [self.get(p.stem) for p in sorted(self.dir.glob("*.json"))] if self.dir.is_dir() else []
@@ -87,17 +101,42 @@ class Sites:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self._path(site.name), json.dumps(site.as_dict(), indent=2) + "\n")
 
-    def acknowledge(self, name: str, ack: dict[str, Any]) -> Site:
-        """Record what the site says it holds (an acknowledgement written by its `site import`)."""
+    def acknowledge(self, name: str, ack: dict[str, Any], site_key_pem: bytes | None = None) -> Site:
+        """Record what the site says it holds (an acknowledgement written by its `site import`),
+        checked against the site's key (given now, or recorded earlier) when it has one. An
+        acknowledgement older than the recorded one is refused (a replay would make the factory
+        think the site holds less, or more, than it does)."""
         site = self.get(name)
         if ack.get("kind") != ACK_KIND or ack.get("site") != name:
             raise UserError(f"not an acknowledgement of site '{name}' (it says {ack.get('site')!r})",
                             hint="use the acknowledgement.json that 'site import' wrote at that site")
+        if site_key_pem is not None:
+            given = _site_key(site_key_pem, name)
+            if site.site_public_key not in (None, given):
+                raise UserError(f"--site-key: site '{name}' already has another key",
+                                hint="a site's key changes only by removing and adding the site again")
+            site.site_public_key = given
+        if site.site_public_key is None:
+            log.warning("site %s: its acknowledgement is taken unverified (no site key: 'site ack %s FILE "
+                        "--site-key SITE.pub' records the key 'site init' made)", name, name)
+        else:
+            key = signing.load_public_key_bytes(site.site_public_key.encode(), f"site {name}: its key")
+            try:
+                signing.verify(ack, key, f"the acknowledgement of site '{name}'")
+            except signing.SignatureError:
+                raise UserError(f"the acknowledgement of site '{name}' is not signed by the site's key",
+                                hint="it was changed after the site wrote it, or comes from elsewhere: "
+                                     "nothing was recorded") from None
+        at = str(ack.get("at") or "")
         images = ack.get("images")
+        if site.acknowledged_at and (at < site.acknowledged_at or
+                                     (at == site.acknowledged_at and images != site.acknowledged)):
+            raise UserError(f"the acknowledgement of site '{name}' ({at}) is older than the one recorded "
+                            f"({site.acknowledged_at})", hint="carry back the newest acknowledgement.json")
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
             raise UserError("the acknowledgement lists no images")
         site.acknowledged = sorted(set(images))
-        site.acknowledged_at = str(ack.get("at") or now())
+        site.acknowledged_at = at or now()
         self._write(site)
         return site
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ACK_KIND = "imagefactory-site-acknowledgement"
 RECORD = "site.json"
 ACK = "acknowledgement.json"
+KEY_NAME = "site"  # site-key/site.key (0600) and site.pub beside the site's images, never in its store
 
 
 def now() -> str:
@@ -66,11 +67,21 @@ class SiteStore:
         if root_threshold > max(1, len(root_key_pems or [])):
             raise UserError(f"--root-threshold {root_threshold}: only {len(root_key_pems or [])} root key(s)")
         self.store.prepare()
+        # The site's own key signs its acknowledgements: the factory's view of what the site holds
+        # is then what the site said, not what a file carried back says.
+        if not self.key_file.exists():
+            signing.generate(self.key_file.parent, KEY_NAME)
+        site_public = self.key_file.with_suffix(".pub").read_text()
         rec = {"name": name, "created": now(), "factory_public_key": public_key_pem.decode(), "images": {},
                "deliveries": [], "root_keys": [k.decode() for k in root_key_pems or []],
-               "root_threshold": root_threshold, "max_expired_seconds": int(max_expired.total_seconds())}
+               "root_threshold": root_threshold, "max_expired_seconds": int(max_expired.total_seconds()),
+               "site_public_key": site_public}
         self.write_record(rec)
         return rec
+
+    @property
+    def key_file(self) -> Path:
+        return self.images.parent / "site-key" / f"{KEY_NAME}.key"
 
     def record(self) -> dict[str, Any]:
         try:
@@ -124,8 +135,14 @@ class SiteStore:
         return self.images / name / version / "disk.raw"
 
     def acknowledgement(self) -> dict[str, Any]:
+        """What the site holds, signed with the site's key (a site made before site keys: unsigned)."""
         rec = self.record()
-        return {"kind": ACK_KIND, "site": rec["name"], "at": now(), "images": sorted(rec["images"])}
+        # microseconds: two acknowledgements of one second must still be ordered (a replay check)
+        at = dt.datetime.now(dt.UTC).isoformat()
+        doc = {"kind": ACK_KIND, "site": rec["name"], "at": at, "images": sorted(rec["images"])}
+        if not self.key_file.exists():
+            return doc
+        return signing.sign(doc, signing.load_private_key(str(self.key_file)))
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,57 @@ def test_first_image_whole_then_only_the_delta(factory: dict[str, Any]) -> None:
     assert r.returncode == 0 and "edge-1" in r.stdout
 
 
+def test_the_site_signs_its_acknowledgements(factory: dict[str, Any]) -> None:
+    """`site init` made the site a key; its acknowledgements are signed with it. Once the factory
+    has the site's public key, an altered, unsigned, foreign or older acknowledgement is refused
+    and nothing is recorded: the factory's view of the site is what the site said."""
+    root, site = factory["root"], factory["site"]
+    pub = site / "site-key/site.pub"
+    assert (site / "site-key/site.key").stat().st_mode & 0o077 == 0
+    r = cli("--json", "site", "export", "edge-1", factory["v1"], "-o", str(root / "b1.tar"), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert cli("site", "import", str(root / "b1.tar"), "--dir", str(site), cwd=root).returncode == 0
+    first = json.loads((site / "acknowledgement.json").read_text())
+    assert first["signature"]["value"]
+    (root / "ack1.json").write_text(json.dumps(first))
+
+    def ack(doc: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+        path = root / "carried.json"
+        path.write_text(json.dumps(doc))
+        return cli("--json", "site", "ack", "edge-1", str(path), *extra, cwd=root)
+
+    def held() -> list[str]:
+        return list(json.loads(cli("--json", "site", "show", "edge-1", cwd=root).stdout)["acknowledged"])
+
+    altered = {**first, "images": [*first["images"], factory["v2"]]}  # claims v2 as well
+    r = ack(altered, "--site-key", str(pub))
+    assert r.returncode == 2 and "not signed by the site's key" in r.stderr, r.stderr
+    assert held() == []
+    other_dir = root / "other-key"
+    subprocess.run([sys.executable, "-m", "imagefactory.cli", "--workdir", str(root / "w"), "keys",
+                    "generate", "-o", str(other_dir)], check=True, capture_output=True)
+    r = ack(first, "--site-key", str(other_dir / "imagefactory.pub"))  # the right file, the wrong key
+    assert r.returncode == 2 and "not signed by the site's key" in r.stderr, r.stderr
+    # the genuine one, with the site's key: recorded, and the key with it
+    r = ack(first, "--site-key", str(pub))
+    assert r.returncode == 0, r.stderr
+    assert held() == [factory["v1"]]
+    unsigned = {k: v for k, v in first.items() if k != "signature"}
+    r = ack(unsigned)
+    assert r.returncode == 2 and "not signed by the site's key" in r.stderr
+    r = ack(first, "--site-key", str(other_dir / "imagefactory.pub"))
+    assert r.returncode == 2 and "already has another key" in r.stderr
+    # a newer acknowledgement (v2 imported), then the older one replayed: refused
+    r = cli("--json", "site", "export", "edge-1", factory["v2"], "-o", str(root / "b2.tar"), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert cli("site", "import", str(root / "b2.tar"), "--dir", str(site), cwd=root).returncode == 0
+    second = json.loads((site / "acknowledgement.json").read_text())
+    assert ack(second).returncode == 0 and held() == sorted([factory["v1"], factory["v2"]])
+    r = ack(first)
+    assert r.returncode == 2 and "older than the one recorded" in r.stderr
+    assert held() == sorted([factory["v1"], factory["v2"]])
+
+
 def _rewrite(src: Path, dest: Path, change: Any) -> None:
     """Copy a bundle member by member, letting `change(name, data)` alter, drop (None) or keep."""
     with tarfile.open(src) as tin, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tout:
