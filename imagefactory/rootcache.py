@@ -42,7 +42,7 @@ from .run import run
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what a stored root holds changes
+FORMAT = 2  # bump when what a stored root holds changes (2: bootstrapped with SOURCE_DATE_EPOCH)
 
 
 def release_fingerprint(release: bytes) -> str:
@@ -61,6 +61,7 @@ class Inputs:
     keyring: tuple[Path, ...]  # its files (hashed: the path is per build)
     releases: tuple[Suite, ...]
     tool_version: str
+    source_date_epoch: int | None = None  # what mmdebstrap and the packages' scripts were given
 
     def key(self) -> str:
         doc = {
@@ -68,7 +69,7 @@ class Inputs:
             "suite": self.suite, "mirrors": list(self.mirrors),
             "keyring": sorted(sha256_file(f) for f in self.keyring),
             "releases": sorted(release_fingerprint(s.release) for s in self.releases),
-            "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
+            "source_date_epoch": self.source_date_epoch,
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
