@@ -11,7 +11,7 @@ from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.table import Table
 
 from .delivery.sites import check_site_name
-from .errors import UserError
+from .errors import ExitStatus, UserError
 
 if TYPE_CHECKING:
     from .cli import App
@@ -228,10 +228,18 @@ def cmd_site_sync(app: App) -> int:
     wanted, held = _indexes(app, app.args.images)
     p = plan(sites.get(site.name), wanted, held, _trust_bytes(app, wanted))
     rate = parse_rate(app.args.rate) if app.args.rate else None
-    with _transfers(app) as progress:
-        advance = progress(f"sync to {site.name}", sum(c.csize for c in p.missing.values())) \
-            if progress else None
-        r = push(p, _store(app), target, _private_key(app), rate, advance)
+    try:
+        with _transfers(app) as progress:
+            advance = progress(f"sync to {site.name}", sum(c.csize for c in p.missing.values())) \
+                if progress else None
+            r = push(p, _store(app), target, _private_key(app), rate, advance)
+    except KeyboardInterrupt:
+        # Each chunk is one PUT (whole or absent) and the delivery that makes anything visible
+        # is written last: what was sent stays, for the next run to skip.
+        app.err.print(f"[red]interrupted[/]: no delivery was written, so site {site.name} makes nothing "
+                      "visible; the chunks already sent stay in its store and the same 'site sync' "
+                      "resumes from them")
+        return int(ExitStatus.INTERRUPTED)
     data = p.as_dict() | {"sent_bytes": r.sent_bytes, "chunks_sent": r.chunks_sent,
                           "chunks_present": r.chunks_present, "delivery": r.delivery, "seconds": r.seconds}
     app.emit(data, lambda: app.out.print(

@@ -319,5 +319,9 @@ def reassemble(image: ChunkedImage, read: Callable[[str], bytes], dest: Path) ->
             raise BuildError(f"{image.ref}: the reassembled disk does not match its signed digests",
                              hint="nothing was made visible; import or sync it again")
         os.replace(part, dest)
+    except OSError as e:
+        raise BuildError(f"{image.ref}: cannot write its disk to {dest.parent}: {e.strerror}",
+                         hint="free space where the site's disks go (or mount it again), then import or "
+                              "apply again: the verified chunks stay in the site's store") from None
     finally:
         part.unlink(missing_ok=True)

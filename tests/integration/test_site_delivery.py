@@ -11,9 +11,11 @@ import io
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import yaml
 from imagefactory.catalogue import signing, trust
 from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.fsutil import digests, file_identity
+from tests.conftest import require_root
 from tests.integration.conftest import S3Server
 from tests.publishing import FaultProxy, fake_build
 
@@ -187,6 +190,78 @@ def test_the_site_signs_its_acknowledgements(factory: dict[str, Any]) -> None:
     r = ack(first)
     assert r.returncode == 2 and "older than the one recorded" in r.stderr
     assert held() == sorted([factory["v1"], factory["v2"]])
+
+
+@pytest.mark.parametrize("size", ["16m", "44m"])  # full while storing chunks; while writing the disk
+def test_a_site_store_that_fills_up_then_has_room(factory: dict[str, Any], size: str) -> None:
+    """The site's store and disks on a small file system, a 32 MiB image (incompressible: its
+    chunks take 32 MiB, its disk 32 MiB more): the import fails with a clear message (exit 1, no
+    traceback), nothing is visible and no partial disk is left; with room again the same bundle
+    imports, reusing the chunks that were stored and verified."""
+    require_root()
+    root = factory["root"]
+    small = root / "small-site"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)], check=True)
+    try:
+        keys = root / "keys"
+        r = cli("site", "init", "edge-1", "--dir", str(small / "s"), "--public-key",
+                str(keys / "imagefactory.pub"), cwd=root)
+        assert r.returncode == 0, r.stderr
+        r = cli("--json", "site", "export", "edge-1", factory["v1"], "-o", str(root / "b1.tar"), cwd=root)
+        assert r.returncode == 0, r.stderr
+        r = cli("site", "import", str(root / "b1.tar"), "--dir", str(small / "s"), cwd=root)
+        assert r.returncode == 1, r.stderr
+        assert "No space left on device" in r.stderr and "free space" in r.stderr, r.stderr
+        assert ("cannot write its disk" in r.stderr) is (size == "44m"), r.stderr
+        assert "Traceback" not in r.stderr
+        assert not list((small / "s").rglob("disk.raw")) and not list((small / "s").rglob("*.part"))
+        stored = len(list((small / "s/chunks").rglob("*")))
+        assert stored > 0  # what was verified before the disk filled up is kept
+        subprocess.run(["mount", "-o", "remount,size=200m", str(small)], check=True)
+        r = cli("--json", "site", "import", str(root / "b1.tar"), "--dir", str(small / "s"), cwd=root)
+        assert r.returncode == 0, r.stderr
+        done = json.loads(r.stdout)
+        assert done["chunks_present"] > 0 and done["images"] == [factory["v1"]]
+        disk1 = small / "s/images" / NAME / factory["v1"].split(":")[1] / "disk.raw"
+        assert sha256(disk1) == sha256(factory["raws"][1])
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_ctrl_c_during_a_sync_then_the_same_sync_resumes(factory: dict[str, Any]) -> None:
+    """`site sync` into a site store (a mounted directory) at 2 MB/s, SIGINT once chunks have
+    arrived: exit 130 with what to do, no delivery written (so `site apply` makes nothing
+    visible); the same sync again skips what arrived and the site makes the disk visible."""
+    root = factory["root"]
+    target = root / "edge-2-store"
+    assert cli("site", "add", "edge-2", "--store", str(target), cwd=root).returncode == 0
+    r = cli("site", "init", "edge-2", "--dir", str(target), "--public-key",
+            str(root / "keys/imagefactory.pub"), cwd=root)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "imagefactory.cli", "--workdir", str(root / "w"),
+                             "--config", str(root / "imagefactory.yaml"), "site", "sync", "edge-2",
+                             factory["v1"], "--rate", "2MB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((target / "chunks").rglob("*"))) < 20:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "no delivery was written" in err and "resumes" in err and "Traceback" not in err, err
+    sent = len([p for p in (target / "chunks").rglob("*") if p.is_file()])
+    assert sent >= 20 and not list(target.glob("deliveries/*"))
+    r = cli("--json", "site", "apply", "--dir", str(target), cwd=root)
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == [], r.stdout + r.stderr
+    r = cli("--json", "site", "sync", "edge-2", factory["v1"], cwd=root)
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads(r.stdout)
+    assert resumed["chunks_present"] >= sent - 1 and resumed["chunks_sent"] > 0  # one may have been mid-PUT
+    r = cli("--json", "site", "apply", "--dir", str(target), cwd=root)
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == [factory["v1"]], r.stderr
+    disk1 = target / "images" / NAME / factory["v1"].split(":")[1] / "disk.raw"
+    assert sha256(disk1) == sha256(factory["raws"][1])
 
 
 def _rewrite(src: Path, dest: Path, change: Any) -> None:
