@@ -271,6 +271,7 @@ def _in_place(raw: Path, layout: DiskLayout, base: dict[str, inplace.Entry], fil
     except inplace.Unsupported as e:
         log.warning("root file system not written in place (%s): a full mkfs instead", e)
         return False
+    clear_lifetime_writes(raw, layout.part_offset)
     return True
 
 
@@ -290,6 +291,7 @@ def _mkfs(root: Path, raw: Path, layout: DiskLayout, scratch: Path, epoch: int |
          "-E", extended, "-d", str(root), str(raw), f"{written.size // 1024}k"], env=env)
     if epoch is not None:
         _set_ctimes(root, raw, layout.part_offset, epoch, scratch)
+        clear_lifetime_writes(raw, layout.part_offset)
 
 
 def _set_ctimes(root: Path, raw: Path, offset: int, epoch: int, scratch: Path) -> None:
@@ -300,12 +302,14 @@ def _set_ctimes(root: Path, raw: Path, offset: int, epoch: int, scratch: Path) -
     script, skipped = [], 0
     for p in [root, *root.rglob("*")]:
         rel = "/" + p.relative_to(root).as_posix() if p != root else "/"
-        if '"' in rel or "\n" in rel or "\\" in rel:
-            skipped += 1  # debugfs cannot quote these; their inode keeps its ctime
+        if "\n" in rel:
+            skipped += 1  # debugfs cannot quote a newline; that inode keeps its ctime
             continue
-        script += [f'sif "{rel}" ctime @{epoch}', f'sif "{rel}" atime @{epoch}']
+        # in debugfs' quotes a quote is doubled and a backslash is literal (systemd's \x2d names)
+        q = '"' + rel.replace('"', '""') + '"'
+        script += [f"sif {q} ctime @{epoch}", f"sif {q} atime @{epoch}"]
     cmds = scratch / "ctimes.debugfs"
-    cmds.write_text("\n".join(script) + "\n")
+    cmds.write_bytes(b"\n".join(os.fsencode(c) for c in script) + b"\n")  # names need not be UTF-8
     r = run(["debugfs", "-w", "-f", str(cmds), f"{raw}?offset={offset}"], quiet=True,
             env={"E2FSPROGS_FAKE_TIME": str(epoch)})  # its superblock write time too
     # debugfs reports a failed command on stderr and still exits 0
@@ -314,6 +318,74 @@ def _set_ctimes(root: Path, raw: Path, offset: int, epoch: int, scratch: Path) -
         raise BuildError(f"debugfs could not set the inode times: {errors[0]}")
     log.info("ctime and atime of %d inodes set to %d (%d names debugfs cannot quote left as they are)",
              len(script) // 2, epoch, skipped)
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C = _crc32c_table()
+
+
+def _ext4_crc(data: bytes) -> int:
+    """ext4's metadata checksum: crc32c from ~0, without the final inversion."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c
+
+
+def clear_lifetime_writes(raw: Path, offset: int) -> int:
+    """Zero `s_kbytes_written` in the ext4 superblock at `offset` and in every backup of it,
+    checksums kept right. e2fsprogs adds each session's bytes written to it, and those differ
+    between two mkfs runs of the same tree (the only difference left between two builds of one
+    recipe's identical inputs). Returns how many superblocks were changed."""
+    with open(raw, "r+b") as f:
+        f.seek(offset + 1024)
+        sb = f.read(1024)
+        if sb[0x38:0x3A] != b"\x53\xef":
+            raise BuildError("internal: no ext4 superblock where the root file system should be")
+        first, log_size = struct.unpack_from("<II", sb, 0x14)
+        per_group = struct.unpack_from("<I", sb, 0x20)[0]
+        block = 1024 << log_size
+        blocks = struct.unpack_from("<I", sb, 0x04)[0] | (struct.unpack_from("<I", sb, 0x150)[0] << 32)
+        groups = (blocks - first + per_group - 1) // per_group
+        sparse = struct.unpack_from("<I", sb, 0x64)[0] & 0x1
+        csum = struct.unpack_from("<I", sb, 0x64)[0] & 0x400
+
+        def has_backup(g: int) -> bool:
+            if g in (0, 1) or not sparse:
+                return True
+            for base in (3, 5, 7):
+                n = base
+                while n < g:
+                    n *= base
+                if n == g:
+                    return True
+            return False
+
+        changed = 0
+        for g in range(groups):
+            if not has_backup(g):
+                continue
+            at = offset + 1024 if g == 0 else offset + (first + g * per_group) * block
+            f.seek(at)
+            copy = bytearray(f.read(1024))
+            if copy[0x38:0x3A] != b"\x53\xef" or copy[0x178:0x180] == bytes(8):
+                continue
+            copy[0x178:0x180] = bytes(8)
+            if csum:
+                struct.pack_into("<I", copy, 0x3FC, _ext4_crc(bytes(copy[:0x3FC])))
+            f.seek(at)
+            f.write(copy)
+            changed += 1
+    return changed
 
 
 def _install_bios_grub(raw: Path, layout: DiskLayout, scratch: Path) -> None:

@@ -10,7 +10,7 @@ predecessor by about the new content.
 The file system is edited with `debugfs -w` (e2fsprogs' own library, as `mkfs -d` uses it): no
 mount, no kernel, no journal traffic, and the result is a function of the base and the tree.
 Every inode a build touches gets the build's epoch as ctime and atime; untouched ones keep the
-base's. A tree debugfs cannot express (a name with a quote, a backslash or a newline, a socket)
+base's. A tree debugfs cannot express (a name with a newline, a socket)
 is refused with `Unsupported`, and the caller builds the file system from scratch instead.
 """
 
@@ -141,9 +141,11 @@ def load_index(path: Path) -> dict[str, Entry]:
 
 
 def _q(path: str) -> str:
-    if any(c in path for c in '"\\\n'):
+    """A debugfs argument: in double quotes, a quote doubled, a backslash literal (systemd's
+    `\\x2d` unit names); a newline cannot be written."""
+    if "\n" in path:
         raise Unsupported(f"{path!r}: debugfs cannot quote this name")
-    return f'"{path}"'
+    return '"' + path.replace('"', '""') + '"'
 
 
 def _parent(path: str) -> str:

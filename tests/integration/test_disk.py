@@ -129,6 +129,14 @@ def test_a_seeded_disk_is_a_function_of_the_roots_content(tmp_path: Path) -> Non
     assert build(2, "debian-12-base", epoch) == first
     assert build(3, "debian-12-base", epoch + 1) != first  # the epoch is in the disk
     assert build(4, None, None) != build(5, None, None)  # random identifiers and real times
+    # e2fsprogs' count of bytes it wrote (it varies between runs on larger trees) is not kept
+    seeded = disk.new_layout(256 * 1024**2, table="gpt", bios=True, uefi=True, seed="debian-12-base")
+    sb = subprocess.run(["dumpe2fs", "-h", f"{tmp_path / 'disk1.raw'}?offset={seeded.part_offset}"],
+                        capture_output=True, text=True, check=True).stdout
+    assert "Filesystem UUID:" in sb and "Lifetime writes" not in sb
+    unseeded = subprocess.run(["dumpe2fs", "-h", f"{tmp_path / 'disk4.raw'}?offset={seeded.part_offset}"],
+                              capture_output=True, text=True, check=True).stdout
+    assert "Lifetime writes" in unseeded
     layout = disk.new_layout(256 * 1024**2, table="gpt", uefi=True, seed="debian-12-base")
     assert layout == disk.new_layout(256 * 1024**2, table="gpt", uefi=True, seed="debian-12-base")
     assert layout.fs_uuid != disk.new_layout(256 * 1024**2, table="gpt", uefi=True, seed="other").fs_uuid

@@ -62,6 +62,7 @@ def _change(root: Path) -> None:
     (root / "usr/bin/tree").write_bytes(os.urandom(90_000))  # new
     (root / "usr/share/doc/tree").mkdir()
     (root / "usr/share/doc/tree/copy right").write_text("tree\n")  # a space in a name
+    (root / 'etc/a"quote\\x2dback').write_text("q\n")  # a quote; a backslash as systemd names have
     (root / "etc/hostname").write_text("nightly\n")  # content changed
     with open(root / "var/lib/dpkg/status", "a") as f:
         f.write("Package: tree\n")
@@ -98,7 +99,8 @@ def _view(raw: Path, paths: list[str], scratch: Path) -> dict[str, Any]:
     """What the file system holds at `paths`, read back by debugfs itself: type, mode, owner,
     mtime, link count, the group of paths sharing an inode, xattrs, and content (rdump)."""
     script = scratch / "view.debugfs"
-    script.write_text("".join(f'stat "{p}"\nea_list "{p}"\n' for p in paths))
+    quoted = ['"' + p.replace('"', '""') + '"' for p in paths]
+    script.write_text("".join(f"stat {q}\nea_list {q}\n" for q in quoted))
     out = subprocess.run(["debugfs", "-f", str(script), str(raw)], capture_output=True, text=True,
                          check=True).stdout
     blocks = out.split("debugfs: stat ")[1:]
@@ -205,7 +207,7 @@ def test_in_place_is_a_function_of_base_and_tree(trees: dict[str, Path]) -> None
 
 def test_what_debugfs_cannot_name_is_refused_before_anything_is_written(trees: dict[str, Path]) -> None:
     tmp = trees["tmp"]
-    (trees["new"] / 'etc/a"quote').write_text("x\n")
+    (trees["new"] / "etc/new\nline").write_text("x\n")
     raw = tmp / "r.raw"
     shutil.copyfile(trees["base"], raw)
     before = raw.read_bytes()
