@@ -25,6 +25,9 @@ from .artifacts import Artifact, Cache, Fetcher
 from .builders import inplace, packer, rootfs
 from .builders.disk import detach_loops, virtual_size
 from .buildkey import build_key_of
+from .catalogue import trust
+from .catalogue.catalogue import pull_base
+from .catalogue.stores import BlobStore
 from .chroot import unmount_all
 from .config import FactoryConfig
 from .context import BuildContext, Step
@@ -131,6 +134,20 @@ def _manifest_head(ctx: BuildContext) -> dict[str, Any]:
 ProgressHook = Callable[[str, str, float | None], None]
 
 
+def published_base(loaded: LoadedRecipe, store: BlobStore, ref: str, anchor: trust.Anchor,
+                   cache: Path) -> inplace.Base:
+    """A published image of the recipe as the base of its next build (`build --base NAME@CHANNEL`,
+    and the nightly's default): image and file index pulled and verified through the catalogue's
+    signed metadata, then checked like a build directory."""
+    recipe = loaded.recipe
+    img, image, index = pull_base(store, ref, anchor, cache)
+    m = img.manifest
+    disk = m.disk or {}
+    return inplace.checked_base(f"--base {ref}", recipe.name, recipe.disk.model_dump(mode="json"), m.name,
+                                m.version, disk.get("seed"), disk.get("files_sha256"),
+                                disk.get("settings") or {}, index, image, m.image.sha256)
+
+
 def build(
     loaded: LoadedRecipe,
     workdir: Path,
@@ -139,7 +156,7 @@ def build(
     skip_tests: bool = False,
     progress: ProgressHook | None = None,
     config: FactoryConfig | None = None,
-    base: Path | None = None,
+    base: Path | inplace.Base | None = None,
 ) -> dict[str, Any]:
     """Build, test and store one recipe; return its manifest. With `base` (an earlier build's
     directory of the same recipe) the root file system is written in place over the base's, so
@@ -153,12 +170,13 @@ def build(
     if needs_lock(recipe):
         lock_entry = LockFile(loaded.directory).entry(recipe)
         check_entry(recipe, lock_entry)
-    base_build = None
+    base_build = base if isinstance(base, inplace.Base) else None
     if base is not None:
         if recipe.builder != "rootfs":
             raise UserError(f"--base: recipe {recipe.name} uses the {recipe.builder} builder",
                             hint="only the rootfs (mmdebstrap) builder writes its file system itself")
-        base_build = inplace.load_base(base, recipe.name, recipe.disk.model_dump(mode="json"))
+        if isinstance(base, Path):
+            base_build = inplace.load_base(base, recipe.name, recipe.disk.model_dump(mode="json"))
     if not skip_tests:
         # A boot test that cannot run (no OVMF for a UEFI clone) fails now, not after the build.
         check_test_host(recipe)

@@ -99,7 +99,7 @@ def cmd_build(app: App) -> int:
     try:
         manifest = build(loaded, app.workdir, store=None if app.args.no_store else app.store(),
                          skip_tests=app.args.skip_tests, progress=progress, config=app.config(),
-                         base=Path(a.base) if a.base else None)
+                         base=_base(app, loaded) if a.base else None)
     finally:
         if progress:
             progress.close()
@@ -126,6 +126,21 @@ def cmd_build(app: App) -> int:
     return 0
 
 
+def _base(app: App, loaded: Any) -> Any:
+    """`--base`: an earlier build's directory (a path), or a published image of the recipe
+    (`NAME@CHANNEL`, `NAME:VERSION`), pulled and verified from the catalogue store."""
+    from .build import published_base
+    from .cli_images import _anchor, _store
+
+    value = app.args.base
+    if "/" in value or Path(value).is_dir():
+        return Path(value)
+    if loaded.recipe.builder != "rootfs":
+        raise UserError(f"--base: recipe {loaded.recipe.name} uses the {loaded.recipe.builder} builder",
+                        hint="only the rootfs (mmdebstrap) builder writes its file system itself")
+    return published_base(loaded, _store(app), value, _anchor(app), app.workdir / "cache" / "bases")
+
+
 def cmd_build_plan(app: App) -> int:
     """`build --all|RECIPE --if-changed [--publish] [--promote-on-green]`: see nightly.runner."""
     from .cli_images import _private_key, _public_key, _store
@@ -138,8 +153,8 @@ def cmd_build_plan(app: App) -> int:
     if a.promote_on_green and not (a.publish or a.if_changed):
         raise UserError("--promote-on-green needs --publish or --if-changed")
     publishing = Publishing(_store(app), lambda: (_private_key(app), _public_key(app)),
-                            promote_on_green=a.promote_on_green, signing=app.config().signing
-                            ) if a.publish or a.if_changed else None
+                            promote_on_green=a.promote_on_green, signing=app.config().signing,
+                            base_on_published=not a.no_base) if a.publish or a.if_changed else None
     progress = _Progress(app) if not app.json else None
 
     def show(r: Any) -> None:
@@ -475,9 +490,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("recipe", nargs="?", help="recipe name or path to a recipe file")
     b.add_argument("--skip-tests", action="store_true", help="no boot test (the image is marked untested)")
     b.add_argument("--no-store", action="store_true", help="do not add the image to the local store")
-    b.add_argument("--base", metavar="BUILD_DIR", help="write the root file system in place over this "
-                   "earlier build's (WORKDIR/builds/NAME/VERSION): a disk that differs from it by what "
-                   "changed, so a site holding it needs a small delta (rootfs builder)")
+    b.add_argument("--base", metavar="BUILD_DIR|REF", help="write the root file system in place over an "
+                   "earlier build's - a build directory (WORKDIR/builds/NAME/VERSION) or a published image "
+                   "(NAME@CHANNEL, NAME:VERSION; from --store): a disk that differs from it by what changed, "
+                   "so a site holding it needs a small delta (rootfs builder)")
+    b.add_argument("--no-base", action="store_true", help="with --if-changed/--publish: a full mkfs for "
+                   "every image, not its root written over the newest published one's")
     b.add_argument("--all", action="store_true", help="every recipe, in dependency order (with --if-changed: "
                    "the nightly)")
     b.add_argument("--if-changed", action="store_true", help="skip recipes whose build key equals the newest "

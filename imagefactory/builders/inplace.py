@@ -368,23 +368,32 @@ def load_base(directory: Path, name: str, disk: dict[str, object]) -> Base:
     except (OSError, ValueError) as e:
         raise UserError(f"{key}: no readable manifest.json ({e.__class__.__name__})",
                         hint="name a finished build directory: WORKDIR/builds/<recipe>/<version>") from None
-    if manifest.get("name") != name:
-        raise UserError(f"{key}: a build of {manifest.get('name')!r}, not of {name!r}",
-                        hint="a base must be an earlier build of the same recipe")
     got = manifest.get("disk") or {}
-    if (got.get("reproducible") or {}).get("seed") != name or not got.get("files_sha256"):
+    image_doc = manifest.get("image") or {}
+    was = ((manifest.get("recipe") or {}).get("merged") or {}).get("disk") or {}
+    return checked_base(key, name, disk, manifest.get("name"), str(manifest.get("version")),
+                        (got.get("reproducible") or {}).get("seed"), got.get("files_sha256"), was,
+                        directory / INDEX_FILE, directory / str(image_doc.get("file")),
+                        image_doc.get("sha256"))
+
+
+def checked_base(key: str, name: str, disk: dict[str, object], base_name: object, version: str, seed: object,
+                 files_sha256: object, was: dict[str, object], index_file: Path, image: Path,
+                 image_sha256: object) -> Base:
+    """A base (an earlier build's directory, or a published image and its file index pulled from
+    the catalogue) checked against the recipe being built: errors name `key`."""
+    if base_name != name:
+        raise UserError(f"{key}: a build of {base_name!r}, not of {name!r}",
+                        hint="a base must be an earlier build of the same recipe")
+    if seed != name or not files_sha256:
         raise UserError(f"{key}: its disk is not seeded from the recipe or has no file index",
                         hint="build it with this version of imagefactory first (a full mkfs)")
-    was = ((manifest.get("recipe") or {}).get("merged") or {}).get("disk") or {}
     for k in SAME_DISK:
         if was.get(k) != disk.get(k):
             raise UserError(f"{key}: disk.{k} was {was.get(k)!r}, the recipe now says {disk.get(k)!r}",
                             hint="a changed disk layout needs a full mkfs: build without --base")
-    image_doc = manifest.get("image") or {}
-    index_file, image = directory / INDEX_FILE, directory / str(image_doc.get("file"))
-    for path, want in ((index_file, got["files_sha256"]), (image, image_doc.get("sha256"))):
+    for path, want in ((index_file, files_sha256), (image, image_sha256)):
         if not path.is_file() or sha256_file(path) != want:
             raise UserError(f"{key}: {path.name} is missing or not what its manifest says",
-                            hint="the build directory was changed after the build; build without --base")
-    return Base(directory, str(manifest.get("version")), image, str(image_doc["sha256"]),
-                load_index(index_file))
+                            hint="the base was changed after it was built; build without --base")
+    return Base(index_file.parent, version, image, str(image_sha256), load_index(index_file))

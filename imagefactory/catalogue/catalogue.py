@@ -530,6 +530,28 @@ def pull_cached(store: BlobStore, ref: str, anchor: trust.Anchor, cache: Path,
     return img, dest
 
 
+def pull_base(store: BlobStore, ref: str, anchor: trust.Anchor, cache: Path,
+              progress: Callable[[str, int], Progress] | None = None) -> tuple[PublishedImage, Path, Path]:
+    """What a later build writes its root over (`build --base NAME@CHANNEL`): the verified image
+    (`pull_cached`) and its file index, checked against the sha256 its signed manifest lists."""
+    img, image = pull_cached(store, ref, anchor, cache, progress)
+    ref_file = next((f for f in img.manifest.files if f.role == "file-index"), None)
+    if ref_file is None or not img.manifest.disk:
+        raise UserError(f"--base {ref}: {img.ref} was published without a file index",
+                        hint="its successor can use it as a base once it is built and published by this "
+                             "version of imagefactory; build without --base")
+    index = cache / f"{ref_file.sha256}.files.zst"
+    if not index.is_file() or digests(index)[0] != ref_file.sha256:
+        part = index.with_name(index.name + ".part")
+        store.get_file(ref_file.key, part, size=ref_file.size)
+        if digests(part)[0] != ref_file.sha256:
+            part.unlink()
+            raise BuildError(f"{img.ref}: its file index does not match its signed manifest",
+                             hint="the blob in the store is damaged or was tampered with")
+        part.replace(index)
+    return img, image, index
+
+
 def verify_image(store: BlobStore, ref: str, anchor: trust.Anchor, full: bool = True,
                  progress: Callable[[str, int], Progress] | None = None) -> dict[str, Any]:
     """Signature, revocation, and every file of the image: present with its size and, with

@@ -104,6 +104,9 @@ class Manifest(_Model):
     os: OsInfo
     kernel: str | None = None
     boot: dict[str, Any] | None = None  # {firmware: bios|uefi|hybrid, secure_boot}; older manifests: none
+    # what a later build needs to write its root over this one's (`build --base`): the disk's seed,
+    # epoch, recipe disk settings and its file index's sha256; older manifests and Packer: none
+    disk: dict[str, Any] | None = None
     rke2: dict[str, Any] | None = None
     zarf: dict[str, Any] | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)

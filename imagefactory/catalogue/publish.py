@@ -44,6 +44,7 @@ PUBLISHED_FILES: dict[str, tuple[str, str]] = {
     "stig-offline.json": ("stig-results", "application/json"),
     "openscap-arf.xml": ("openscap", "application/xml"),
     "openscap-report.html": ("openscap", "text/html; charset=utf-8"),
+    "files.zst": ("file-index", "application/zstd"),  # builders/inplace.py: the next build's base
 }
 CHECKLIST_TYPES = {".cklb": "application/json", ".ckl": "application/xml"}
 IMAGE_TYPES = {"qcow2": "application/x-qemu-disk", "raw": "application/octet-stream"}
@@ -214,6 +215,18 @@ def _previous_packages(cat: Catalogue, name: str, version: str) -> tuple[dict[st
     return sbom_packages(json.loads(data)), f"{name}:{prev}"
 
 
+def _disk(bm: dict[str, Any]) -> dict[str, Any] | None:
+    """The disk facts a later `build --base NAME@CHANNEL` checks: seeded, same settings, its index."""
+    disk: dict[str, Any] = bm["disk"] if isinstance(bm.get("disk"), dict) else {}
+    reproducible = disk.get("reproducible") or {}
+    if not disk.get("files_sha256") or not reproducible.get("seed"):
+        return None
+    settings = ((bm.get("recipe") or {}).get("merged") or {}).get("disk") or {}
+    return {"seed": reproducible["seed"], "epoch": reproducible.get("epoch"),
+            "files_sha256": disk["files_sha256"], "base": disk.get("base"),
+            "settings": {k: settings.get(k) for k in ("size", "firmware", "partition_table")}}
+
+
 def make_manifest(bm: dict[str, Any], files: list[FileRef]) -> dict[str, Any]:
     """The published manifest (unsigned) of a build manifest; see `manifest` for the fields."""
     paths = {f.path for f in files}
@@ -242,6 +255,7 @@ def make_manifest(bm: dict[str, Any], files: list[FileRef]) -> dict[str, Any]:
         # what a consumer must boot it with (Harvester VMs: EFI, Secure Boot + SMM)
         "boot": ({"firmware": bm["disk"].get("firmware"), "secure_boot": bool(bm["disk"].get("secure_boot"))}
                  if isinstance(bm.get("disk"), dict) and bm["disk"].get("firmware") else None),
+        "disk": _disk(bm),
         "rke2": {"version": bm["rke2"]["version"]} if bm.get("rke2") else None,
         "zarf": {"version": bm["zarf"]["version"]} if bm.get("zarf") else None,
         "recipe": {"name": (bm.get("recipe") or {}).get("name", bm["name"]),

@@ -21,12 +21,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..build import build, published_base
+from ..builders import inplace
 from ..catalogue.stores import BlobStore
-from ..catalogue.trust import Keys
+from ..catalogue.trust import Anchor, Keys
 from ..config import FactoryConfig, SigningConfig
 from ..errors import ImageFactoryError
 from ..lock import LockFile
 from ..recipes.load import RecipeBook
+from ..recipes.located import LoadedRecipe
 from ..store.local import LocalStore
 from .plan import LatestManifest, Plan, catalogue_latest, plan
 from .render import RunResult
@@ -43,6 +46,9 @@ class Publishing:
     keys: Callable[[], tuple[Ed25519PrivateKey, Ed25519PublicKey]]
     promote_on_green: bool = False
     signing: SigningConfig | None = None  # the TUF root keys, where this host has them
+    # Write each rebuilt rootfs image's root over the newest published one's (`build --base`): a
+    # site holding that one then needs about what changed, not 18 % of the image.
+    base_on_published: bool = True
 
 
 def green(manifest: dict[str, Any]) -> bool:
@@ -56,8 +62,6 @@ def run_plan(book: RecipeBook, workdir: Path, names: list[str] | None, *, if_cha
              publishing: Publishing | None, config: FactoryConfig, local_store: LocalStore | None,
              skip_tests: bool = False, progress: Any = None,
              on_result: Callable[[RunResult], None] | None = None) -> tuple[Plan, list[RunResult]]:
-    from ..build import build
-
     latest: LatestManifest = catalogue_latest(publishing.store) if publishing else (lambda _n: None)
     the_plan = plan(book, LockFile(book.directory), latest, names)
     results: list[RunResult] = []
@@ -76,8 +80,10 @@ def run_plan(book: RecipeBook, workdir: Path, names: list[str] | None, *, if_cha
         else:
             log.info("building %s: %s", e.recipe, "; ".join(e.reasons) or "asked for")
             try:
-                manifest = build(book.load(e.recipe), workdir, store=local_store, skip_tests=skip_tests,
-                                 progress=progress, config=config)
+                loaded = book.load(e.recipe)
+                base = _base(loaded, e.published, publishing, keys, workdir)
+                manifest = build(loaded, workdir, store=local_store, skip_tests=skip_tests,
+                                 progress=progress, config=config, base=base)
                 r = RunResult(e.recipe, "built", tuple(e.reasons), e.key, manifest["version"],
                               seconds=round(time.monotonic() - start, 1),
                               junit=str(Path(manifest["path"]) / "junit.xml"))
@@ -92,6 +98,23 @@ def run_plan(book: RecipeBook, workdir: Path, names: list[str] | None, *, if_cha
         if on_result:
             on_result(r)
     return the_plan, results
+
+
+def _base(loaded: LoadedRecipe, published: str | None, p: Publishing | None,
+          keys: tuple[Ed25519PrivateKey, Ed25519PublicKey] | None, workdir: Path) -> inplace.Base | None:
+    """The newest published image of the recipe as its rebuild's base, when it can be one; else
+    None (a full mkfs), with the reason logged: never published, published without a file index
+    (before this feature, or by the Packer builder), a changed disk layout."""
+    if p is None or keys is None or not p.base_on_published or published is None \
+            or loaded.recipe.builder != "rootfs":
+        return None
+    anchor = Anchor.from_config(p.signing, keys[1], workdir / "trust") if p.signing else \
+        Anchor.single(keys[1], workdir / "trust")
+    try:
+        return published_base(loaded, p.store, published, anchor, workdir / "cache" / "bases")
+    except ImageFactoryError as e:
+        log.warning("%s: built without a base (a full mkfs): %s", loaded.recipe.name, e.message)
+        return None
 
 
 def _publish(r: RunResult, build_dir: Path, manifest: dict[str, Any], p: Publishing,

@@ -5,6 +5,7 @@ e2fsck, keeps unchanged files where they were, and is a function of the base and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -272,3 +273,63 @@ def test_a_bad_base_on_the_command_line_is_exit_2_and_leaves_nothing(tmp_path: P
         assert r.returncode == 2, r.stderr
         assert want in r.stderr and "--base" in r.stderr and "Traceback" not in r.stderr
         assert not list(work.glob("builds/*/*")), "a build directory was left behind"
+
+
+def test_a_published_image_is_a_base_through_the_catalogue(tmp_path: Path) -> None:
+    """Publish carries the file index (role file-index) and the disk facts in the signed manifest;
+    `build --base NAME@CHANNEL` (build.published_base) pulls image and index verified and checks
+    them as it checks a build directory; the nightly runner falls back to a full mkfs, saying why,
+    where the published image cannot be a base."""
+    from imagefactory.build import published_base
+    from imagefactory.catalogue import signing
+    from imagefactory.catalogue.manifest import blob_key
+    from imagefactory.catalogue.publish import publish
+    from imagefactory.catalogue.stores import LocalDirStore
+    from imagefactory.nightly.runner import Publishing, _base
+    from imagefactory.recipes import RecipeBook
+    from tests.publishing import anchor, fake_build
+
+    private, _ = signing.generate(tmp_path / "keys", "k")
+    key = signing.load_private_key(str(private))
+    pub = key.public_key()
+    loaded = RecipeBook(RECIPES).load("debian-12-base")
+    store = LocalDirStore("cat", tmp_path / "catalogue")
+    store.prepare()
+    # one published before file indexes (as every image of earlier versions)
+    old = fake_build(tmp_path / "w", version="20261201.000000-0000")
+    publish(old, store, key, pub)
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match="published without a file index"):
+        published_base(loaded, store, "debian-12-base:20261201.000000-0000", anchor(pub), cache)
+    p = Publishing(store, lambda: (key, pub), signing=None)
+    assert _base(loaded, "debian-12-base:20261201.000000-0000", p, (key, pub), tmp_path / "w") is None
+    # one with its index and disk facts, as a build of this version leaves them
+    d = fake_build(tmp_path / "w", version="20261202.000000-0000")
+    root = tmp_path / "r"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("x\n")
+    inplace.save_index(inplace.index(root), d / inplace.INDEX_FILE)
+    m = json.loads((d / "manifest.json").read_text())
+    m["disk"] = {"reproducible": {"seed": "debian-12-base", "epoch": EPOCH},
+                 "files_sha256": hashlib.sha256((d / inplace.INDEX_FILE).read_bytes()).hexdigest()}
+    m["recipe"]["merged"] = {"disk": loaded.recipe.disk.model_dump(mode="json")}
+    (d / "manifest.json").write_text(json.dumps(m))
+    publish(d, store, key, pub)
+    base = published_base(loaded, store, "debian-12-base@candidate", anchor(pub), cache)
+    assert base.version == "20261202.000000-0000" and base.files == inplace.index(root)
+    assert hashlib.sha256(base.image.read_bytes()).hexdigest() == m["image"]["sha256"]
+    got = _base(loaded, "debian-12-base:20261202.000000-0000", p, (key, pub), tmp_path / "w")
+    assert got is not None and got.files == base.files
+    no_base = Publishing(store, lambda: (key, pub), base_on_published=False)
+    assert _base(loaded, "debian-12-base:20261202.000000-0000", no_base, (key, pub), tmp_path / "w") is None
+    # the recipe's disk changed since: refused as a base, the nightly builds from scratch
+    disk = loaded.recipe.disk.model_copy(update={"size": 8 << 30})
+    bigger = dataclasses.replace(loaded, recipe=loaded.recipe.model_copy(update={"disk": disk}))
+    with pytest.raises(UserError, match=r"disk\.size was 4294967296, the recipe now says 8589934592"):
+        published_base(bigger, store, "debian-12-base@candidate", anchor(pub), cache)
+    # a file index changed in the store is not taken (the signed manifest names its sha256)
+    blob = tmp_path / "catalogue" / blob_key(m["disk"]["files_sha256"])
+    blob.write_bytes(b"x" + blob.read_bytes()[1:])
+    shutil.rmtree(cache)
+    with pytest.raises(BuildError, match="file index does not match its signed manifest"):
+        published_base(loaded, store, "debian-12-base@candidate", anchor(pub), cache)
