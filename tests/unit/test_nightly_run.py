@@ -6,6 +6,7 @@ promote-on-green, a failed parent blocking its children, summaries (JSON, Markdo
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import subprocess
@@ -20,6 +21,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imagefactory import build as build_module
+from imagefactory.builders import inplace
 from imagefactory.buildkey import build_key_of
 from imagefactory.catalogue.catalogue import AlreadyPublished, Catalogue
 from imagefactory.catalogue.publish import publish
@@ -27,6 +29,7 @@ from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.config import FactoryConfig
 from imagefactory.errors import BuildError
 from imagefactory.lock import LockFile, resolve_entry
+from imagefactory.nightly import runner as runner_module
 from imagefactory.nightly.render import render_junit, render_summary
 from imagefactory.nightly.runner import Publishing, run_plan
 from imagefactory.recipes import LoadedRecipe, RecipeBook
@@ -47,10 +50,13 @@ class FakeBuilds:
         self.fail: set[str] = set()
         self.packages: dict[str, str] = {p["name"]: p["version"] for p in PACKAGES}
         self.green = True
+        self.bases: list[tuple[str, str | None]] = []  # (recipe, version of the base it was given)
 
-    def __call__(self, loaded: LoadedRecipe, workdir: Path, **_kw: Any) -> dict[str, Any]:
+    def __call__(self, loaded: LoadedRecipe, workdir: Path, **kw: Any) -> dict[str, Any]:
         name = loaded.recipe.name
         self.built.append(name)
+        base = kw.get("base")
+        self.bases.append((name, base.version if base is not None else None))
         if name in self.fail:
             raise BuildError(f"{name}: the bootstrap step failed (fake)")
         version = f"20261130.{next(_versions):06d}-beef"
@@ -60,6 +66,13 @@ class FakeBuilds:
         m = json.loads((d / "manifest.json").read_text())
         m["build_key"] = build_key_of(loaded)  # what the real build records
         m["packages"] = [{"name": n, "version": v} for n, v in sorted(self.packages.items())]
+        if loaded.recipe.builder == "rootfs":  # the file index and disk facts a real build leaves
+            root = d.parent / f"{version}-root"
+            (root / "etc").mkdir(parents=True)
+            inplace.save_index(inplace.index(root), d / inplace.INDEX_FILE)
+            m["disk"] = {"reproducible": {"seed": name, "epoch": 1764892800},
+                         "files_sha256": hashlib.sha256((d / inplace.INDEX_FILE).read_bytes()).hexdigest()}
+            m["recipe"]["merged"] = {"disk": loaded.recipe.disk.model_dump(mode="json")}
         (d / "manifest.json").write_text(json.dumps(m))
         return {**m, "path": str(d)}
 
@@ -69,6 +82,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     with upstream_site(tmp_path) as s:
         fake = FakeBuilds(tmp_path / "work")
         monkeypatch.setattr(build_module, "build", fake)
+        monkeypatch.setattr(runner_module, "build", fake)  # the runner's own name for it
         store = LocalDirStore("local", tmp_path / "catalogue")
         store.prepare()
         yield {**s, "fake": fake, "store": store, "key": Ed25519PrivateKey.generate()}
@@ -154,6 +168,8 @@ def test_published_manifests_carry_key_and_changelog(site: dict[str, Any]) -> No
     assert log["upgraded"] == [{"name": "openssh-server", "from": "1:9.2p1-2", "to": "1:9.2p1-2+deb12u9"}]
     assert log["added"] == [{"name": "libssl3", "version": "3.0.17-1~deb12u3"}] and log["removed"] == []
     assert any(r.startswith("security:") for r in site["results"][0].reasons)
+    # the rebuild was written over the image it succeeds (`build --base`, the nightly's default)
+    assert site["fake"].bases == [("deb-base", None), ("deb-base", first["version"])]
 
 
 def test_one_version_per_build_key(site: dict[str, Any], tmp_path: Path) -> None:
