@@ -306,6 +306,23 @@ def cmd_site_init(app: App) -> int:
     return 0
 
 
+def cmd_site_upload(app: App) -> int:
+    """A disk the site made visible, into the site's own Harvester (site side)."""
+    from .cli_clusters import _api, _uploader
+    from .cli_images import _transfers
+    from .delivery.sitestore import uploadable
+
+    m, disk = uploadable(_site_store(app), app.args.image)
+    api = _api(app, app.args.namespace or app.config().harvester.image_namespace)
+    with _transfers(app) as progress:
+        result = _uploader(app, api, progress).upload_file(m, disk, replace=app.args.replace)
+    verb = "already in" if result.reused else "uploaded to"
+    app.emit(result.as_dict(), lambda: app.out.print(
+        f"[bold green]{result.ref}[/] {verb} Harvester as {result.namespace}/{result.name} "
+        f"(the site's verified disk, {result.seconds:.1f} s)"))
+    return 0
+
+
 def cmd_site_import(app: App) -> int:
     from .delivery.bundles import import_bundle
 
@@ -393,3 +410,14 @@ def add_parsers(sub: Any) -> None:
     p = ss.add_parser("apply", help="verify and apply what syncs delivered to the site's store (site side)")
     site_side(p)
     p.set_defaults(func=cmd_site_apply)
+    p = ss.add_parser("upload", help="upload a disk the site made visible to its Harvester (site side)")
+    p.add_argument("image", metavar="NAME:VERSION")
+    site_side(p)
+    p.add_argument("--kubeconfig", metavar="FILE", help="the site's Harvester kubeconfig (default: "
+                   "harvester.kubeconfig, $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--namespace", "-n", help="namespace (default: harvester.image_namespace, else the "
+                   "context's)")
+    p.add_argument("--replace", action="store_true",
+                   help="delete an existing image of the same name with another digest first")
+    p.set_defaults(func=cmd_site_upload)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..catalogue import signing, trust
 from ..catalogue.catalogue import RevokedImage
+from ..catalogue.manifest import Manifest
 from ..catalogue.stores import BlobStore, LocalDirStore, NotFound
 from ..errors import BuildError, UserError
 from . import chunks as ch
@@ -179,23 +180,49 @@ def verify_indexes(site: SiteStore, listed: list[Listed], docs: dict[str, dict[s
     return out
 
 
-def _current_and_not_revoked(site: SiteStore, img: ch.ChunkedImage, what: str) -> None:
-    """The image's manifest as the catalogue's TUF metadata (carried with the delivery, kept in
-    the site store) names it now: not revoked, and the published image the chunks were cut from."""
+def current_manifest(site: SiteStore, name: str, version: str, what: str,
+                     hint: str = "nothing was made visible; the factory sends another version") -> Manifest:
+    """The manifest of NAME:VERSION as the catalogue's TUF metadata (carried with deliveries, kept
+    in the site store) names it now, signed and not revoked."""
     tc = trust.TrustedCatalogue(site.store, site.anchor())
+    ref = f"{name}:{version}"
     # the name's signed channels file says first: it comes with every delivery of that name, so a
     # revocation reaches the site with any later delivery, even one without that version
-    listed = {str(v["version"]): v for v in (tc.channels(img.name) or {}).get("versions", [])}
-    revoked = (listed.get(img.version) or {}).get("revoked")
+    listed = {str(v["version"]): v for v in (tc.channels(name) or {}).get("versions", [])}
+    revoked = (listed.get(version) or {}).get("revoked")
     if revoked:
-        raise RevokedImage(f"{what}: {img.ref} is revoked: {revoked.get('reason')} (since "
-                           f"{revoked.get('at')})",
-                           hint="nothing was made visible; the factory sends another version")
-    raw, m = tc.manifest(img.name, img.version)
-    signing.verify(raw, site.public_key(), f"{what}: {img.ref}")
+        raise RevokedImage(f"{what}: {ref} is revoked: {revoked.get('reason')} (since {revoked.get('at')})",
+                           hint=hint)
+    raw, m = tc.manifest(name, version)
+    signing.verify(raw, site.public_key(), f"{what}: {ref}")
     if m.revoked:
-        raise RevokedImage(f"{what}: {img.ref} is revoked: {m.revoked.reason} (since {m.revoked.at})",
-                           hint="nothing was made visible; the factory sends another version")
+        raise RevokedImage(f"{what}: {ref} is revoked: {m.revoked.reason} (since {m.revoked.at})", hint=hint)
+    return m
+
+
+def uploadable(site: SiteStore, ref: str) -> tuple[Manifest, Path]:
+    """A disk the site made visible, for its Harvester: the manifest as the site's TUF metadata
+    names it now (a revocation that arrived since refuses it), with the disk as its image (raw,
+    the disk's sha256 and sha512 as verified when it became visible), and the disk's path."""
+    name, _, version = ref.partition(":")
+    entry = site.record()["images"].get(ref)
+    if not version or entry is None:
+        raise UserError(f"{ref}: not visible at site {site.record()['name']}",
+                        hint="NAME:VERSION of an image 'site import' or 'site apply' made visible")
+    if not entry.get("disk_sha512"):
+        raise UserError(f"{ref}: became visible before sites recorded a disk's sha512",
+                        hint="import or apply its delivery again")
+    m = current_manifest(site, name, version, "site upload", hint="nothing was uploaded")
+    disk = m.image.model_copy(update={"file": "disk.raw", "format": "raw", "compression": "none",
+                                      "size": entry["disk_size"], "virtual_size": entry["disk_size"],
+                                      "sha256": entry["disk_sha256"], "sha512": entry["disk_sha512"]})
+    return m.model_copy(update={"image": disk}), site.disk(ref)
+
+
+def _current_and_not_revoked(site: SiteStore, img: ch.ChunkedImage, what: str) -> None:
+    """The image's manifest as the catalogue's TUF metadata names it now: not revoked, and the
+    published image the chunks were cut from."""
+    m = current_manifest(site, img.name, img.version, what)
     if m.image.sha256 != img.image_sha256:
         raise UserError(f"{what}: {img.index_key} was cut from image {img.image_sha256[:12]}, the current "
                         f"manifest of {img.ref} names {m.image.sha256[:12]}",
@@ -212,7 +239,8 @@ def make_visible(site: SiteStore, verified: list[tuple[ch.ChunkedImage, dict[str
         ch.reassemble(img, lambda sha: site.read(ch.chunk_key(sha)), dest)
         site.put(ch.table_key(img.table_sha256), table)
         site.put(img.index_key, json.dumps(doc, indent=1).encode())
-        rec["images"][img.ref] = {"disk_sha256": img.sha256, "disk_size": img.size, "visible": now()}
+        rec["images"][img.ref] = {"disk_sha256": img.sha256, "disk_sha512": img.sha512, "disk_size": img.size,
+                                  "visible": now()}
         site.write_record(rec)
         done.append(img.ref)
         log.info("site %s: %s verified and visible at %s", rec["name"], img.ref, dest)

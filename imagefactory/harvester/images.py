@@ -379,10 +379,27 @@ class ImageUploader:
             raise UserError("uploading from a remote store needs a cache directory")
         return pull_cached(store, img.ref, anchor, self.cache, self.progress)[1]
 
+    def upload_file(self, m: Manifest, path: Path, *, replace: bool = False) -> UploadResult:
+        """Upload a local file that `m.image` describes (a disk a site reassembled and verified:
+        `SiteStore.uploadable` gives the manifest with the disk as its image)."""
+        start = time.monotonic()
+        name = object_name(m)
+        existing = self.api.get(IMAGES, name)
+        if existing is not None:
+            reused = self._existing(existing, m, replace)
+            if reused is not None:
+                return self._result(reused, m, "upload", True, start)
+        if self.storage_class and self.api.storage_class(self.storage_class) is None:
+            raise UserError(f"harvester.image_storage_class: StorageClass {self.storage_class} "
+                            "does not exist", hint="create it in Harvester, or unset it")
+        log.info("creating image %s/%s from %s (upload of %s)", self.api.namespace, name, m.ref, path)
+        return self._result(self._upload_path(m, path, name), m, "upload", False, start)
+
     def _upload(self, img: PublishedImage, store: BlobStore, anchor: Anchor,
                 name: str) -> dict[str, Any]:
-        m = img.manifest
-        path = self._local_file(img, store, anchor)
+        return self._upload_path(img.manifest, self._local_file(img, store, anchor), name)
+
+    def _upload_path(self, m: Manifest, path: Path, name: str) -> dict[str, Any]:
         size = path.stat().st_size
         if size != m.image.size:
             raise BuildError(f"{path}: {size} bytes, the signed manifest says {m.image.size}")

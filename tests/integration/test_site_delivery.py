@@ -27,6 +27,7 @@ from imagefactory.catalogue import signing, trust
 from imagefactory.catalogue.stores import LocalDirStore
 from imagefactory.fsutil import digests, file_identity
 from tests.conftest import require_root
+from tests.harvester import HarvesterDouble
 from tests.integration.conftest import S3Server
 from tests.publishing import FaultProxy, fake_build
 
@@ -262,6 +263,58 @@ def test_ctrl_c_during_a_sync_then_the_same_sync_resumes(factory: dict[str, Any]
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == [factory["v1"]], r.stderr
     disk1 = target / "images" / NAME / factory["v1"].split(":")[1] / "disk.raw"
     assert sha256(disk1) == sha256(factory["raws"][1])
+
+
+def test_the_site_uploads_a_verified_disk_to_its_harvester(factory: dict[str, Any]) -> None:
+    """`site upload` at the site: the disk it made visible goes to the site's Harvester (the API
+    double, which checks the SHA-512 Longhorn checks) under the catalogue's name, with the disk's
+    digests; a disk changed on the site's file system is refused before anything is created, a
+    version revoked since it became visible is refused, and an image the site does not hold is a
+    clear error."""
+    root, site = factory["root"], factory["site"]
+    h = HarvesterDouble(tick=0.02).start()
+    try:
+        kube = str(h.kubeconfig(root / "kubeconfig", namespace="default"))
+        for ref in ("v1", "v2"):
+            r = cli("site", "export", "edge-1", factory[ref], "-o", str(root / f"{ref}.tar"), cwd=root)
+            assert r.returncode == 0, r.stderr
+        r = cli("site", "import", str(root / "v1.tar"), "--dir", str(site), cwd=root)
+        assert r.returncode == 0, r.stderr
+
+        def upload(ref: str, namespace: str = "default") -> subprocess.CompletedProcess[str]:
+            return cli("--json", "site", "upload", ref, "--dir", str(site), "--kubeconfig", kube,
+                       "-n", namespace, cwd=root)
+
+        disk1 = site / "images" / NAME / factory["v1"].split(":")[1] / "disk.raw"
+        good = disk1.read_bytes()
+        disk1.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+        r = upload(factory["v1"])
+        assert r.returncode == 1 and "is not the signed manifest's" in r.stderr, r.stderr
+        assert h.uploads == [] and not h.objects("virtualmachineimages", "default")
+        disk1.write_bytes(good)
+        r = upload(factory["v1"])
+        assert r.returncode == 0, r.stderr
+        done = json.loads(r.stdout)
+        assert done["source"] == "upload" and done["reused"] is False and done["sha256"] == sha256(disk1)
+        obj = h.get_object("virtualmachineimages", "default", done["name"])
+        assert obj is not None
+        assert obj["spec"]["checksum"] == hashlib.sha512(good).hexdigest() == h.uploads[-1]["sha512"]
+        assert h.uploads[-1]["bytes"] == len(good)
+        assert json.loads(upload(factory["v1"]).stdout)["reused"] is True
+        r = upload(f"{NAME}:20991231.000000-none")
+        assert r.returncode == 2 and "not visible at site edge-1" in r.stderr, r.stderr
+        # v1 revoked at the factory; the revocation reaches the site with v2's delivery
+        assert cli("images", "revoke", factory["v1"], "--reason", "CVE-2026-0003", cwd=root).returncode == 0
+        r = cli("site", "export", "edge-1", factory["v2"], "-o", str(root / "v2b.tar"), cwd=root)
+        assert r.returncode == 0, r.stderr
+        assert cli("site", "import", str(root / "v2b.tar"), "--dir", str(site), cwd=root).returncode == 0
+        uploads = len(h.uploads)
+        r = upload(factory["v1"], "other")
+        assert r.returncode == 2 and "is revoked: CVE-2026-0003" in r.stderr, r.stderr
+        assert len(h.uploads) == uploads
+    finally:
+        h.stop()
+    assert h.errors == []
 
 
 def _rewrite(src: Path, dest: Path, change: Any) -> None:
