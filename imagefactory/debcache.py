@@ -148,13 +148,15 @@ def load_index(suites: Iterable[archive.Suite], components: Iterable[str], arch:
                                      hint="the mirror is incomplete or being updated; try again")
                 tmp = cache.tmpfile()
                 tmp.write_bytes(data)
-                if "/by-hash/" not in url and sha256_file(tmp) != sha:
-                    tmp.unlink()
+                try:
+                    cache.put(tmp, sha, url)  # checked against the signed Release file
+                except ChecksumMismatch:
+                    if "/by-hash/" in url:
+                        raise
                     raise ChecksumMismatch(
                         f"{url}: sha256 mismatch against {suite.suite}'s signed Release file",
                         hint="the mirror does not publish by-hash and may be mid-update; try again "
-                             "(if it persists, the mirror is corrupt or tampered with)")
-                cache.put(tmp, sha, url)  # checked against the signed Release file
+                             "(if it persists, the mirror is corrupt or tampered with)") from None
                 fetched += len(data)
             raw = cache.path(sha).read_bytes()
             data = lzma.decompress(raw) if path.endswith(".xz") else \

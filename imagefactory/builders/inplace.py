@@ -261,7 +261,7 @@ def plan(old: dict[str, Entry], new: dict[str, Entry], root: Path, scratch: Path
     return p
 
 
-def _freed(old: dict[str, Entry], new: dict[str, Entry], p: Plan) -> list[str]:
+def _freed(old: dict[str, Entry], p: Plan) -> list[str]:
     """The removed paths whose inode goes with them (every name of a hard-link group removed)."""
     gone = set(p.gone)
     members: dict[str, list[str]] = defaultdict(list)
@@ -318,7 +318,7 @@ def apply(raw: Path, offset: int, old: dict[str, Entry], new: dict[str, Entry], 
     # A file the new tree dropped must not live on in the image's free space (a full mkfs leaves
     # it zero): a dropped file's blocks are zeroed before debugfs frees them; a directory's after
     # (its children's removal reads it), those of them that no new file took.
-    freed = _freed(old, new, p)
+    freed = _freed(old, p)
     block = _block_size(raw, offset)
     files = _blocks_of(raw, offset, [f for f in freed if old[f].kind != "d"], scratch)
     p.zeroed_bytes = _zero(raw, offset, block, files)
