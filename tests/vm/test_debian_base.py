@@ -39,8 +39,8 @@ def test_build_is_tested_and_stored(built: dict[str, Any], workdir: Path) -> Non
     assert t["suites"] == ["hygiene", "recipe", "stig"]
     out = Path(built["path"])
     assert sorted(p.name for p in out.iterdir()) == [
-        "build.log", "checklists", "image.qcow2", "junit.xml", "manifest.json", "stig-offline.json",
-        "stig-report.html", "stig-report.json", "stig-results.json"]
+        "build.log", "checklists", "files.zst", "image.qcow2", "junit.xml", "manifest.json",
+        "stig-offline.json", "stig-report.html", "stig-report.json", "stig-results.json"]
     junit = (out / "junit.xml").read_text()
     assert "test_clones_have_distinct_identities" in junit and "<failure" not in junit
     stored = LocalStore(workdir / "store")
