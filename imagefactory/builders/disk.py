@@ -427,7 +427,9 @@ def convert(raw: Path, out: Path, fmt: str, compression: str) -> None:
     if fmt == "raw":
         run(["qemu-img", "convert", "-O", "raw", str(raw), str(out)])
         return
-    argv = ["qemu-img", "convert", "-O", "qcow2", "-m", "4", "-W"]
+    # In-order writes (no -W): with out-of-order writes the compressed clusters land wherever the
+    # coroutine that compressed them finished, and two conversions of one disk differ.
+    argv = ["qemu-img", "convert", "-O", "qcow2", "-m", "4"]
     if compression != "none":
         argv += ["-c", "-o", f"compression_type={compression}"]
     run([*argv, str(raw), str(out)])
