@@ -317,18 +317,29 @@ def test_the_site_uploads_a_verified_disk_to_its_harvester(factory: dict[str, An
     assert h.errors == []
 
 
-def _rewrite(src: Path, dest: Path, change: Any) -> None:
-    """Copy a bundle member by member, letting `change(name, data)` alter, drop (None) or keep."""
-    with tarfile.open(src) as tin, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tout:
+def _rewrite(src: Path, dest: Path, change: Any, extra: tuple[tuple[str, bytes], ...] = ()) -> None:
+    """Copy a bundle member by member, letting `change(name, data)` alter, drop (None) or keep,
+    then add the `extra` members. Written in one pass (tarfile's append mode re-parses the file)
+    and read back: a file this test made must hold exactly what it meant, or the test says so."""
+    members: list[tuple[str, bytes]] = []
+    with tarfile.open(src) as tin:
         for m in tin:
             f = tin.extractfile(m)
             assert f is not None
             data = change(m.name, f.read())
-            if data is None:
-                continue
-            info = tarfile.TarInfo(m.name)
+            if data is not None:
+                members.append((m.name, data))
+    members += extra
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tout:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             tout.addfile(info, io.BytesIO(data))
+    with tarfile.open(dest) as back:
+        got = [(m.name, hashlib.sha256(back.extractfile(m).read()).hexdigest())  # type: ignore[union-attr]
+               for m in back]
+    want = [(name, hashlib.sha256(data).hexdigest()) for name, data in members]
+    assert got == want, f"{dest} does not hold what the test wrote into it (the host changed it)"
 
 
 def test_altered_truncated_and_foreign_bundles_are_refused(factory: dict[str, Any]) -> None:
@@ -369,11 +380,7 @@ def test_altered_truncated_and_foreign_bundles_are_refused(factory: dict[str, An
              lambda n, d: d.replace(b'"stored_bytes"', b'"stored_bytez"') if n.startswith("chunked/") else d)
     refused(root / "index.tar", "does not verify")
     # a member outside the bundle's names
-    _rewrite(root / "b.tar", root / "evil.tar", lambda n, d: d)
-    with tarfile.open(root / "evil.tar", "a") as t:
-        info = tarfile.TarInfo("../../etc/cron.d/x")
-        info.size = 2
-        t.addfile(info, io.BytesIO(b"x\n"))
+    _rewrite(root / "b.tar", root / "evil.tar", lambda n, d: d, extra=(("../../etc/cron.d/x", b"x\n"),))
     refused(root / "evil.tar", "unexpected member")
     assert not (root / "etc").exists()
     # truncated in transit
@@ -438,11 +445,8 @@ def test_the_site_checks_the_catalogues_tuf_metadata(factory: dict[str, Any],
     trust.refresh_timestamp(store, trust.Keys.single(key))
     ts = (root / "w/catalogue/tuf/timestamp.json").read_bytes()
     snap = f"tuf/{json.loads(ts)['signed']['meta']['snapshot.json']['version']}.snapshot.json"
-    _rewrite(root / "b2.tar", root / "b3.tar", lambda n, d: ts if n == "tuf/timestamp.json" else d)
-    with tarfile.open(root / "b3.tar", "a") as t:
-        info = tarfile.TarInfo(snap)
-        info.size = len(data := (root / "w/catalogue" / snap).read_bytes())
-        t.addfile(info, io.BytesIO(data))
+    _rewrite(root / "b2.tar", root / "b3.tar", lambda n, d: ts if n == "tuf/timestamp.json" else d,
+             extra=((snap, (root / "w/catalogue" / snap).read_bytes()),))
     strict, lenient = root / "strict", root / "lenient"
     for d, extra in ((strict, []), (lenient, ["--max-expired", "30d"])):
         r = cli("site", "init", "edge-1", "--dir", str(d), "--public-key", pub, *extra, cwd=root)
